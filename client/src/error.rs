@@ -1,0 +1,59 @@
+//! The client's errors, in the user's terms: unreachable server, unknown
+//! digest, integrity failure, refused request, local I/O.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("server unavailable during {what}: {message}")]
+    Unavailable { what: &'static str, message: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("integrity error: {0}")]
+    Integrity(String),
+    #[error("the server refused {what}: {message}")]
+    Refused { what: &'static str, message: String },
+    #[error("{what} failed: {code:?}: {message}")]
+    Rpc {
+        what: &'static str,
+        code: Code,
+        message: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// Classifies a failed call to `what`.
+    pub fn from_status(what: &'static str, s: Status) -> Self {
+        let message = s.message().to_owned();
+        match s.code() {
+            Code::NotFound => ClientError::NotFound(message),
+            Code::DataLoss => ClientError::Integrity(message),
+            Code::Unavailable => ClientError::Unavailable { what, message },
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted
+            | Code::OutOfRange => ClientError::Refused { what, message },
+            code => ClientError::Rpc {
+                what,
+                code,
+                message,
+            },
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        ClientError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The chunk codec both ends share: zstd per chunk, or raw when compression
+//! does not pay, and the check that decoded bytes match their digest.
+//!
+//! Encoder and decoder keep their zstd context and output buffer between
+//! chunks: on the hot path a fresh context or buffer per chunk costs more
+//! than the work itself.
+
+use crate::Digest;
+use crate::v1;
+
+/// How a chunk's bytes are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Raw,
+    Zstd,
+}
+
+impl Codec {
+    pub fn to_wire(self) -> i32 {
+        match self {
+            Codec::Raw => v1::Codec::Raw as i32,
+            Codec::Zstd => v1::Codec::Zstd as i32,
+        }
+    }
+
+    pub fn from_wire(value: i32) -> Result<Self, ChunkError> {
+        match v1::Codec::try_from(value) {
+            Ok(v1::Codec::Raw) => Ok(Codec::Raw),
+            Ok(v1::Codec::Zstd) => Ok(Codec::Zstd),
+            Err(_) => Err(ChunkError::UnknownCodec(value)),
+        }
+    }
+
+    /// The one-byte tag used in on-disk records.
+    pub fn to_byte(self) -> u8 {
+        self.to_wire() as u8
+    }
+
+    pub fn from_byte(b: u8) -> Result<Self, ChunkError> {
+        Self::from_wire(i32::from(b))
+    }
+}
+
+/// Why a chunk could not be decoded or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("unknown chunk codec {0}")]
+    UnknownCodec(i32),
+    #[error("chunk {digest}: decoded length {found} does not match the declared {expected}")]
+    LengthMismatch {
+        digest: Digest,
+        expected: u32,
+        found: usize,
+    },
+    #[error("chunk {digest}: declared length {length} exceeds the limit of {limit} bytes")]
+    TooLarge {
+        digest: Digest,
+        length: u32,
+        limit: u32,
+    },
+    #[error("chunk {digest}: zstd data is corrupt: {reason}")]
+    Corrupt { digest: Digest, reason: String },
+    #[error("chunk {expected}: content hashes to {found}")]
+    DigestMismatch { expected: Digest, found: Digest },
+}
+
+/// Compresses chunks, choosing raw where zstd saves too little to be worth a
+/// decompression on every read.
+pub struct ChunkEncoder {
+    compressor: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChunkEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkEncoder").finish_non_exhaustive()
+    }
+}
+
+impl ChunkEncoder {
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        Ok(ChunkEncoder {
+            compressor: zstd::bulk::Compressor::new(level)?,
+            out: Vec::new(),
+        })
+    }
+
+    /// Encodes `raw`; the returned slice borrows the encoder's buffer (or
+    /// `raw` itself when stored raw) until the next call.
+    pub fn encode<'a>(&'a mut self, raw: &'a [u8]) -> (Codec, &'a [u8]) {
+        if raw.is_empty() {
+            return (Codec::Raw, raw);
+        }
+        self.out.clear();
+        self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        match self.compressor.compress_to_buffer(raw, &mut self.out) {
+            // Keep zstd only when it saves at least 1/32 of the bytes.
+            Ok(n) if n < raw.len() - raw.len() / 32 => (Codec::Zstd, &self.out[..n]),
+            _ => (Codec::Raw, raw),
+        }
+    }
+}
+
+/// Decodes chunks and verifies them against their digest.
+pub struct ChunkDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChunkDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkDecoder").finish_non_exhaustive()
+    }
+}
+
+impl ChunkDecoder {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ChunkDecoder {
+            decompressor: zstd::bulk::Decompressor::new()?,
+            out: Vec::new(),
+        })
+    }
+
+    /// Decodes `stored` and checks that the result is `raw_length` bytes
+    /// hashing to `digest`. The returned slice is valid until the next call.
+    pub fn decode_verified<'a>(
+        &'a mut self,
+        digest: &Digest,
+        codec: Codec,
+        raw_length: u32,
+        stored: &'a [u8],
+    ) -> Result<&'a [u8], ChunkError> {
+        if raw_length > crate::MAX_CHUNK_BYTES {
+            return Err(ChunkError::TooLarge {
+                digest: *digest,
+                length: raw_length,
+                limit: crate::MAX_CHUNK_BYTES,
+            });
+        }
+        let raw: &[u8] = match codec {
+            Codec::Raw => stored,
+            Codec::Zstd => {
+                self.out.clear();
+                self.out.reserve(raw_length as usize);
+                let n = self
+                    .decompressor
+                    .decompress_to_buffer(stored, &mut self.out)
+                    .map_err(|e| ChunkError::Corrupt {
+                        digest: *digest,
+                        reason: e.to_string(),
+                    })?;
+                &self.out[..n]
+            }
+        };
+        if raw.len() != raw_length as usize {
+            return Err(ChunkError::LengthMismatch {
+                digest: *digest,
+                expected: raw_length,
+                found: raw.len(),
+            });
+        }
+        verify_chunk(digest, raw)?;
+        Ok(raw)
+    }
+}
+
+/// Checks that `raw` hashes to `expected`.
+pub fn verify_chunk(expected: &Digest, raw: &[u8]) -> Result<(), ChunkError> {
+    let found = Digest::of(raw);
+    if found == *expected {
+        Ok(())
+    } else {
+        Err(ChunkError::DigestMismatch {
+            expected: *expected,
+            found,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_chunk_round_trips_through_zstd() {
+        let raw = b"strata ".repeat(1000);
+        let digest = Digest::of(&raw);
+        let mut enc = ChunkEncoder::new(1).unwrap();
+        let (codec, stored) = enc.encode(&raw);
+        assert_eq!(codec, Codec::Zstd);
+        assert!(stored.len() < raw.len() / 10);
+        let stored = stored.to_vec();
+        let mut dec = ChunkDecoder::new().unwrap();
+        let out = dec.decode_verified(&digest, codec, raw.len() as u32, &stored).unwrap();
+        assert_eq!(out, &raw[..]);
+    }
+
+    #[test]
+    fn incompressible_chunk_is_kept_raw() {
+        let raw: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut enc = ChunkEncoder::new(1).unwrap();
+        assert_eq!(enc.encode(&raw).0, Codec::Raw);
+    }
+
+    #[test]
+    fn decoded_bytes_that_do_not_match_the_digest_are_refused() {
+        let mut dec = ChunkDecoder::new().unwrap();
+        let claimed = Digest::of(b"one thing");
+        let err = dec.decode_verified(&claimed, Codec::Raw, 7, b"another").unwrap_err();
+        assert!(matches!(err, ChunkError::DigestMismatch { expected, .. } if expected == claimed));
+        assert!(err.to_string().contains(&claimed.to_string()));
+    }
+
+    #[test]
+    fn garbage_zstd_data_is_reported_corrupt() {
+        let mut dec = ChunkDecoder::new().unwrap();
+        let d = Digest::of(b"x");
+        let err = dec.decode_verified(&d, Codec::Zstd, 1, b"not zstd at all").unwrap_err();
+        assert!(matches!(err, ChunkError::Corrupt { .. }), "{err}");
+    }
+}

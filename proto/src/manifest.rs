@@ -1,0 +1,273 @@
+//! The manifest of an object: its ordered chunk list, total length, SHA-256
+//! and media type, and the canonical encoding whose BLAKE3 is the object's
+//! address.
+//!
+//! The canonical encoding is versioned and fixed-width, so the same object
+//! has the same address on every machine. It is also how the server stores
+//! manifests, so there is one encoding, not two that could drift.
+
+use crate::{Digest, DigestError, v1};
+
+/// One entry of a manifest: a chunk and its decoded length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub digest: Digest,
+    pub length: u32,
+}
+
+/// An object described by its chunks. Constructed only through
+/// [`Manifest::new`] or a decoder, all of which check that the chunk lengths
+/// add up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    chunks: Vec<ChunkRef>,
+    total_length: u64,
+    sha256: [u8; 32],
+    media_type: String,
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest chunk lengths add up to {sum} bytes but it declares {declared}")]
+    LengthMismatch { sum: u64, declared: u64 },
+    #[error("manifest chunk {index} has length 0")]
+    EmptyChunk { index: usize },
+    #[error("manifest chunk {index} is {length} bytes, over the {limit}-byte chunk limit")]
+    ChunkTooLarge { index: usize, length: u32, limit: u32 },
+    #[error("manifest sha256 must be 32 bytes, got {0}")]
+    BadSha256(usize),
+    #[error("manifest media type is {0} bytes, over the 255-byte limit")]
+    MediaTypeTooLong(usize),
+    #[error("manifest chunk {index}: {source}")]
+    BadDigest { index: usize, source: DigestError },
+    #[error("manifest encoding is truncated or malformed")]
+    Malformed,
+    #[error("manifest encoding version {0} is not supported")]
+    UnknownVersion(u8),
+}
+
+const MAGIC: &[u8; 8] = b"SMANIFST";
+const VERSION: u8 = 1;
+
+impl Manifest {
+    pub fn new(
+        chunks: Vec<ChunkRef>,
+        total_length: u64,
+        sha256: [u8; 32],
+        media_type: String,
+    ) -> Result<Self, ManifestError> {
+        if media_type.len() > 255 {
+            return Err(ManifestError::MediaTypeTooLong(media_type.len()));
+        }
+        let mut sum = 0u64;
+        for (index, c) in chunks.iter().enumerate() {
+            if c.length == 0 {
+                return Err(ManifestError::EmptyChunk { index });
+            }
+            if c.length > crate::MAX_CHUNK_BYTES {
+                return Err(ManifestError::ChunkTooLarge {
+                    index,
+                    length: c.length,
+                    limit: crate::MAX_CHUNK_BYTES,
+                });
+            }
+            sum += u64::from(c.length);
+        }
+        if sum != total_length {
+            return Err(ManifestError::LengthMismatch {
+                sum,
+                declared: total_length,
+            });
+        }
+        Ok(Manifest {
+            chunks,
+            total_length,
+            sha256,
+            media_type,
+        })
+    }
+
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    pub fn total_length(&self) -> u64 {
+        self.total_length
+    }
+
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    pub fn media_type(&self) -> &str {
+        &self.media_type
+    }
+
+    /// The object's address: BLAKE3 of the canonical encoding.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.encode())
+    }
+
+    /// Canonical encoding, byte by byte (integers little-endian):
+    ///
+    /// | bytes  | field                                  |
+    /// |--------|----------------------------------------|
+    /// | 8      | magic `SMANIFST`                       |
+    /// | 1      | version (1)                            |
+    /// | 1      | media type length `m`                  |
+    /// | m      | media type, UTF-8                      |
+    /// | 8      | total length                           |
+    /// | 32     | SHA-256 of the whole object            |
+    /// | 8      | chunk count `n`                        |
+    /// | n × 36 | per chunk: 32-byte digest, u32 length  |
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(8 + 2 + self.media_type.len() + 48 + 36 * self.chunks.len());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(self.media_type.len() as u8);
+        out.extend_from_slice(self.media_type.as_bytes());
+        out.extend_from_slice(&self.total_length.to_le_bytes());
+        out.extend_from_slice(&self.sha256);
+        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(c.digest.as_bytes());
+            out.extend_from_slice(&c.length.to_le_bytes());
+        }
+        out
+    }
+
+    /// Inverse of [`Manifest::encode`]; refuses anything it would not produce.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let mut r = Reader(bytes);
+        if r.take(8)? != MAGIC {
+            return Err(ManifestError::Malformed);
+        }
+        let version = r.take(1)?[0];
+        if version != VERSION {
+            return Err(ManifestError::UnknownVersion(version));
+        }
+        let m = r.take(1)?[0] as usize;
+        let media_type = std::str::from_utf8(r.take(m)?)
+            .map_err(|_| ManifestError::Malformed)?
+            .to_owned();
+        let total_length = r.u64()?;
+        let sha256: [u8; 32] = r.take(32)?.try_into().map_err(|_| ManifestError::Malformed)?;
+        let n = r.u64()?;
+        if n.checked_mul(36) != Some(r.0.len() as u64) {
+            return Err(ManifestError::Malformed);
+        }
+        let mut chunks = Vec::with_capacity(n as usize);
+        for entry in r.0.chunks_exact(36) {
+            let digest = Digest::from_slice(&entry[..32]).map_err(|_| ManifestError::Malformed)?;
+            let length = u32::from_le_bytes([entry[32], entry[33], entry[34], entry[35]]);
+            chunks.push(ChunkRef { digest, length });
+        }
+        Manifest::new(chunks, total_length, sha256, media_type)
+    }
+
+    pub fn to_wire(&self) -> v1::Manifest {
+        v1::Manifest {
+            chunks: self
+                .chunks
+                .iter()
+                .map(|c| v1::ChunkRef {
+                    digest: c.digest.to_vec(),
+                    length: c.length,
+                })
+                .collect(),
+            total_length: self.total_length,
+            sha256: self.sha256.to_vec(),
+            media_type: self.media_type.clone(),
+        }
+    }
+
+    pub fn from_wire(m: v1::Manifest) -> Result<Self, ManifestError> {
+        let sha256: [u8; 32] = m
+            .sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| ManifestError::BadSha256(m.sha256.len()))?;
+        let chunks = m
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                Ok(ChunkRef {
+                    digest: Digest::from_slice(&c.digest)
+                        .map_err(|source| ManifestError::BadDigest { index, source })?,
+                    length: c.length,
+                })
+            })
+            .collect::<Result<Vec<_>, ManifestError>>()?;
+        Manifest::new(chunks, m.total_length, sha256, m.media_type)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ManifestError> {
+        if self.0.len() < n {
+            return Err(ManifestError::Malformed);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u64(&mut self) -> Result<u64, ManifestError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| ManifestError::Malformed)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(lengths: &[u32]) -> Manifest {
+        let chunks = lengths
+            .iter()
+            .map(|&length| ChunkRef {
+                digest: Digest::of(&length.to_le_bytes()),
+                length,
+            })
+            .collect();
+        let total = lengths.iter().map(|&l| u64::from(l)).sum();
+        Manifest::new(chunks, total, [7; 32], "application/octet-stream".into()).unwrap()
+    }
+
+    #[test]
+    fn lengths_that_do_not_add_up_are_refused() {
+        let mut wire = sample(&[10, 20]).to_wire();
+        wire.total_length = 31;
+        let err = Manifest::from_wire(wire).unwrap_err();
+        assert!(matches!(err, ManifestError::LengthMismatch { sum: 30, declared: 31 }));
+    }
+
+    #[test]
+    fn truncated_encoding_is_refused() {
+        let bytes = sample(&[1, 2, 3]).encode();
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err(), "accepted a cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn empty_object_has_a_stable_address() {
+        let m = sample(&[]);
+        assert_eq!(m.digest(), Manifest::decode(&m.encode()).unwrap().digest());
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_round_trips(lengths in proptest::collection::vec(1u32..1_000_000, 0..50)) {
+            let m = sample(&lengths);
+            prop_assert_eq!(Manifest::decode(&m.encode()).unwrap(), m.clone());
+            prop_assert_eq!(Manifest::from_wire(m.to_wire()).unwrap(), m);
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `ManifestStore`: put, get and stat of object manifests. A manifest is
+//! accepted only when every chunk it names is already stored.
+
+use strata_proto::v1::manifest_store_server::ManifestStore;
+use strata_proto::v1::{
+    GetManifestRequest, GetManifestResponse, PutManifestRequest, PutManifestResponse,
+    StatManifestRequest, StatManifestResponse,
+};
+use strata_proto::{Digest, Manifest};
+use tonic::{Request, Response, Status};
+
+use super::{blocking, status_of};
+use crate::store::{Store, StoreError};
+
+pub struct ManifestService {
+    store: Store,
+}
+
+impl ManifestService {
+    pub fn new(store: Store) -> Self {
+        ManifestService { store }
+    }
+}
+
+fn parse_digest(raw: &[u8]) -> Result<Digest, Status> {
+    Digest::from_slice(raw).map_err(|e| Status::invalid_argument(format!("manifest digest: {e}")))
+}
+
+#[tonic::async_trait]
+impl ManifestStore for ManifestService {
+    async fn put_manifest(
+        &self,
+        request: Request<PutManifestRequest>,
+    ) -> Result<Response<PutManifestResponse>, Status> {
+        let wire = request
+            .into_inner()
+            .manifest
+            .ok_or_else(|| Status::invalid_argument("PutManifest without a manifest"))?;
+        let manifest = Manifest::from_wire(wire).map_err(|e| status_of(StoreError::BadManifest(e)))?;
+        let digest = self.store.put_manifest(manifest).await.map_err(status_of)?;
+        Ok(Response::new(PutManifestResponse {
+            digest: digest.to_vec(),
+        }))
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<GetManifestRequest>,
+    ) -> Result<Response<GetManifestResponse>, Status> {
+        let digest = parse_digest(&request.into_inner().digest)?;
+        let store = self.store.clone();
+        let manifest = blocking(move || store.get_manifest(&digest)).await?;
+        Ok(Response::new(GetManifestResponse {
+            manifest: Some(manifest.to_wire()),
+        }))
+    }
+
+    async fn stat_manifest(
+        &self,
+        request: Request<StatManifestRequest>,
+    ) -> Result<Response<StatManifestResponse>, Status> {
+        let digest = parse_digest(&request.into_inner().digest)?;
+        let store = self.store.clone();
+        let found = blocking(move || match store.get_manifest(&digest) {
+            Ok(m) => Ok(Some(m)),
+            Err(StoreError::ManifestNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(Response::new(match found {
+            Some(m) => StatManifestResponse {
+                exists: true,
+                total_length: m.total_length(),
+                chunk_count: m.chunks().len() as u64,
+            },
+            None => StatManifestResponse::default(),
+        }))
+    }
+}

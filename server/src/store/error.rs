@@ -1,0 +1,56 @@
+//! The store's errors, in the store's terms. The service layer maps each
+//! variant to exactly one gRPC status; nothing here knows about gRPC.
+
+use std::path::PathBuf;
+
+use strata_proto::{Digest, ManifestError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {path} is in use by another strata process")]
+    Locked { path: PathBuf },
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("index error: {0}")]
+    Index(#[from] sled::Error),
+    #[error("i/o error on {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("chunk {0} is not in the store")]
+    ChunkNotFound(Digest),
+    #[error("manifest {0} is not in the store")]
+    ManifestNotFound(Digest),
+    #[error("manifest names chunk {digest} (entry {index}), which is not in the store")]
+    ManifestIncomplete { digest: Digest, index: usize },
+    #[error("manifest names chunk {digest} (entry {index}) with length {claimed}, but the store holds it with length {stored}")]
+    ManifestLengthMismatch {
+        digest: Digest,
+        index: usize,
+        claimed: u32,
+        stored: u32,
+    },
+    #[error(transparent)]
+    BadManifest(#[from] ManifestError),
+    #[error("integrity error: {what} {digest} is corrupt on disk ({detail})")]
+    Corrupt {
+        what: &'static str,
+        digest: Digest,
+        detail: String,
+    },
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+impl StoreError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The sled index: chunk → location, manifest digest → manifest, and the
+//! per-segment watermarks that say how far each segment has been indexed.
+//!
+//! Everything here can be rebuilt from the segments: the index is a cache of
+//! their contents, written only after the records it points to are on disk.
+
+use strata_proto::{Codec, Digest};
+
+use super::segment::Location;
+
+/// Bumped when the index layout changes; an index of another version is
+/// rebuilt from the segments at open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const SCHEMA_KEY: &[u8] = b"schema";
+
+/// What the index knows of a stored chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub location: Location,
+    pub raw_len: u32,
+    pub stored_len: u32,
+    pub codec: Codec,
+}
+
+const ENTRY_LEN: usize = 21;
+
+impl ChunkEntry {
+    /// segment u32 | offset u64 | raw_len u32 | stored_len u32 | codec u8, little-endian.
+    pub fn encode(&self) -> [u8; ENTRY_LEN] {
+        let mut b = [0u8; ENTRY_LEN];
+        b[0..4].copy_from_slice(&self.location.segment.to_le_bytes());
+        b[4..12].copy_from_slice(&self.location.offset.to_le_bytes());
+        b[12..16].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[20] = self.codec.to_byte();
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != ENTRY_LEN {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&b[4..12]);
+        Some(ChunkEntry {
+            location: Location {
+                segment: u32_at(0),
+                offset: u64::from_le_bytes(off),
+            },
+            raw_len: u32_at(12),
+            stored_len: u32_at(16),
+            codec: Codec::from_byte(b[20]).ok()?,
+        })
+    }
+}
+
+/// The meta-tree key holding how far segment `id` has been indexed.
+pub fn watermark_key(id: u32) -> [u8; 7] {
+    let mut k = *b"wm\0\0\0\0\0";
+    k[3..7].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn decode_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+pub fn digest_key(d: &Digest) -> &[u8] {
+    d.as_bytes()
+}

@@ -1,0 +1,633 @@
+//! The store engine: chunks and manifests in append-only segment files,
+//! indexed by sled.
+//!
+//! One [`Store`] serves the gRPC services and the CLI's embedded mode alike.
+//! Its invariants:
+//! - a record is durable (written, and synced per [`FsyncPolicy`]) before
+//!   any index entry points at it; after a crash the index may miss a tail
+//!   of records, which [`Store::open`] finds and indexes again, but it never
+//!   points at missing bytes;
+//! - only [`VerifiedChunk`]s — decoded and hashed against their digest — can
+//!   be written, so the store never holds a chunk under a wrong name;
+//! - a manifest is accepted only if every chunk it names is held, with the
+//!   length it claims;
+//! - every append goes through one writer thread, which commits whatever is
+//!   queued as one group: one write, one sync, one index batch.
+//!
+//! All methods except [`Store::put_chunks`] and [`Store::put_manifest`] block
+//! (sled, positional reads): async callers run them on `spawn_blocking`.
+//! This module never imports tonic.
+
+mod error;
+mod index;
+mod record;
+mod segment;
+mod writer;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use strata_proto::{ChunkDecoder, ChunkError, Codec, Digest, Manifest};
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::StoreError;
+pub use record::HEADER_LEN as RECORD_HEADER_LEN;
+
+use index::ChunkEntry;
+use record::RecordKind;
+use segment::Segments;
+use writer::{Job, PendingRecord, Writer};
+
+/// When segment writes are synced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Sync once per commit group, before indexing: nothing acknowledged is
+    /// lost on power failure.
+    Always,
+    /// Leave syncing to the OS: survives a process crash, not a power cut.
+    /// For benchmarks and throw-away caches.
+    Never,
+}
+
+/// Tunables of a store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub fsync: FsyncPolicy,
+    /// A segment is closed and a new one started once it passes this size.
+    pub segment_bytes: u64,
+    /// Drop the index and rebuild it from the segments at open.
+    pub rebuild_index: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 1 << 30,
+            rebuild_index: false,
+        }
+    }
+}
+
+/// A chunk whose bytes have been decoded and hashed to its digest: the only
+/// kind the store accepts.
+#[derive(Clone, Debug)]
+pub struct VerifiedChunk {
+    digest: Digest,
+    codec: Codec,
+    raw_len: u32,
+    data: Bytes,
+}
+
+impl VerifiedChunk {
+    /// Decodes `data` and checks it against `digest` and `raw_len`.
+    pub fn verify(
+        decoder: &mut ChunkDecoder,
+        digest: Digest,
+        codec: Codec,
+        raw_len: u32,
+        data: Bytes,
+    ) -> Result<Self, ChunkError> {
+        decoder.decode_verified(&digest, codec, raw_len, &data)?;
+        Ok(VerifiedChunk {
+            digest,
+            codec,
+            raw_len,
+            data,
+        })
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
+
+/// A chunk as stored: its stored bytes, not yet decoded.
+#[derive(Clone, Debug)]
+pub struct StoredChunk {
+    pub digest: Digest,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub data: Bytes,
+}
+
+/// What a put did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub received: u64,
+    /// Records that were new and were written.
+    pub stored: u64,
+    /// Stored (compressed) payload bytes of the new records.
+    pub bytes_stored: u64,
+}
+
+impl std::ops::AddAssign for PutOutcome {
+    fn add_assign(&mut self, o: Self) {
+        self.received += o.received;
+        self.stored += o.stored;
+        self.bytes_stored += o.bytes_stored;
+    }
+}
+
+/// Figures about the store's contents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    pub stored_bytes: u64,
+    pub manifests: u64,
+    pub logical_bytes: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+}
+
+/// What an index rebuild found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub records_scanned: u64,
+    pub chunks_indexed: u64,
+    pub manifests_indexed: u64,
+    /// Bytes of torn or invalid tail cut from the last segment.
+    pub bytes_truncated: u64,
+}
+
+/// What a scrub found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub chunks_checked: u64,
+    pub corrupt: Vec<Digest>,
+}
+
+/// The running totals behind [`StoreStats`]; recomputed from the index at
+/// open, then kept by the writer thread.
+#[derive(Default)]
+struct Counters {
+    chunks: AtomicU64,
+    chunk_bytes: AtomicU64,
+    stored_bytes: AtomicU64,
+    manifests: AtomicU64,
+    logical_bytes: AtomicU64,
+    segments: AtomicU64,
+    segment_bytes: AtomicU64,
+}
+
+/// State shared by the store handles and the writer thread.
+struct Shared {
+    _lock: File,
+    db: sled::Db,
+    chunks: sled::Tree,
+    manifests: sled::Tree,
+    meta: sled::Tree,
+    segments: Segments,
+    counters: Counters,
+    config: StoreConfig,
+}
+
+/// A handle to an open store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    writer_tx: Option<mpsc::Sender<Job>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit;
+        // joining it releases the index and the directory lock.
+        self.writer_tx.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+        let _ = self.shared.db.flush();
+    }
+}
+
+/// How many commit jobs may wait for the writer: enough to fill a group
+/// while the previous one syncs, small enough to push back on uploaders.
+const WRITE_QUEUE_JOBS: usize = 64;
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, indexing any segment tail the
+    /// index does not cover yet.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        let data_dir_err = |source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(data_dir_err)?;
+        let lock = File::create(dir.join("LOCK")).map_err(data_dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(data_dir_err(e)),
+        }
+        let segments = Segments::open(&dir.join("segments")).map_err(data_dir_err)?;
+        let db = sled::Config::new()
+            .path(dir.join("index"))
+            .cache_capacity(128 << 20)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let shared = Arc::new(Shared {
+            _lock: lock,
+            chunks: db.open_tree("chunks")?,
+            manifests: db.open_tree("manifests")?,
+            meta: db.open_tree("meta")?,
+            db,
+            segments,
+            counters: Counters::default(),
+            config,
+        });
+
+        let schema = shared
+            .meta
+            .get(index::SCHEMA_KEY)?
+            .and_then(|v| index::decode_u64(&v));
+        if shared.config.rebuild_index || schema != Some(u64::from(index::SCHEMA_VERSION)) {
+            if schema.is_some() || !shared.chunks.is_empty() {
+                tracing::warn!(?schema, "rebuilding the index from the segments");
+            }
+            shared.clear_index()?;
+        }
+        let report = shared.recover()?;
+        if report.records_scanned > 0 || report.bytes_truncated > 0 {
+            tracing::info!(
+                records = report.records_scanned,
+                chunks = report.chunks_indexed,
+                manifests = report.manifests_indexed,
+                truncated = report.bytes_truncated,
+                "indexed segment tail"
+            );
+        }
+        shared.recount()?;
+
+        let writer = Writer::start(shared.clone())?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_JOBS);
+        let thread = std::thread::Builder::new()
+            .name("strata-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("starting the writer thread", e))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                shared,
+                writer_tx: Some(tx),
+                writer_thread: Some(thread),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .inner
+            .writer_tx
+            .as_ref()
+            .ok_or(StoreError::ShuttingDown)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Digests among `digests` the store does not hold, in order, once each.
+    pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+        let mut seen = HashSet::with_capacity(digests.len());
+        let mut missing = Vec::new();
+        for d in digests {
+            if seen.insert(*d) && !self.shared().chunks.contains_key(index::digest_key(d))? {
+                missing.push(*d);
+            }
+        }
+        Ok(missing)
+    }
+
+    pub fn contains_chunk(&self, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(self.shared().chunks.contains_key(index::digest_key(digest))?)
+    }
+
+    /// Writes the chunks the store does not hold yet; returns once they are
+    /// durable and indexed.
+    pub async fn put_chunks(&self, chunks: Vec<VerifiedChunk>) -> Result<PutOutcome, StoreError> {
+        let records = chunks.into_iter().map(PendingRecord::Chunk).collect();
+        self.submit(|reply| Job::Put { records, reply }).await
+    }
+
+    /// Reads a chunk's stored bytes, checking them against the record's CRC
+    /// and digest; rot on disk is a [`StoreError::Corrupt`], never data.
+    pub fn read_chunk(&self, digest: &Digest) -> Result<StoredChunk, StoreError> {
+        let shared = self.shared();
+        let entry = shared
+            .chunks
+            .get(index::digest_key(digest))?
+            .ok_or(StoreError::ChunkNotFound(*digest))?;
+        let entry = ChunkEntry::decode(&entry).ok_or_else(|| StoreError::Corrupt {
+            what: "index entry of chunk",
+            digest: *digest,
+            detail: "undecodable index entry; rebuild the index".into(),
+        })?;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: "chunk",
+            digest: *digest,
+            detail,
+        };
+        let rec = shared
+            .segments
+            .read(entry.location, entry.stored_len)
+            .map_err(|e| {
+                corrupt(format!(
+                    "segment {} offset {}: {e}",
+                    entry.location.segment, entry.location.offset
+                ))
+            })?;
+        let h = rec.header;
+        if h.kind != RecordKind::Chunk
+            || h.digest != *digest
+            || h.raw_len != entry.raw_len
+            || h.codec != entry.codec
+        {
+            return Err(corrupt(format!(
+                "record at segment {} offset {} does not match the index",
+                entry.location.segment, entry.location.offset
+            )));
+        }
+        Ok(StoredChunk {
+            digest: *digest,
+            codec: h.codec,
+            raw_len: h.raw_len,
+            data: Bytes::from(rec.buf).slice(record::HEADER_LEN..),
+        })
+    }
+
+    /// Checks that every chunk `manifest` names is held with the claimed length.
+    pub fn check_manifest_complete(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        for (index, c) in manifest.chunks().iter().enumerate() {
+            let entry = self
+                .shared()
+                .chunks
+                .get(index::digest_key(&c.digest))?
+                .and_then(|e| ChunkEntry::decode(&e))
+                .ok_or(StoreError::ManifestIncomplete {
+                    digest: c.digest,
+                    index,
+                })?;
+            if entry.raw_len != c.length {
+                return Err(StoreError::ManifestLengthMismatch {
+                    digest: c.digest,
+                    index,
+                    claimed: c.length,
+                    stored: entry.raw_len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a manifest whose chunks are all held; returns its digest.
+    /// The completeness check blocks on the index: call from a blocking
+    /// context or accept a short block.
+    pub async fn put_manifest(&self, manifest: Manifest) -> Result<Digest, StoreError> {
+        let this = self.clone();
+        let manifest = tokio::task::spawn_blocking(move || {
+            this.check_manifest_complete(&manifest).map(|()| manifest)
+        })
+        .await
+        .map_err(|_| StoreError::ShuttingDown)??;
+        let encoded = manifest.encode();
+        let digest = Digest::of(&encoded);
+        let records = vec![PendingRecord::Manifest {
+            digest,
+            total_length: manifest.total_length(),
+            encoded,
+        }];
+        self.submit(|reply| Job::Put { records, reply }).await?;
+        Ok(digest)
+    }
+
+    pub fn get_manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let bytes = self
+            .shared()
+            .manifests
+            .get(index::digest_key(digest))?
+            .ok_or(StoreError::ManifestNotFound(*digest))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(StoreError::Corrupt {
+                what: "manifest",
+                digest: *digest,
+                detail: "index copy does not hash to its digest".into(),
+            });
+        }
+        Manifest::decode(&bytes).map_err(|e| StoreError::Corrupt {
+            what: "manifest",
+            digest: *digest,
+            detail: e.to_string(),
+        })
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared().counters;
+        StoreStats {
+            chunks: c.chunks.load(Ordering::Relaxed),
+            chunk_bytes: c.chunk_bytes.load(Ordering::Relaxed),
+            stored_bytes: c.stored_bytes.load(Ordering::Relaxed),
+            manifests: c.manifests.load(Ordering::Relaxed),
+            logical_bytes: c.logical_bytes.load(Ordering::Relaxed),
+            segments: c.segments.load(Ordering::Relaxed),
+            segment_bytes: c.segment_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops the index and rebuilds it from the segments, serialised with
+    /// writes by running on the writer thread.
+    pub async fn rebuild_index(&self) -> Result<RebuildReport, StoreError> {
+        self.submit(|reply| Job::Rebuild { reply }).await
+    }
+
+    /// Reads and verifies every chunk and manifest; blocks for as long as
+    /// that takes.
+    pub fn scrub(&self) -> Result<ScrubReport, StoreError> {
+        let mut report = ScrubReport::default();
+        let mut decoder =
+            ChunkDecoder::new().map_err(|e| StoreError::io("creating a zstd decoder", e))?;
+        for item in self.shared().chunks.iter() {
+            let (key, _) = item?;
+            let Ok(digest) = Digest::from_slice(&key) else {
+                continue;
+            };
+            report.chunks_checked += 1;
+            let ok = self.read_chunk(&digest).is_ok_and(|c| {
+                decoder
+                    .decode_verified(&digest, c.codec, c.raw_len, &c.data)
+                    .is_ok()
+            });
+            if !ok {
+                report.corrupt.push(digest);
+            }
+        }
+        for item in self.shared().manifests.iter() {
+            let (key, _) = item?;
+            if let Ok(digest) = Digest::from_slice(&key)
+                && self.get_manifest(&digest).is_err()
+            {
+                report.corrupt.push(digest);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Flushes the index to disk (it is rebuilt from segments after a crash
+    /// anyway; this only shortens that work).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.shared().db.flush()?;
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn clear_index(&self) -> Result<(), StoreError> {
+        self.chunks.clear()?;
+        self.manifests.clear()?;
+        self.meta.clear()?;
+        self.meta.insert(
+            index::SCHEMA_KEY,
+            &u64::from(index::SCHEMA_VERSION).to_le_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Indexes every segment from its watermark to its end; cuts a torn tail
+    /// off the last segment. Must not run concurrently with the writer.
+    fn recover(&self) -> Result<RebuildReport, StoreError> {
+        let mut report = RebuildReport::default();
+        let ids = self
+            .segments
+            .list()
+            .map_err(|e| StoreError::io("listing segments", e))?;
+        for (i, &id) in ids.iter().enumerate() {
+            let from = self
+                .meta
+                .get(index::watermark_key(id))?
+                .and_then(|v| index::decode_u64(&v))
+                .unwrap_or(0);
+            let mut chunks = sled::Batch::default();
+            let mut manifests = sled::Batch::default();
+            let end = self
+                .segments
+                .scan(id, from, |rec| {
+                    report.records_scanned += 1;
+                    let key = rec.header.digest;
+                    match rec.header.kind {
+                        RecordKind::Chunk => {
+                            report.chunks_indexed += 1;
+                            let entry = ChunkEntry {
+                                location: rec.location,
+                                raw_len: rec.header.raw_len,
+                                stored_len: rec.header.stored_len,
+                                codec: rec.header.codec,
+                            };
+                            chunks.insert(key.as_bytes(), &entry.encode());
+                        }
+                        RecordKind::Manifest => {
+                            report.manifests_indexed += 1;
+                            manifests.insert(key.as_bytes(), rec.payload);
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::io(format!("scanning segment {id}"), e))?;
+            self.chunks.apply_batch(chunks)?;
+            self.manifests.apply_batch(manifests)?;
+            let path = self.segments.path_of(id);
+            let len = std::fs::metadata(&path)
+                .map_err(|e| StoreError::io(path.display().to_string(), e))?
+                .len();
+            if end < len {
+                if i + 1 == ids.len() {
+                    tracing::warn!(segment = id, valid = end, len, "cutting a torn tail off the last segment");
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(end).and(f.sync_all()))
+                        .map_err(|e| StoreError::io(path.display().to_string(), e));
+                    f?;
+                    report.bytes_truncated += len - end;
+                    self.segments.drop_readers();
+                } else {
+                    tracing::error!(segment = id, valid = end, len, "sealed segment has invalid bytes after its last valid record; they are ignored");
+                }
+            }
+            self.meta
+                .insert(index::watermark_key(id), &end.to_le_bytes())?;
+        }
+        Ok(report)
+    }
+
+    /// Recomputes the counters from the index and the segment files.
+    fn recount(&self) -> Result<(), StoreError> {
+        let c = &self.counters;
+        let (mut n, mut raw, mut stored) = (0u64, 0u64, 0u64);
+        for item in self.chunks.iter() {
+            let (_, v) = item?;
+            if let Some(e) = ChunkEntry::decode(&v) {
+                n += 1;
+                raw += u64::from(e.raw_len);
+                stored += u64::from(e.stored_len);
+            }
+        }
+        let (mut m, mut logical) = (0u64, 0u64);
+        for item in self.manifests.iter() {
+            let (_, v) = item?;
+            if let Ok(man) = Manifest::decode(&v) {
+                m += 1;
+                logical += man.total_length();
+            }
+        }
+        let (mut segs, mut seg_bytes) = (0u64, 0u64);
+        for id in self
+            .segments
+            .list()
+            .map_err(|e| StoreError::io("listing segments", e))?
+        {
+            segs += 1;
+            seg_bytes += std::fs::metadata(self.segments.path_of(id))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        c.chunks.store(n, Ordering::Relaxed);
+        c.chunk_bytes.store(raw, Ordering::Relaxed);
+        c.stored_bytes.store(stored, Ordering::Relaxed);
+        c.manifests.store(m, Ordering::Relaxed);
+        c.logical_bytes.store(logical, Ordering::Relaxed);
+        c.segments.store(segs, Ordering::Relaxed);
+        c.segment_bytes.store(seg_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The path of the data directory's segment folder (for tests and tools).
+pub fn segments_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("segments")
+}

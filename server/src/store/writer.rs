@@ -1,0 +1,269 @@
+//! The writer thread: the only code that appends to segments.
+//!
+//! It takes whatever commit jobs are queued (up to a bound), appends their new
+//! records with one write, syncs once per the fsync policy (group commit),
+//! and only then indexes them and answers the callers. Because it is the only
+//! appender, "is this chunk new?" and "append it" cannot race: two uploaders
+//! of the same chunk get it stored once.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use strata_proto::{Codec, Digest};
+use tokio::sync::{mpsc, oneshot};
+
+use super::index::{self, ChunkEntry};
+use super::record::{self, HEADER_LEN, RecordKind};
+use super::segment::Location;
+use super::{FsyncPolicy, PutOutcome, RebuildReport, Shared, StoreError, VerifiedChunk};
+
+/// A record waiting to be committed.
+pub enum PendingRecord {
+    Chunk(VerifiedChunk),
+    Manifest {
+        digest: Digest,
+        total_length: u64,
+        encoded: Vec<u8>,
+    },
+}
+
+/// Work for the writer thread.
+pub enum Job {
+    Put {
+        records: Vec<PendingRecord>,
+        reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
+    },
+    Rebuild {
+        reply: oneshot::Sender<Result<RebuildReport, StoreError>>,
+    },
+}
+
+/// Most jobs folded into one commit group: bounds the latency a group adds
+/// to its first job and the memory of one write.
+const MAX_GROUP_JOBS: usize = 32;
+
+pub struct Writer {
+    shared: Arc<Shared>,
+    segment: u32,
+    file: File,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Opens the last segment for appending, or starts the first one.
+    pub fn start(shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let ids = shared
+            .segments
+            .list()
+            .map_err(|e| StoreError::io("listing segments", e))?;
+        let mut segment = ids.last().copied().unwrap_or(1);
+        let (mut file, mut len) = open(&shared, segment)?;
+        if len >= shared.config.segment_bytes {
+            segment += 1;
+            (file, len) = open(&shared, segment)?;
+            shared.counters.segments.fetch_add(1, Ordering::Relaxed);
+        } else if ids.is_empty() {
+            shared.counters.segments.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Writer {
+            shared,
+            segment,
+            file,
+            len,
+            buf: Vec::with_capacity(8 << 20),
+        })
+    }
+
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut puts = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Put { records, reply } => puts.push((records, reply)),
+                    Job::Rebuild { reply } => {
+                        // Commit what came before the rebuild first.
+                        self.commit_and_reply(std::mem::take(&mut puts));
+                        let _ = reply.send(self.rebuild());
+                    }
+                }
+                if puts.len() < MAX_GROUP_JOBS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit_and_reply(puts);
+        }
+    }
+
+    fn commit_and_reply(&mut self, puts: Vec<(Vec<PendingRecord>, oneshot::Sender<Result<PutOutcome, StoreError>>)>) {
+        if puts.is_empty() {
+            return;
+        }
+        let (records, replies): (Vec<_>, Vec<_>) = puts.into_iter().unzip();
+        match self.commit(records) {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed");
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::io(
+                        "segment append",
+                        std::io::Error::other(msg.clone()),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Appends the new records of every job, syncs, indexes; one outcome per job.
+    fn commit(&mut self, jobs: Vec<Vec<PendingRecord>>) -> Result<Vec<PutOutcome>, StoreError> {
+        let shared = self.shared.clone();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut in_group: HashSet<(RecordKind, Digest)> = HashSet::new();
+        let mut chunk_entries = sled::Batch::default();
+        let mut manifest_entries = sled::Batch::default();
+        let (mut new_chunks, mut new_raw, mut new_stored) = (0u64, 0u64, 0u64);
+        let (mut new_manifests, mut new_logical) = (0u64, 0u64);
+        let mut watermarks: Vec<(u32, u64)> = Vec::new();
+        self.buf.clear();
+
+        for records in jobs {
+            let mut outcome = PutOutcome::default();
+            for rec in records {
+                outcome.received += 1;
+                let (kind, digest, codec, raw_len, payload) = match &rec {
+                    PendingRecord::Chunk(c) => (RecordKind::Chunk, c.digest, c.codec, c.raw_len, &c.data[..]),
+                    PendingRecord::Manifest { digest, encoded, .. } => {
+                        (RecordKind::Manifest, *digest, Codec::Raw, encoded.len() as u32, &encoded[..])
+                    }
+                };
+                let tree = match kind {
+                    RecordKind::Chunk => &shared.chunks,
+                    RecordKind::Manifest => &shared.manifests,
+                };
+                if in_group.contains(&(kind, digest)) || tree.contains_key(digest.as_bytes())? {
+                    continue;
+                }
+                let record_len = (HEADER_LEN + payload.len()) as u64;
+                if self.len + self.buf.len() as u64 + record_len > shared.config.segment_bytes
+                    && self.len + self.buf.len() as u64 > 0
+                {
+                    self.write_buf()?;
+                    watermarks.push((self.segment, self.len));
+                    self.roll()?;
+                }
+                let location = Location {
+                    segment: self.segment,
+                    offset: self.len + self.buf.len() as u64,
+                };
+                record::append_record(&mut self.buf, kind, &digest, codec, raw_len, payload);
+                in_group.insert((kind, digest));
+                outcome.stored += 1;
+                outcome.bytes_stored += payload.len() as u64;
+                match rec {
+                    PendingRecord::Chunk(c) => {
+                        let entry = ChunkEntry {
+                            location,
+                            raw_len: c.raw_len,
+                            stored_len: c.data.len() as u32,
+                            codec: c.codec,
+                        };
+                        chunk_entries.insert(index::digest_key(&digest), &entry.encode());
+                        new_chunks += 1;
+                        new_raw += u64::from(c.raw_len);
+                        new_stored += c.data.len() as u64;
+                    }
+                    PendingRecord::Manifest { encoded, total_length, .. } => {
+                        manifest_entries.insert(index::digest_key(&digest), encoded);
+                        new_manifests += 1;
+                        new_logical += total_length;
+                    }
+                }
+            }
+            outcomes.push(outcome);
+        }
+
+        self.write_buf()?;
+        watermarks.push((self.segment, self.len));
+        // The records are durable: now, and only now, the index may point at them.
+        shared.chunks.apply_batch(chunk_entries)?;
+        shared.manifests.apply_batch(manifest_entries)?;
+        for (id, len) in watermarks {
+            shared.meta.insert(index::watermark_key(id), &len.to_le_bytes())?;
+        }
+        let c = &shared.counters;
+        c.chunks.fetch_add(new_chunks, Ordering::Relaxed);
+        c.chunk_bytes.fetch_add(new_raw, Ordering::Relaxed);
+        c.stored_bytes.fetch_add(new_stored, Ordering::Relaxed);
+        c.manifests.fetch_add(new_manifests, Ordering::Relaxed);
+        c.logical_bytes.fetch_add(new_logical, Ordering::Relaxed);
+        Ok(outcomes)
+    }
+
+    /// Writes the buffered records at the end of the active segment and
+    /// syncs per policy. On failure (a full disk, say) the segment is cut
+    /// back to where it was, so no partial record stays behind.
+    fn write_buf(&mut self) -> Result<(), StoreError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let written = self.file.write_all_at(&self.buf, self.len).and_then(|()| {
+            if self.shared.config.fsync == FsyncPolicy::Always {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            self.buf.clear();
+            return Err(StoreError::io(
+                format!("segment {}", self.shared.segments.path_of(self.segment).display()),
+                e,
+            ));
+        }
+        self.len += self.buf.len() as u64;
+        self.shared
+            .counters
+            .segment_bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Closes the active segment and starts the next one.
+    fn roll(&mut self) -> Result<(), StoreError> {
+        self.segment += 1;
+        (self.file, self.len) = open(&self.shared, self.segment)?;
+        self.shared.counters.segments.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn rebuild(&mut self) -> Result<RebuildReport, StoreError> {
+        let shared = self.shared.clone();
+        shared.clear_index()?;
+        let report = shared.recover()?;
+        shared.recount()?;
+        (self.file, self.len) = open(&shared, self.segment)?;
+        if shared.counters.segments.load(Ordering::Relaxed) == 0 {
+            shared.counters.segments.store(1, Ordering::Relaxed);
+        }
+        shared.db.flush()?;
+        Ok(report)
+    }
+}
+
+fn open(shared: &Shared, id: u32) -> Result<(File, u64), StoreError> {
+    shared
+        .segments
+        .open_for_append(id)
+        .map_err(|e| StoreError::io(format!("opening segment {}", shared.segments.path_of(id).display()), e))
+}
