@@ -1,1 +1,6 @@
-//! placeholder
+//! The `strata` command's library side: where the cache is (a named server
+//! or the embedded store), and how long transfers show progress. The image
+//! builder will live here too.
+
+pub mod progress;
+pub mod target;

@@ -177,10 +177,15 @@ mod tests {
         // More than one block, so carried tails are exercised.
         let data = pseudo_random(BLOCK_BYTES * 2 + 12345, 7);
         let config = ChunkerConfig::default();
-        let blockwise: Vec<usize> = chunk_all(&data, config).unwrap().iter().map(|c| c.data.len()).collect();
-        let whole: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, config.min_size, config.avg_size, config.max_size)
-            .map(|c| c.length)
+        let blockwise: Vec<usize> = chunk_all(&data, config)
+            .unwrap()
+            .iter()
+            .map(|c| c.data.len())
             .collect();
+        let whole: Vec<usize> =
+            fastcdc::v2020::FastCDC::new(&data, config.min_size, config.avg_size, config.max_size)
+                .map(|c| c.length)
+                .collect();
         assert_eq!(blockwise, whole);
     }
 

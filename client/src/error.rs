@@ -9,7 +9,7 @@ pub enum ClientError {
     Unreachable { url: String, reason: String },
     #[error("server unavailable during {what}: {message}")]
     Unavailable { what: &'static str, message: String },
-    #[error("not found: {0}")]
+    #[error("{0}")]
     NotFound(String),
     #[error("integrity error: {0}")]
     Integrity(String),
@@ -56,4 +56,20 @@ impl ClientError {
             source,
         }
     }
+}
+
+/// An error and its sources on one line: transport errors hide the useful
+/// part ("connection refused") in their source chain.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

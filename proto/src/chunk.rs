@@ -191,13 +191,17 @@ mod tests {
         assert!(stored.len() < raw.len() / 10);
         let stored = stored.to_vec();
         let mut dec = ChunkDecoder::new().unwrap();
-        let out = dec.decode_verified(&digest, codec, raw.len() as u32, &stored).unwrap();
+        let out = dec
+            .decode_verified(&digest, codec, raw.len() as u32, &stored)
+            .unwrap();
         assert_eq!(out, &raw[..]);
     }
 
     #[test]
     fn incompressible_chunk_is_kept_raw() {
-        let raw: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let raw: Vec<u8> = (0..65536u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let mut enc = ChunkEncoder::new(1).unwrap();
         assert_eq!(enc.encode(&raw).0, Codec::Raw);
     }
@@ -206,7 +210,9 @@ mod tests {
     fn decoded_bytes_that_do_not_match_the_digest_are_refused() {
         let mut dec = ChunkDecoder::new().unwrap();
         let claimed = Digest::of(b"one thing");
-        let err = dec.decode_verified(&claimed, Codec::Raw, 7, b"another").unwrap_err();
+        let err = dec
+            .decode_verified(&claimed, Codec::Raw, 7, b"another")
+            .unwrap_err();
         assert!(matches!(err, ChunkError::DigestMismatch { expected, .. } if expected == claimed));
         assert!(err.to_string().contains(&claimed.to_string()));
     }
@@ -215,7 +221,9 @@ mod tests {
     fn garbage_zstd_data_is_reported_corrupt() {
         let mut dec = ChunkDecoder::new().unwrap();
         let d = Digest::of(b"x");
-        let err = dec.decode_verified(&d, Codec::Zstd, 1, b"not zstd at all").unwrap_err();
+        let err = dec
+            .decode_verified(&d, Codec::Zstd, 1, b"not zstd at all")
+            .unwrap_err();
         assert!(matches!(err, ChunkError::Corrupt { .. }), "{err}");
     }
 }

@@ -113,10 +113,19 @@ mod tests {
 
     #[test]
     fn malformed_text_is_refused() {
-        for bad in ["", "b3:", "sha256:00", "b3:ABCD", &format!("b3:{}", "g".repeat(64))] {
+        for bad in [
+            "",
+            "b3:",
+            "sha256:00",
+            "b3:ABCD",
+            &format!("b3:{}", "g".repeat(64)),
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad:?} was accepted");
         }
-        assert_eq!(Digest::from_slice(&[0; 31]), Err(DigestError::WrongLength(31)));
+        assert_eq!(
+            Digest::from_slice(&[0; 31]),
+            Err(DigestError::WrongLength(31))
+        );
     }
 
     proptest! {

@@ -34,7 +34,11 @@ pub enum ManifestError {
     #[error("manifest chunk {index} has length 0")]
     EmptyChunk { index: usize },
     #[error("manifest chunk {index} is {length} bytes, over the {limit}-byte chunk limit")]
-    ChunkTooLarge { index: usize, length: u32, limit: u32 },
+    ChunkTooLarge {
+        index: usize,
+        length: u32,
+        limit: u32,
+    },
     #[error("manifest sha256 must be 32 bytes, got {0}")]
     BadSha256(usize),
     #[error("manifest media type is {0} bytes, over the 255-byte limit")]
@@ -153,7 +157,10 @@ impl Manifest {
             .map_err(|_| ManifestError::Malformed)?
             .to_owned();
         let total_length = r.u64()?;
-        let sha256: [u8; 32] = r.take(32)?.try_into().map_err(|_| ManifestError::Malformed)?;
+        let sha256: [u8; 32] = r
+            .take(32)?
+            .try_into()
+            .map_err(|_| ManifestError::Malformed)?;
         let n = r.u64()?;
         if n.checked_mul(36) != Some(r.0.len() as u64) {
             return Err(ManifestError::Malformed);
@@ -219,7 +226,9 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, ManifestError> {
         let b = self.take(8)?;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| ManifestError::Malformed)?))
+        Ok(u64::from_le_bytes(
+            b.try_into().map_err(|_| ManifestError::Malformed)?,
+        ))
     }
 }
 
@@ -245,14 +254,23 @@ mod tests {
         let mut wire = sample(&[10, 20]).to_wire();
         wire.total_length = 31;
         let err = Manifest::from_wire(wire).unwrap_err();
-        assert!(matches!(err, ManifestError::LengthMismatch { sum: 30, declared: 31 }));
+        assert!(matches!(
+            err,
+            ManifestError::LengthMismatch {
+                sum: 30,
+                declared: 31
+            }
+        ));
     }
 
     #[test]
     fn truncated_encoding_is_refused() {
         let bytes = sample(&[1, 2, 3]).encode();
         for cut in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..cut]).is_err(), "accepted a cut at {cut}");
+            assert!(
+                Manifest::decode(&bytes[..cut]).is_err(),
+                "accepted a cut at {cut}"
+            );
         }
     }
 

@@ -5,8 +5,10 @@
 //! files. [`serve`] wires them onto a listener with explicit limits, health
 //! and reflection, and a graceful shutdown.
 
+pub mod embedded;
 pub mod service;
 pub mod store;
 
+pub use embedded::EmbeddedServer;
 pub use service::{ServerConfig, serve, serve_incoming};
 pub use store::{FsyncPolicy, Store, StoreConfig, StoreError};

@@ -1,11 +1,11 @@
 //! `Admin`: store figures, index rebuild from the segments, integrity scrub.
 
+use strata_proto::Digest;
 use strata_proto::v1::admin_server::Admin;
 use strata_proto::v1::{
     RebuildIndexRequest, RebuildIndexResponse, ScrubRequest, ScrubResponse, StatsRequest,
     StatsResponse,
 };
-use strata_proto::Digest;
 use tonic::{Request, Response, Status};
 
 use super::{blocking, status_of};

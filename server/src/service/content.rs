@@ -76,7 +76,10 @@ impl ContentStore for ContentService {
         &self,
         request: Request<FindMissingRequest>,
     ) -> Result<Response<FindMissingResponse>, Status> {
-        let digests = parse_digests(&request.into_inner().digests, self.config.max_digests_per_request)?;
+        let digests = parse_digests(
+            &request.into_inner().digests,
+            self.config.max_digests_per_request,
+        )?;
         let store = self.store.clone();
         let missing = blocking(move || store.find_missing(&digests)).await?;
         Ok(Response::new(FindMissingResponse {
@@ -101,7 +104,9 @@ impl ContentStore for ContentService {
                 .await
                 .map_err(|e| Status::internal(format!("verify task failed: {e}")))??;
             let store = self.store.clone();
-            commits.push_back(tokio::spawn(async move { store.put_chunks(verified).await }));
+            commits.push_back(tokio::spawn(
+                async move { store.put_chunks(verified).await },
+            ));
             if commits.len() > MAX_INFLIGHT_COMMITS
                 && let Some(c) = commits.pop_front()
             {
@@ -124,7 +129,10 @@ impl ContentStore for ContentService {
         &self,
         request: Request<GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
-        let digests = parse_digests(&request.into_inner().digests, self.config.max_digests_per_request)?;
+        let digests = parse_digests(
+            &request.into_inner().digests,
+            self.config.max_digests_per_request,
+        )?;
         let (tx, rx) = mpsc::channel(GET_STREAM_QUEUE);
         let store = self.store.clone();
         let batch_bytes = self.config.get_batch_bytes;

@@ -36,7 +36,8 @@ impl ManifestStore for ManifestService {
             .into_inner()
             .manifest
             .ok_or_else(|| Status::invalid_argument("PutManifest without a manifest"))?;
-        let manifest = Manifest::from_wire(wire).map_err(|e| status_of(StoreError::BadManifest(e)))?;
+        let manifest =
+            Manifest::from_wire(wire).map_err(|e| status_of(StoreError::BadManifest(e)))?;
         let digest = self.store.put_manifest(manifest).await.map_err(status_of)?;
         Ok(Response::new(PutManifestResponse {
             digest: digest.to_vec(),

@@ -52,8 +52,9 @@ pub(crate) fn status_of(e: StoreError) -> Status {
         StoreError::ChunkNotFound(_) | StoreError::ManifestNotFound(_) => {
             Status::not_found(e.to_string())
         }
-        StoreError::ManifestIncomplete { .. }
-        | StoreError::ManifestLengthMismatch { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::ManifestIncomplete { .. } | StoreError::ManifestLengthMismatch { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         StoreError::BadManifest(_) => Status::invalid_argument(e.to_string()),
         StoreError::Corrupt { .. } => Status::data_loss(e.to_string()),
         StoreError::ShuttingDown => Status::unavailable(e.to_string()),
@@ -75,8 +76,7 @@ pub(crate) fn parse_digests(raw: &[Vec<u8>], limit: usize) -> Result<Vec<Digest>
     raw.iter()
         .enumerate()
         .map(|(i, d)| {
-            Digest::from_slice(d)
-                .map_err(|e| Status::invalid_argument(format!("digest {i}: {e}")))
+            Digest::from_slice(d).map_err(|e| Status::invalid_argument(format!("digest {i}: {e}")))
         })
         .collect()
 }
@@ -91,15 +91,28 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(status_of)
 }
 
-fn router(store: Store, config: &ServerConfig) -> Result<tonic::transport::server::Router, StoreError> {
+/// HTTP/2 flow-control windows. The defaults (64 KiB) stall a bulk stream
+/// every few chunks waiting for window updates; a few MiB keep loopback and
+/// LAN transfers streaming. Clients use the same figures.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
+fn router(
+    store: Store,
+    config: &ServerConfig,
+) -> Result<tonic::transport::server::Router, StoreError> {
     let limit = config.max_message_bytes;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // The reporter's setters only fail if the health service is gone; it
     // lives in the router we return.
     let reporter = health_reporter.clone();
     tokio::spawn(async move {
-        reporter.set_serving::<ContentStoreServer<ContentService>>().await;
-        reporter.set_serving::<ManifestStoreServer<ManifestService>>().await;
+        reporter
+            .set_serving::<ContentStoreServer<ContentService>>()
+            .await;
+        reporter
+            .set_serving::<ManifestStoreServer<ManifestService>>()
+            .await;
         reporter.set_serving::<AdminServer<AdminService>>().await;
     });
     let reflection = tonic_reflection::server::Builder::configure()
@@ -107,6 +120,9 @@ fn router(store: Store, config: &ServerConfig) -> Result<tonic::transport::serve
         .build_v1()
         .map_err(|e| StoreError::io("building gRPC reflection", std::io::Error::other(e)))?;
     Ok(tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(1 << 20))
         .add_service(health)
         .add_service(reflection)
         .add_service(

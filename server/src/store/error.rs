@@ -27,7 +27,9 @@ pub enum StoreError {
     ManifestNotFound(Digest),
     #[error("manifest names chunk {digest} (entry {index}), which is not in the store")]
     ManifestIncomplete { digest: Digest, index: usize },
-    #[error("manifest names chunk {digest} (entry {index}) with length {claimed}, but the store holds it with length {stored}")]
+    #[error(
+        "manifest names chunk {digest} (entry {index}) with length {claimed}, but the store holds it with length {stored}"
+    )]
     ManifestLengthMismatch {
         digest: Digest,
         index: usize,

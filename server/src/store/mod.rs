@@ -327,7 +327,10 @@ impl Store {
     }
 
     pub fn contains_chunk(&self, digest: &Digest) -> Result<bool, StoreError> {
-        Ok(self.shared().chunks.contains_key(index::digest_key(digest))?)
+        Ok(self
+            .shared()
+            .chunks
+            .contains_key(index::digest_key(digest))?)
     }
 
     /// Writes the chunks the store does not hold yet; returns once they are
@@ -566,7 +569,12 @@ impl Shared {
                 .len();
             if end < len {
                 if i + 1 == ids.len() {
-                    tracing::warn!(segment = id, valid = end, len, "cutting a torn tail off the last segment");
+                    tracing::warn!(
+                        segment = id,
+                        valid = end,
+                        len,
+                        "cutting a torn tail off the last segment"
+                    );
                     let f = std::fs::OpenOptions::new()
                         .write(true)
                         .open(&path)
@@ -576,7 +584,12 @@ impl Shared {
                     report.bytes_truncated += len - end;
                     self.segments.drop_readers();
                 } else {
-                    tracing::error!(segment = id, valid = end, len, "sealed segment has invalid bytes after its last valid record; they are ignored");
+                    tracing::error!(
+                        segment = id,
+                        valid = end,
+                        len,
+                        "sealed segment has invalid bytes after its last valid record; they are ignored"
+                    );
                 }
             }
             self.meta

@@ -130,7 +130,11 @@ pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<RecordHeader, RecordError> {
 }
 
 /// Checks a record's CRC against its header bytes and payload.
-pub fn check_crc(header_bytes: &[u8], header: &RecordHeader, payload: &[u8]) -> Result<(), RecordError> {
+pub fn check_crc(
+    header_bytes: &[u8],
+    header: &RecordHeader,
+    payload: &[u8],
+) -> Result<(), RecordError> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header_bytes[..48]);
     crc.update(payload);
@@ -151,7 +155,14 @@ mod tests {
 
     fn record(payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        append_record(&mut out, RecordKind::Chunk, &Digest::of(payload), Codec::Raw, payload.len() as u32, payload);
+        append_record(
+            &mut out,
+            RecordKind::Chunk,
+            &Digest::of(payload),
+            Codec::Raw,
+            payload.len() as u32,
+            payload,
+        );
         out
     }
 
@@ -159,7 +170,10 @@ mod tests {
     fn record_parses_back() {
         let r = record(b"hello");
         let h = parse_header(r[..HEADER_LEN].try_into().unwrap()).unwrap();
-        assert_eq!((h.kind, h.codec, h.raw_len, h.stored_len), (RecordKind::Chunk, Codec::Raw, 5, 5));
+        assert_eq!(
+            (h.kind, h.codec, h.raw_len, h.stored_len),
+            (RecordKind::Chunk, Codec::Raw, 5, 5)
+        );
         assert_eq!(h.digest, Digest::of(b"hello"));
         check_crc(&r, &h, &r[HEADER_LEN..]).unwrap();
     }

@@ -75,7 +75,10 @@ impl Segments {
         for entry in std::fs::read_dir(&self.dir)? {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
-            if let Some(id) = name.strip_suffix(".seg").and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(id) = name
+                .strip_suffix(".seg")
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 ids.push(id);
             }
         }
@@ -96,7 +99,12 @@ impl Segments {
     }
 
     fn reader(&self, id: u32) -> io::Result<Arc<File>> {
-        if let Some(f) = self.readers.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        if let Some(f) = self
+            .readers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
             return Ok(f.clone());
         }
         let file = Arc::new(File::open(self.path_of(id))?);
@@ -162,7 +170,10 @@ impl Segments {
                 return Ok(offset);
             }
             visit(ScannedRecord {
-                location: Location { segment: id, offset },
+                location: Location {
+                    segment: id,
+                    offset,
+                },
                 header,
                 payload,
             });
@@ -172,7 +183,10 @@ impl Segments {
 
     /// Forgets cached read handles (after a segment is truncated).
     pub fn drop_readers(&self) {
-        self.readers.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.readers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 

@@ -30,11 +30,14 @@ pub enum PendingRecord {
     },
 }
 
+/// Where the writer answers one put job.
+pub type PutReply = oneshot::Sender<Result<PutOutcome, StoreError>>;
+
 /// Work for the writer thread.
 pub enum Job {
     Put {
         records: Vec<PendingRecord>,
-        reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
+        reply: PutReply,
     },
     Rebuild {
         reply: oneshot::Sender<Result<RebuildReport, StoreError>>,
@@ -99,7 +102,7 @@ impl Writer {
         }
     }
 
-    fn commit_and_reply(&mut self, puts: Vec<(Vec<PendingRecord>, oneshot::Sender<Result<PutOutcome, StoreError>>)>) {
+    fn commit_and_reply(&mut self, puts: Vec<(Vec<PendingRecord>, PutReply)>) {
         if puts.is_empty() {
             return;
         }
@@ -140,10 +143,18 @@ impl Writer {
             for rec in records {
                 outcome.received += 1;
                 let (kind, digest, codec, raw_len, payload) = match &rec {
-                    PendingRecord::Chunk(c) => (RecordKind::Chunk, c.digest, c.codec, c.raw_len, &c.data[..]),
-                    PendingRecord::Manifest { digest, encoded, .. } => {
-                        (RecordKind::Manifest, *digest, Codec::Raw, encoded.len() as u32, &encoded[..])
+                    PendingRecord::Chunk(c) => {
+                        (RecordKind::Chunk, c.digest, c.codec, c.raw_len, &c.data[..])
                     }
+                    PendingRecord::Manifest {
+                        digest, encoded, ..
+                    } => (
+                        RecordKind::Manifest,
+                        *digest,
+                        Codec::Raw,
+                        encoded.len() as u32,
+                        &encoded[..],
+                    ),
                 };
                 let tree = match kind {
                     RecordKind::Chunk => &shared.chunks,
@@ -181,7 +192,11 @@ impl Writer {
                         new_raw += u64::from(c.raw_len);
                         new_stored += c.data.len() as u64;
                     }
-                    PendingRecord::Manifest { encoded, total_length, .. } => {
+                    PendingRecord::Manifest {
+                        encoded,
+                        total_length,
+                        ..
+                    } => {
                         manifest_entries.insert(index::digest_key(&digest), encoded);
                         new_manifests += 1;
                         new_logical += total_length;
@@ -197,7 +212,9 @@ impl Writer {
         shared.chunks.apply_batch(chunk_entries)?;
         shared.manifests.apply_batch(manifest_entries)?;
         for (id, len) in watermarks {
-            shared.meta.insert(index::watermark_key(id), &len.to_le_bytes())?;
+            shared
+                .meta
+                .insert(index::watermark_key(id), &len.to_le_bytes())?;
         }
         let c = &shared.counters;
         c.chunks.fetch_add(new_chunks, Ordering::Relaxed);
@@ -226,7 +243,10 @@ impl Writer {
             let _ = self.file.set_len(self.len);
             self.buf.clear();
             return Err(StoreError::io(
-                format!("segment {}", self.shared.segments.path_of(self.segment).display()),
+                format!(
+                    "segment {}",
+                    self.shared.segments.path_of(self.segment).display()
+                ),
                 e,
             ));
         }
@@ -243,7 +263,10 @@ impl Writer {
     fn roll(&mut self) -> Result<(), StoreError> {
         self.segment += 1;
         (self.file, self.len) = open(&self.shared, self.segment)?;
-        self.shared.counters.segments.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .segments
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -262,8 +285,10 @@ impl Writer {
 }
 
 fn open(shared: &Shared, id: u32) -> Result<(File, u64), StoreError> {
-    shared
-        .segments
-        .open_for_append(id)
-        .map_err(|e| StoreError::io(format!("opening segment {}", shared.segments.path_of(id).display()), e))
+    shared.segments.open_for_append(id).map_err(|e| {
+        StoreError::io(
+            format!("opening segment {}", shared.segments.path_of(id).display()),
+            e,
+        )
+    })
 }

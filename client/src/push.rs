@@ -1,0 +1,311 @@
+//! The upload pipeline: read → cut and hash → ask which chunks are missing →
+//! compress those → stream them over several uploads → record the manifest.
+//!
+//! ```text
+//!  reader ─► [chunker thread] ─► FindMissing (2 in flight) ─► compress (2 in
+//!                │                                            flight, blocking)
+//!                └─► [sha-256 thread]                              │
+//!                                       upload streams ◄── round robin
+//! ```
+//!
+//! Every queue is bounded, so a slow server pushes back all the way to the
+//! reader and memory stays at a few blocks whatever the input size.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io::Read;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+use strata_proto::v1::{
+    Chunk, FindMissingRequest, PutChunksRequest, PutChunksResponse, PutManifestRequest,
+};
+use strata_proto::{ChunkEncoder, ChunkRef, Digest, Manifest};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::{ChunkBatch, Chunker, Client, ClientError, HashedChunk, Progress};
+
+/// What one push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// The object's address.
+    pub digest: Option<Digest>,
+    /// Bytes read from the input.
+    pub total_bytes: u64,
+    /// Chunk bytes sent to the server, as sent (compressed where it paid).
+    pub sent_bytes: u64,
+    /// Chunks in the object, repeats included.
+    pub chunks: u64,
+    /// Chunks not sent because the server already had them or this push had
+    /// already sent them.
+    pub reused_chunks: u64,
+    /// Chunks the server stored as new (less than those sent when another
+    /// client uploaded the same chunk at the same time).
+    pub stored_chunks: u64,
+}
+
+/// Batches of chunks a stage may hold ahead of the next.
+const STAGE_DEPTH: usize = 2;
+/// Messages queued per upload stream.
+const STREAM_QUEUE: usize = 2;
+
+thread_local! {
+    /// One zstd compressor per blocking thread, reused across batches.
+    static ENCODER: RefCell<Option<(i32, ChunkEncoder)>> = const { RefCell::new(None) };
+}
+
+impl Client {
+    /// Pushes everything `reader` yields as one object of `media_type`.
+    pub async fn push<R: Read + Send + 'static>(
+        &self,
+        reader: R,
+        media_type: &str,
+        progress: &Progress,
+    ) -> Result<PushReport, ClientError> {
+        let (batch_tx, batch_rx) = mpsc::channel::<std::io::Result<ChunkBatch>>(STAGE_DEPTH);
+        let (sha_tx, mut sha_rx) = mpsc::channel::<Bytes>(STAGE_DEPTH * 2);
+        let chunking = self.config.chunking;
+        let chunker = tokio::task::spawn_blocking(move || {
+            let mut chunker = Chunker::new(reader, chunking);
+            loop {
+                let next = chunker.next_batch().transpose();
+                let Some(batch) = next else { return };
+                if let Ok(b) = &batch
+                    && sha_tx.blocking_send(b.covered.clone()).is_err()
+                {
+                    return;
+                }
+                let failed = batch.is_err();
+                if batch_tx.blocking_send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let sha = tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            while let Some(bytes) = sha_rx.blocking_recv() {
+                h.update(&bytes);
+            }
+            <[u8; 32]>::from(h.finalize())
+        });
+
+        let mut report = PushReport::default();
+        let mut refs: Vec<ChunkRef> = Vec::new();
+        let mut seen: HashSet<Digest> = HashSet::new();
+        let mut uploads = Uploads::new(self);
+        let mut sent_bytes = 0u64;
+        {
+            let content = self.content.clone();
+            let level = self.config.zstd_level;
+            let message_bytes = self.config.message_bytes;
+            let mut messages = ReceiverStream::new(batch_rx)
+                .map(|batch| {
+                    let batch = batch.map_err(|e| ClientError::io("reading the input", e))?;
+                    report.total_bytes += batch.covered.len() as u64;
+                    report.chunks += batch.chunks.len() as u64;
+                    progress.advance(batch.covered.len() as u64);
+                    refs.extend(batch.chunks.iter().map(|c| ChunkRef {
+                        digest: c.digest,
+                        length: c.data.len() as u32,
+                    }));
+                    let fresh: Vec<HashedChunk> = batch
+                        .chunks
+                        .into_iter()
+                        .filter(|c| seen.insert(c.digest))
+                        .collect();
+                    Ok(find_missing(content.clone(), fresh))
+                })
+                .try_buffered(STAGE_DEPTH)
+                .map_ok(|missing| compress(missing, level, message_bytes))
+                .try_buffered(STAGE_DEPTH);
+            while let Some(batch_messages) = messages.try_next().await? {
+                for message in batch_messages {
+                    sent_bytes += message
+                        .chunks
+                        .iter()
+                        .map(|c| c.data.len() as u64)
+                        .sum::<u64>();
+                    uploads.send(message).await?;
+                }
+            }
+        }
+        // The chunker ended (the stream is drained); a panic there is a bug.
+        chunker
+            .await
+            .map_err(|e| ClientError::io("chunking", std::io::Error::other(e)))?;
+        let outcome = uploads.finish().await?;
+        report.sent_bytes = sent_bytes;
+        report.stored_chunks = outcome.chunks_stored;
+        report.reused_chunks = report.chunks - outcome.chunks_received;
+        let sha256 = sha
+            .await
+            .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?;
+
+        let manifest = Manifest::new(refs, report.total_bytes, sha256, media_type.to_owned())
+            .map_err(|e| ClientError::Config(format!("building the manifest: {e}")))?;
+        let digest = manifest.digest();
+        let response = self
+            .manifests
+            .clone()
+            .put_manifest(PutManifestRequest {
+                manifest: Some(manifest.to_wire()),
+            })
+            .await
+            .map_err(|s| ClientError::from_status("put manifest", s))?
+            .into_inner();
+        if response.digest != digest.to_vec() {
+            return Err(ClientError::Integrity(format!(
+                "the server recorded object {digest} under a different digest"
+            )));
+        }
+        report.digest = Some(digest);
+        Ok(report)
+    }
+}
+
+/// The chunks of `candidates` the server does not hold.
+async fn find_missing(
+    mut content: strata_proto::v1::content_store_client::ContentStoreClient<
+        tonic::transport::Channel,
+    >,
+    candidates: Vec<HashedChunk>,
+) -> Result<Vec<HashedChunk>, ClientError> {
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let digests = candidates.iter().map(|c| c.digest.to_vec()).collect();
+    let missing = content
+        .find_missing(FindMissingRequest { digests })
+        .await
+        .map_err(|s| ClientError::from_status("find missing", s))?
+        .into_inner()
+        .missing;
+    let missing: HashSet<&[u8]> = missing.iter().map(Vec::as_slice).collect();
+    Ok(candidates
+        .into_iter()
+        .filter(|c| missing.contains(&c.digest.as_bytes()[..]))
+        .collect())
+}
+
+/// Compresses `chunks` on a blocking thread into upload messages of about
+/// `message_bytes` each.
+async fn compress(
+    chunks: Vec<HashedChunk>,
+    level: i32,
+    message_bytes: usize,
+) -> Result<Vec<PutChunksRequest>, ClientError> {
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    tokio::task::spawn_blocking(move || {
+        ENCODER.with_borrow_mut(|slot| {
+            let encoder = match slot {
+                Some((l, e)) if *l == level => e,
+                _ => {
+                    let encoder = ChunkEncoder::new(level)
+                        .map_err(|e| ClientError::io("creating a zstd compressor", e))?;
+                    &mut slot.insert((level, encoder)).1
+                }
+            };
+            let mut messages = Vec::new();
+            let mut current = Vec::new();
+            let mut size = 0usize;
+            for c in chunks {
+                let (codec, stored) = encoder.encode(&c.data);
+                let data = if codec == strata_proto::Codec::Raw {
+                    c.data.clone()
+                } else {
+                    Bytes::copy_from_slice(stored)
+                };
+                size += data.len();
+                current.push(Chunk {
+                    digest: c.digest.to_vec(),
+                    codec: codec.to_wire(),
+                    raw_length: c.data.len() as u32,
+                    data,
+                });
+                if size >= message_bytes {
+                    messages.push(PutChunksRequest {
+                        chunks: std::mem::take(&mut current),
+                    });
+                    size = 0;
+                }
+            }
+            if !current.is_empty() {
+                messages.push(PutChunksRequest { chunks: current });
+            }
+            Ok(messages)
+        })
+    })
+    .await
+    .map_err(|e| ClientError::io("compressing", std::io::Error::other(e)))?
+}
+
+/// Upload streams, opened on first use and fed round robin.
+struct Uploads<'a> {
+    client: &'a Client,
+    streams: Vec<(
+        mpsc::Sender<PutChunksRequest>,
+        JoinHandle<Result<PutChunksResponse, Status>>,
+    )>,
+    next: usize,
+}
+
+impl<'a> Uploads<'a> {
+    fn new(client: &'a Client) -> Self {
+        Uploads {
+            client,
+            streams: Vec::new(),
+            next: 0,
+        }
+    }
+
+    async fn send(&mut self, message: PutChunksRequest) -> Result<(), ClientError> {
+        if self.streams.len() < self.client.config.upload_streams {
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            let mut content = self.client.content.clone();
+            let task = tokio::spawn(async move {
+                content
+                    .put_chunks(ReceiverStream::new(rx))
+                    .await
+                    .map(tonic::Response::into_inner)
+            });
+            self.streams.push((tx, task));
+        }
+        let i = self.next % self.streams.len();
+        self.next += 1;
+        if self.streams[i].0.send(message).await.is_err() {
+            // The stream ended early: its task holds the reason.
+            let (_, task) = self.streams.swap_remove(i);
+            return Err(match task.await {
+                Ok(Err(status)) => ClientError::from_status("upload chunks", status),
+                Ok(Ok(_)) => ClientError::Unavailable {
+                    what: "upload chunks",
+                    message: "the server closed the upload early".into(),
+                },
+                Err(e) => ClientError::io("upload task", std::io::Error::other(e)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes every stream and sums what the server reports.
+    async fn finish(self) -> Result<PutChunksResponse, ClientError> {
+        let mut total = PutChunksResponse::default();
+        for (tx, task) in self.streams {
+            drop(tx);
+            let r = task
+                .await
+                .map_err(|e| ClientError::io("upload task", std::io::Error::other(e)))?
+                .map_err(|s| ClientError::from_status("upload chunks", s))?;
+            total.chunks_received += r.chunks_received;
+            total.chunks_stored += r.chunks_stored;
+            total.bytes_stored += r.bytes_stored;
+        }
+        Ok(total)
+    }
+}
