@@ -245,13 +245,16 @@ async fn compress(
     .map_err(|e| ClientError::io("compressing", std::io::Error::other(e)))?
 }
 
+/// One open upload: its message queue and the task awaiting the reply.
+type UploadStream = (
+    mpsc::Sender<PutChunksRequest>,
+    JoinHandle<Result<PutChunksResponse, Status>>,
+);
+
 /// Upload streams, opened on first use and fed round robin.
 struct Uploads<'a> {
     client: &'a Client,
-    streams: Vec<(
-        mpsc::Sender<PutChunksRequest>,
-        JoinHandle<Result<PutChunksResponse, Status>>,
-    )>,
+    streams: Vec<UploadStream>,
     next: usize,
 }
 
