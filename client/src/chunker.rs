@@ -221,8 +221,10 @@ mod tests {
             edited[at] ^= 0xff;
             let a: std::collections::HashSet<_> = chunk_all(&data, SMALL).unwrap().into_iter().map(|c| c.digest).collect();
             let b = chunk_all(&edited, SMALL).unwrap();
-            let changed = b.iter().filter(|c| !a.contains(&c.digest)).count();
-            prop_assert!(changed <= 3, "{} chunks changed", changed);
+            // Cut points resynchronise within a few chunks of the edit, so
+            // the re-sent bytes are bounded whatever the input size.
+            let changed: usize = b.iter().filter(|c| !a.contains(&c.digest)).map(|c| c.data.len()).sum();
+            prop_assert!(changed <= 4 * SMALL.max_size as usize, "{} bytes changed", changed);
         }
     }
 }

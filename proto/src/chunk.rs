@@ -199,8 +199,14 @@ mod tests {
 
     #[test]
     fn incompressible_chunk_is_kept_raw() {
-        let raw: Vec<u8> = (0..65536u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let raw: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
             .collect();
         let mut enc = ChunkEncoder::new(1).unwrap();
         assert_eq!(enc.encode(&raw).0, Codec::Raw);

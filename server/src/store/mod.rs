@@ -153,6 +153,8 @@ pub struct RebuildReport {
     pub manifests_indexed: u64,
     /// Bytes of torn or invalid tail cut from the last segment.
     pub bytes_truncated: u64,
+    /// Complete records skipped because their checksum failed (rot).
+    pub corrupt_skipped: u64,
 }
 
 /// What a scrub found.
@@ -538,7 +540,7 @@ impl Shared {
                 .unwrap_or(0);
             let mut chunks = sled::Batch::default();
             let mut manifests = sled::Batch::default();
-            let end = self
+            let scanned = self
                 .segments
                 .scan(id, from, |rec| {
                     report.records_scanned += 1;
@@ -563,32 +565,27 @@ impl Shared {
                 .map_err(|e| StoreError::io(format!("scanning segment {id}"), e))?;
             self.chunks.apply_batch(chunks)?;
             self.manifests.apply_batch(manifests)?;
-            let path = self.segments.path_of(id);
-            let len = std::fs::metadata(&path)
-                .map_err(|e| StoreError::io(path.display().to_string(), e))?
-                .len();
-            if end < len {
+            report.corrupt_skipped += scanned.corrupt_skipped;
+            let end = scanned.valid_end;
+            if end < scanned.len {
                 if i + 1 == ids.len() {
+                    let aside = self.segments.quarantine_tail(id, end).map_err(|e| {
+                        StoreError::io(format!("cutting the tail of segment {id}"), e)
+                    })?;
                     tracing::warn!(
                         segment = id,
                         valid = end,
-                        len,
-                        "cutting a torn tail off the last segment"
+                        len = scanned.len,
+                        moved_to = %aside.display(),
+                        "cut a torn tail off the last segment"
                     );
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_len(end).and(f.sync_all()))
-                        .map_err(|e| StoreError::io(path.display().to_string(), e));
-                    f?;
-                    report.bytes_truncated += len - end;
-                    self.segments.drop_readers();
+                    report.bytes_truncated += scanned.len - end;
                 } else {
                     tracing::error!(
                         segment = id,
                         valid = end,
-                        len,
-                        "sealed segment has invalid bytes after its last valid record; they are ignored"
+                        len = scanned.len,
+                        "sealed segment has unreadable bytes after its last valid record; they are ignored"
                     );
                 }
             }

@@ -48,6 +48,17 @@ pub enum ReadError {
     Truncated,
 }
 
+/// Where a scan stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Offset just past the last record that could be walked.
+    pub valid_end: u64,
+    /// The segment's length.
+    pub len: u64,
+    /// Complete records skipped because their checksum failed.
+    pub corrupt_skipped: u64,
+}
+
 /// One record met during a sequential scan.
 #[derive(Debug)]
 pub struct ScannedRecord {
@@ -139,35 +150,56 @@ impl Segments {
     }
 
     /// Reads segment `id` from `from` to its end, calling `visit` for every
-    /// valid record, and returns the offset where valid records end (the
-    /// first torn or invalid byte, or the file length).
+    /// valid record. A complete record whose checksum fails with more bytes
+    /// after it is rot, not a torn write: it is skipped (and counted) and the
+    /// scan goes on. The scan stops at the first byte that cannot start a
+    /// record; [`ScanEnd::valid_end`] says where.
     pub fn scan(
         &self,
         id: u32,
         from: u64,
         mut visit: impl FnMut(ScannedRecord),
-    ) -> io::Result<u64> {
+    ) -> io::Result<ScanEnd> {
         let mut file = File::open(self.path_of(id))?;
         let len = file.metadata()?.len();
+        let mut end = ScanEnd {
+            valid_end: from.min(len),
+            len,
+            corrupt_skipped: 0,
+        };
         if from >= len {
-            return Ok(len.min(from));
+            return Ok(end);
         }
         io::Seek::seek(&mut file, io::SeekFrom::Start(from))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut offset = from;
         loop {
+            end.valid_end = offset;
             let mut header_bytes = [0u8; HEADER_LEN];
             if read_full(&mut reader, &mut header_bytes)? < HEADER_LEN {
-                return Ok(offset);
+                return Ok(end);
             }
             let Ok(header) = record::parse_header(&header_bytes) else {
-                return Ok(offset);
+                return Ok(end);
             };
             let mut payload = vec![0u8; header.stored_len as usize];
-            if read_full(&mut reader, &mut payload)? < payload.len()
-                || record::check_crc(&header_bytes, &header, &payload).is_err()
-            {
-                return Ok(offset);
+            if read_full(&mut reader, &mut payload)? < payload.len() {
+                return Ok(end);
+            }
+            let next = offset + (HEADER_LEN + payload.len()) as u64;
+            if record::check_crc(&header_bytes, &header, &payload).is_err() {
+                if next >= len {
+                    return Ok(end); // the last record: possibly torn
+                }
+                tracing::error!(
+                    segment = id,
+                    offset,
+                    digest = %header.digest,
+                    "record fails its checksum; skipped (run a scrub)"
+                );
+                end.corrupt_skipped += 1;
+                offset = next;
+                continue;
             }
             visit(ScannedRecord {
                 location: Location {
@@ -177,8 +209,26 @@ impl Segments {
                 header,
                 payload,
             });
-            offset += (HEADER_LEN + header.stored_len as usize) as u64;
+            offset = next;
         }
+    }
+
+    /// Moves bytes `from..` of segment `id` into a quarantine file beside it
+    /// (`NNNNNNNN.tail-OFFSET`, never read as a segment) and cuts the
+    /// segment there: recovery removes a torn tail without destroying
+    /// anything an operator might want to inspect.
+    pub fn quarantine_tail(&self, id: u32, from: u64) -> io::Result<PathBuf> {
+        let path = self.path_of(id);
+        let mut segment = OpenOptions::new().read(true).write(true).open(&path)?;
+        let aside = self.dir.join(format!("{id:08}.tail-{from}"));
+        let mut out = File::create(&aside)?;
+        io::Seek::seek(&mut segment, io::SeekFrom::Start(from))?;
+        io::copy(&mut segment, &mut out)?;
+        out.sync_all()?;
+        segment.set_len(from)?;
+        segment.sync_all()?;
+        self.drop_readers();
+        Ok(aside)
     }
 
     /// Forgets cached read handles (after a segment is truncated).
