@@ -46,14 +46,14 @@ struct Window {
 
 impl Client {
     /// Writes object `digest` to `out`, verifying every chunk and the whole
-    /// object's SHA-256. On error, `out` may hold a prefix: write to a
-    /// temporary file and keep it only on success.
+    /// object's SHA-256, and hands `out` back. On error, what was written may
+    /// be a prefix: write to a temporary file and keep it only on success.
     pub async fn pull<W: Write + Send + 'static>(
         &self,
         digest: &Digest,
         out: W,
         progress: &Progress,
-    ) -> Result<PullReport, ClientError> {
+    ) -> Result<(PullReport, W), ClientError> {
         let manifest = self.get_manifest(digest).await?;
         progress.set_total(manifest.total_length());
         let expected_sha = *manifest.sha256();
@@ -71,7 +71,7 @@ impl Client {
             }
             out.flush()
                 .map_err(|e| ClientError::io("writing the output", e))?;
-            Ok::<_, ClientError>(<[u8; 32]>::from(sha.finalize()))
+            Ok::<_, ClientError>((<[u8; 32]>::from(sha.finalize()), out))
         });
 
         let windows = split_windows(manifest.chunks(), self.config.download_window_bytes);
@@ -106,13 +106,18 @@ impl Client {
         if let Some(e) = failure {
             return Err(e);
         }
-        let sha = written?;
+        let (sha, out) = written?;
         if sha != expected_sha {
             return Err(ClientError::Integrity(format!(
                 "object {digest}: the assembled bytes do not match the manifest's SHA-256"
             )));
         }
-        Ok(report)
+        Ok((report, out))
+    }
+
+    /// Pulls object `digest` into memory (small objects, tests).
+    pub async fn pull_to_vec(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
+        Ok(self.pull(digest, Vec::new(), &Progress::new()).await?.1)
     }
 }
 
