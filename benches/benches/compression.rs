@@ -1,1 +1,110 @@
-fn main() {}
+//! Chunk codec throughput over 64 MiB of realistic data, pre-chunked with the
+//! default FastCDC config: `ChunkEncoder` (zstd level 1, or raw when it does
+//! not pay) chunk by chunk, and `ChunkDecoder::decode_verified` (decompress
+//! plus BLAKE3 check) chunk by chunk. Same-run baselines: one
+//! `zstd::bulk::compress` level 1 call over the whole buffer, and one
+//! `zstd::bulk::decompress` of its output. Throughput is in raw bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use strata_benches::realistic_corpus;
+use strata_client::{ChunkerConfig, chunk_all};
+use strata_proto::{ChunkDecoder, ChunkEncoder, Codec, Digest};
+
+const CORPUS_BYTES: usize = 64 << 20;
+const SEED: u64 = 0x5742_a7a0;
+const LEVEL: i32 = 1;
+
+/// A chunk as it travels: digest, codec, raw length, stored bytes.
+struct Encoded {
+    digest: Digest,
+    codec: Codec,
+    raw_len: u32,
+    stored: Vec<u8>,
+}
+
+fn compression(c: &mut Criterion) {
+    let corpus = realistic_corpus(CORPUS_BYTES, SEED);
+    let chunks = chunk_all(&corpus, ChunkerConfig::default()).unwrap();
+
+    let mut encoder = ChunkEncoder::new(LEVEL).unwrap();
+    let encoded: Vec<Encoded> = chunks
+        .iter()
+        .map(|ch| {
+            let (codec, stored) = encoder.encode(&ch.data);
+            Encoded {
+                digest: ch.digest,
+                codec,
+                raw_len: ch.data.len() as u32,
+                stored: stored.to_vec(),
+            }
+        })
+        .collect();
+    let whole = zstd::bulk::compress(&corpus, LEVEL).unwrap();
+    let per_chunk: usize = encoded.iter().map(|e| e.stored.len()).sum();
+    let raw_chunks = encoded.iter().filter(|e| e.codec == Codec::Raw).count();
+    eprintln!(
+        "corpus {} MiB, {} chunks ({} kept raw); ratio per chunk {:.2}x, whole buffer {:.2}x",
+        corpus.len() >> 20,
+        chunks.len(),
+        raw_chunks,
+        corpus.len() as f64 / per_chunk as f64,
+        corpus.len() as f64 / whole.len() as f64,
+    );
+
+    let mut g = c.benchmark_group("compression");
+    g.throughput(Throughput::Bytes(corpus.len() as u64));
+    g.sampling_mode(SamplingMode::Flat);
+
+    g.bench_function("ChunkEncoder zstd-1 per chunk", |b| {
+        b.iter(|| {
+            let mut stored = 0usize;
+            for ch in &chunks {
+                stored += encoder.encode(black_box(&ch.data)).1.len();
+            }
+            stored
+        });
+    });
+    g.bench_function("zstd::bulk::compress zstd-1 whole buffer (baseline)", |b| {
+        b.iter(|| {
+            zstd::bulk::compress(black_box(&corpus), LEVEL)
+                .unwrap()
+                .len()
+        });
+    });
+
+    let mut decoder = ChunkDecoder::new().unwrap();
+    g.bench_function("ChunkDecoder decode_verified per chunk", |b| {
+        b.iter(|| {
+            let mut raw = 0usize;
+            for e in &encoded {
+                raw += decoder
+                    .decode_verified(&e.digest, e.codec, e.raw_len, black_box(&e.stored))
+                    .unwrap()
+                    .len();
+            }
+            raw
+        });
+    });
+    g.bench_function("zstd::bulk::decompress whole buffer (baseline)", |b| {
+        b.iter(|| {
+            zstd::bulk::decompress(black_box(&whole), corpus.len())
+                .unwrap()
+                .len()
+        });
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    targets = compression
+}
+criterion_main!(benches);

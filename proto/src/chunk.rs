@@ -140,6 +140,17 @@ impl ChunkDecoder {
         let raw: &[u8] = match codec {
             Codec::Raw => stored,
             Codec::Zstd => {
+                // A frame that declares its size must declare the claimed one:
+                // that names the real problem before decoding anything.
+                if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(stored)
+                    && size != u64::from(raw_length)
+                {
+                    return Err(ChunkError::LengthMismatch {
+                        digest: *digest,
+                        expected: raw_length,
+                        found: usize::try_from(size).unwrap_or(usize::MAX),
+                    });
+                }
                 self.out.clear();
                 self.out.reserve(raw_length as usize);
                 let n = self

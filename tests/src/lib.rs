@@ -185,7 +185,11 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "server exited with {status}:\n{}", self.log());
+                assert!(
+                    status.success(),
+                    "server exited with {status}:\n{}",
+                    self.log()
+                );
                 return;
             }
             assert!(Instant::now() < deadline, "server did not stop on SIGTERM");

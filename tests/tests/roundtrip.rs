@@ -12,7 +12,11 @@ use strata_tests::{TestServer, layer_like_bytes, random_bytes};
 async fn round_trip(client: &Client, data: Vec<u8>) -> Digest {
     let progress = Progress::new();
     let report = client
-        .push(Cursor::new(data.clone()), "application/octet-stream", &progress)
+        .push(
+            Cursor::new(data.clone()),
+            "application/octet-stream",
+            &progress,
+        )
         .await
         .expect("push");
     assert_eq!(report.total_bytes, data.len() as u64);
