@@ -250,30 +250,43 @@ pub fn layer_like_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// A reader of `len` deterministic random bytes, without holding them.
+/// A reader of `len` deterministic random bytes, without holding them: the
+/// bytes depend only on the seed and their position, not on read sizes.
 pub struct RandomReader {
-    remaining: u64,
+    len: u64,
+    pos: u64,
     seed: u64,
+    block: Vec<u8>,
 }
+
+const RANDOM_BLOCK: u64 = 1 << 20;
 
 impl RandomReader {
     pub fn new(len: u64, seed: u64) -> Self {
         RandomReader {
-            remaining: len,
+            len,
+            pos: 0,
             seed,
+            block: vec![0; RANDOM_BLOCK as usize],
         }
     }
 }
 
 impl Read for RandomReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.remaining as usize).min(1 << 20);
-        if n == 0 {
+        if self.pos == self.len {
             return Ok(0);
         }
-        self.seed = self.seed.wrapping_add(1);
-        fill_random(&mut buf[..n], self.seed);
-        self.remaining -= n as u64;
+        let within = self.pos % RANDOM_BLOCK;
+        if within == 0 {
+            fill_random(&mut self.block, self.seed ^ (self.pos / RANDOM_BLOCK) << 20);
+        }
+        let n = buf
+            .len()
+            .min((RANDOM_BLOCK - within) as usize)
+            .min((self.len - self.pos) as usize);
+        buf[..n].copy_from_slice(&self.block[within as usize..within as usize + n]);
+        self.pos += n as u64;
         Ok(n)
     }
 }
