@@ -8,7 +8,7 @@
 
 use std::io::{self, Read};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use strata_proto::Digest;
 
 /// FastCDC size bounds, in bytes.
@@ -96,46 +96,67 @@ impl<R: Read> Chunker<R> {
         }
     }
 
-    /// The next batch, or `None` at the end of the input.
+    /// The next batch, hashed, or `None` at the end of the input.
     pub fn next_batch(&mut self) -> io::Result<Option<ChunkBatch>> {
+        Ok(self.next_cuts()?.map(CutBatch::hash))
+    }
+
+    /// The next batch, cut but not hashed, or `None` at the end of the
+    /// input: hashing can then run on another thread than the cutting.
+    pub fn next_cuts(&mut self) -> io::Result<Option<CutBatch>> {
         if self.eof && self.carry.is_empty() {
             return Ok(None);
         }
-        let mut block = BytesMut::with_capacity(self.carry.len() + BLOCK_BYTES);
+        let mut block = Vec::with_capacity(self.carry.len() + BLOCK_BYTES);
         block.extend_from_slice(&self.carry);
-        let want = block.len() + BLOCK_BYTES;
-        block.resize(want, 0);
-        let mut filled = self.carry.len();
-        while filled < want && !self.eof {
-            match self.reader.read(&mut block[filled..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        // `read_to_end` fills spare capacity without zeroing it first.
+        if !self.eof {
+            let read = (&mut self.reader)
+                .take(BLOCK_BYTES as u64)
+                .read_to_end(&mut block)?;
+            self.eof = read < BLOCK_BYTES;
         }
-        block.truncate(filled);
-        let block = block.freeze();
+        let block = Bytes::from(block);
         let c = self.config;
-        let mut chunks = Vec::with_capacity(block.len() / c.avg_size as usize + 2);
+        let mut pieces = Vec::with_capacity(block.len() / c.avg_size as usize + 2);
         let mut end = 0usize;
         for cut in fastcdc::v2020::FastCDC::new(&block, c.min_size, c.avg_size, c.max_size) {
             let cut_end = cut.offset + cut.length;
             if cut_end == block.len() && !self.eof {
                 break; // the block ended here, not the content: carry it over
             }
-            let data = block.slice(cut.offset..cut_end);
-            chunks.push(HashedChunk {
-                digest: Digest::of(&data),
-                data,
-            });
+            pieces.push(block.slice(cut.offset..cut_end));
             end = cut_end;
         }
         self.carry = block.slice(end..);
-        Ok(Some(ChunkBatch {
-            chunks,
+        Ok(Some(CutBatch {
+            pieces,
             covered: block.slice(..end),
         }))
+    }
+}
+
+/// The chunks cut from one block, before hashing.
+#[derive(Debug)]
+pub struct CutBatch {
+    pub pieces: Vec<Bytes>,
+    pub covered: Bytes,
+}
+
+impl CutBatch {
+    /// BLAKE3 of every chunk.
+    pub fn hash(self) -> ChunkBatch {
+        ChunkBatch {
+            chunks: self
+                .pieces
+                .into_iter()
+                .map(|data| HashedChunk {
+                    digest: Digest::of(&data),
+                    data,
+                })
+                .collect(),
+            covered: self.covered,
+        }
     }
 }
 

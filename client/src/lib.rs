@@ -22,7 +22,9 @@ use strata_proto::v1::{GetManifestRequest, StatManifestRequest, StatsRequest, St
 use strata_proto::{Digest, Manifest};
 use tonic::transport::{Channel, Endpoint};
 
-pub use chunker::{BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, HashedChunk, chunk_all};
+pub use chunker::{
+    BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all,
+};
 pub use error::ClientError;
 pub use progress::Progress;
 pub use pull::PullReport;

@@ -2,8 +2,8 @@
 //! compress those → stream them over several uploads → record the manifest.
 //!
 //! ```text
-//!  reader ─► [chunker thread] ─► FindMissing (2 in flight) ─► compress (2 in
-//!                │                                            flight, blocking)
+//!  reader ─► [cut thread] ─► BLAKE3 (2 batches, blocking) ─► FindMissing (2
+//!                │             in flight) ─► compress (2 batches, blocking)
 //!                └─► [sha-256 thread]                              │
 //!                                       upload streams ◄── round robin
 //! ```
@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::{ChunkBatch, Chunker, Client, ClientError, HashedChunk, Progress};
+use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress};
 
 /// What one push did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,13 +66,13 @@ impl Client {
         media_type: &str,
         progress: &Progress,
     ) -> Result<PushReport, ClientError> {
-        let (batch_tx, batch_rx) = mpsc::channel::<std::io::Result<ChunkBatch>>(STAGE_DEPTH);
+        let (batch_tx, batch_rx) = mpsc::channel::<std::io::Result<CutBatch>>(STAGE_DEPTH);
         let (sha_tx, mut sha_rx) = mpsc::channel::<Bytes>(STAGE_DEPTH * 2);
         let chunking = self.config.chunking;
         let chunker = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::new(reader, chunking);
             loop {
-                let next = chunker.next_batch().transpose();
+                let next = chunker.next_cuts().transpose();
                 let Some(batch) = next else { return };
                 if let Ok(b) = &batch
                     && sha_tx.blocking_send(b.covered.clone()).is_err()
@@ -103,8 +103,15 @@ impl Client {
             let level = self.config.zstd_level;
             let message_bytes = self.config.message_bytes;
             let mut messages = ReceiverStream::new(batch_rx)
+                .map(|cuts| async move {
+                    let cuts = cuts.map_err(|e| ClientError::io("reading the input", e))?;
+                    tokio::task::spawn_blocking(|| cuts.hash())
+                        .await
+                        .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))
+                })
+                .buffered(STAGE_DEPTH)
                 .map(|batch| {
-                    let batch = batch.map_err(|e| ClientError::io("reading the input", e))?;
+                    let batch = batch?;
                     report.total_bytes += batch.covered.len() as u64;
                     report.chunks += batch.chunks.len() as u64;
                     progress.advance(batch.covered.len() as u64);

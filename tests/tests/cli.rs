@@ -15,8 +15,15 @@ fn stdout(o: &Output) -> String {
 /// Asserts a failure: non-zero exit and exactly one stderr line containing `needle`.
 fn assert_fails_with(o: &Output, needle: &str) {
     let stderr = String::from_utf8(o.stderr.clone()).unwrap();
-    assert!(!o.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "expected one line, got: {stderr}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line, got: {stderr}"
+    );
     assert!(stderr.starts_with("strata: error: "), "{stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
@@ -29,31 +36,57 @@ fn embedded_push_pull_stat_with_no_server() {
     let data = layer_like_bytes(3 << 20, 3);
     std::fs::write(&input, &data).unwrap();
 
-    let pushed = strata(cache.path()).arg("push").arg(&input).output().unwrap();
+    let pushed = strata(cache.path())
+        .arg("push")
+        .arg(&input)
+        .output()
+        .unwrap();
     assert!(pushed.status.success(), "{pushed:?}");
     let digest = stdout(&pushed).trim().to_owned();
     assert!(digest.starts_with("b3:") && digest.len() == 67, "{digest}");
-    assert!(cache.path().join("segments").is_dir(), "the embedded store lives in STRATA_CACHE_DIR");
+    assert!(
+        cache.path().join("segments").is_dir(),
+        "the embedded store lives in STRATA_CACHE_DIR"
+    );
 
     let output = work.path().join("out.bin");
-    let pulled = strata(cache.path()).args(["pull", &digest, "-o"]).arg(&output).output().unwrap();
+    let pulled = strata(cache.path())
+        .args(["pull", &digest, "-o"])
+        .arg(&output)
+        .output()
+        .unwrap();
     assert!(pulled.status.success(), "{pulled:?}");
     assert!(std::fs::read(&output).unwrap() == data);
 
-    let stat = strata(cache.path()).args(["stat", "--json"]).output().unwrap();
+    let stat = strata(cache.path())
+        .args(["stat", "--json"])
+        .output()
+        .unwrap();
     assert!(stat.status.success(), "{stat:?}");
     let v: serde_json::Value = serde_json::from_str(&stdout(&stat)).unwrap();
     assert_eq!(v["objects"], 1);
     assert_eq!(v["logical_bytes"], data.len() as u64);
-    for key in ["chunks", "chunk_bytes", "stored_bytes", "dedup_ratio", "compression_ratio"] {
+    for key in [
+        "chunks",
+        "chunk_bytes",
+        "stored_bytes",
+        "dedup_ratio",
+        "compression_ratio",
+    ] {
         assert!(v.get(key).is_some(), "stat --json lacks {key}: {v}");
     }
     assert!(v["compression_ratio"].as_f64().unwrap() > 1.0, "{v}");
 
     let human = strata(cache.path()).arg("stat").output().unwrap();
     assert!(stdout(&human).contains("dedup ratio"), "{human:?}");
-    let one = strata(cache.path()).args(["stat", &digest]).output().unwrap();
-    assert!(stdout(&one).contains(&format!("{} bytes", data.len())), "{one:?}");
+    let one = strata(cache.path())
+        .args(["stat", &digest])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&one).contains(&format!("{} bytes", data.len())),
+        "{one:?}"
+    );
 }
 
 #[test]
@@ -77,7 +110,10 @@ fn stdin_and_stdout_and_json_against_a_server() {
     assert_eq!(v["total_bytes"], data.len() as u64);
     assert_eq!(v["reused_chunks"], 0);
     assert!(v["chunks"].as_u64().unwrap() > 0);
-    assert!(v["sent_bytes"].as_u64().unwrap() < data.len() as u64, "compressed: {v}");
+    assert!(
+        v["sent_bytes"].as_u64().unwrap() < data.len() as u64,
+        "compressed: {v}"
+    );
     let digest = v["digest"].as_str().unwrap().to_owned();
 
     let pulled = strata(cache.path())
@@ -97,15 +133,24 @@ fn failures_are_one_clear_line() {
     let cache = tempfile::tempdir().unwrap();
     let unknown = format!("b3:{}", "ab".repeat(32));
     assert_fails_with(
-        &strata(cache.path()).args(["pull", &unknown, "-o", "-"]).output().unwrap(),
+        &strata(cache.path())
+            .args(["pull", &unknown, "-o", "-"])
+            .output()
+            .unwrap(),
         &format!("unknown digest {unknown}"),
     );
     assert_fails_with(
-        &strata(cache.path()).args(["pull", "sha256:nope", "-o", "-"]).output().unwrap(),
+        &strata(cache.path())
+            .args(["pull", "sha256:nope", "-o", "-"])
+            .output()
+            .unwrap(),
         "is not an object digest",
     );
     assert_fails_with(
-        &strata(cache.path()).args(["push", "/no/such/file"]).output().unwrap(),
+        &strata(cache.path())
+            .args(["push", "/no/such/file"])
+            .output()
+            .unwrap(),
         "cannot read /no/such/file",
     );
     assert_fails_with(
@@ -116,7 +161,10 @@ fn failures_are_one_clear_line() {
         "cannot reach the server at http://127.0.0.1:1",
     );
     assert_fails_with(
-        &strata(cache.path()).args(["push", "--chunk-kib", "4096", "/dev/null"]).output().unwrap(),
+        &strata(cache.path())
+            .args(["push", "--chunk-kib", "4096", "/dev/null"])
+            .output()
+            .unwrap(),
         "chunk sizes",
     );
 }

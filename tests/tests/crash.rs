@@ -66,20 +66,22 @@ async fn sigkill_during_a_large_push_loses_nothing_acknowledged() {
     let push = {
         let client = client.clone();
         let progress = progress.clone();
-        tokio::spawn(async move {
-            client
-                .push(RandomReader::new(BIG, 9), "x", &progress)
-                .await
-        })
+        tokio::spawn(async move { client.push(RandomReader::new(BIG, 9), "x", &progress).await })
     };
     while progress.done() < 128 << 20 {
         assert!(!push.is_finished(), "the push ended before the kill");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.kill();
-    let err = push.await.unwrap().expect_err("a push cut by SIGKILL cannot succeed");
+    let err = push
+        .await
+        .unwrap()
+        .expect_err("a push cut by SIGKILL cannot succeed");
     assert!(
-        matches!(err, ClientError::Unavailable { .. } | ClientError::Rpc { .. }),
+        matches!(
+            err,
+            ClientError::Unavailable { .. } | ClientError::Rpc { .. }
+        ),
         "{err}"
     );
     drop(client);
@@ -105,12 +107,22 @@ async fn sigkill_during_a_large_push_loses_nothing_acknowledged() {
         .push(RandomReader::new(BIG, 9), "x", &Progress::new())
         .await
         .unwrap();
-    assert!(report.reused_chunks > 0, "chunks stored before the kill are reused");
+    assert!(
+        report.reused_chunks > 0,
+        "chunks stored before the kill are reused"
+    );
     let (_, out) = client
-        .pull(&report.digest.unwrap(), HashingWriter::default(), &Progress::new())
+        .pull(
+            &report.digest.unwrap(),
+            HashingWriter::default(),
+            &Progress::new(),
+        )
         .await
         .unwrap();
-    assert_eq!(out.0.finalize().to_vec(), sha256_of_reader(RandomReader::new(BIG, 9)));
+    assert_eq!(
+        out.0.finalize().to_vec(),
+        sha256_of_reader(RandomReader::new(BIG, 9))
+    );
     server.stop();
 }
 
@@ -138,7 +150,11 @@ fn nth_chunk_record(segment: &Path, n: usize) -> (Digest, u64, u32) {
 
 fn flip_byte(path: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x40;
@@ -171,7 +187,13 @@ async fn a_flipped_byte_on_disk_is_an_integrity_error_naming_the_chunk() {
     // So does the CLI: one line, non-zero exit, and no output file left.
     let out_dir = tempfile::tempdir().unwrap();
     let output = strata(out_dir.path())
-        .args(["pull", "--server", &server.url, &victim_digest.to_string(), "-o"])
+        .args([
+            "pull",
+            "--server",
+            &server.url,
+            &victim_digest.to_string(),
+            "-o",
+        ])
         .arg(out_dir.path().join("victim"))
         .output()
         .unwrap();
@@ -180,7 +202,11 @@ async fn a_flipped_byte_on_disk_is_an_integrity_error_naming_the_chunk() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("integrity error"), "{stderr}");
     assert!(stderr.contains(&rotten.to_string()), "{stderr}");
-    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "partial output left");
+    assert_eq!(
+        std::fs::read_dir(out_dir.path()).unwrap().count(),
+        0,
+        "partial output left"
+    );
     // A scrub finds exactly that chunk; other objects still pull.
     let mut admin = AdminClient::connect(server.url.clone()).await.unwrap();
     let scrub = admin.scrub(ScrubRequest {}).await.unwrap().into_inner();
@@ -196,7 +222,11 @@ async fn a_flipped_byte_on_disk_is_an_integrity_error_naming_the_chunk() {
     assert_eq!(std::fs::metadata(segment).unwrap().len(), before);
     let client = server.client().await;
     assert!(client.pull_to_vec(&bystander_digest).await.unwrap() == bystander);
-    assert!(server.log().contains("fails its checksum"), "{}", server.log());
+    assert!(
+        server.log().contains("fails its checksum"),
+        "{}",
+        server.log()
+    );
     drop(client);
     server.stop();
 }
