@@ -230,13 +230,9 @@ fn decode_all(wanted: &[Digest], received: Vec<Chunk>) -> Result<Vec<Bytes>, Cli
                 }
                 let codec = Codec::from_wire(chunk.codec)
                     .map_err(|e| ClientError::Integrity(format!("chunk {digest}: {e}")))?;
-                let raw = decoder
-                    .decode_verified(digest, codec, chunk.raw_length, &chunk.data)
-                    .map_err(|e| ClientError::Integrity(e.to_string()))?;
-                Ok(match codec {
-                    Codec::Raw => chunk.data.clone(),
-                    Codec::Zstd => Bytes::copy_from_slice(raw),
-                })
+                decoder
+                    .decode_verified_owned(digest, codec, chunk.raw_length, chunk.data)
+                    .map_err(|e| ClientError::Integrity(e.to_string()))
             })
             .collect()
     })

@@ -175,6 +175,32 @@ impl ChunkDecoder {
     }
 }
 
+impl ChunkDecoder {
+    /// Like [`decode_verified`](Self::decode_verified), but hands back owned
+    /// bytes without a copy: raw chunks as given, zstd chunks decoded
+    /// straight into a buffer of their own.
+    pub fn decode_verified_owned(
+        &mut self,
+        digest: &Digest,
+        codec: Codec,
+        raw_length: u32,
+        stored: bytes::Bytes,
+    ) -> Result<bytes::Bytes, ChunkError> {
+        match codec {
+            Codec::Raw => {
+                self.decode_verified(digest, codec, raw_length, &stored)?;
+                Ok(stored)
+            }
+            Codec::Zstd => {
+                // An exact-size buffer (the length is checked before use).
+                self.out = Vec::with_capacity(raw_length.min(crate::MAX_CHUNK_BYTES) as usize);
+                self.decode_verified(digest, codec, raw_length, &stored)?;
+                Ok(bytes::Bytes::from(std::mem::take(&mut self.out)))
+            }
+        }
+    }
+}
+
 /// Checks that `raw` hashes to `expected`.
 pub fn verify_chunk(expected: &Digest, raw: &[u8]) -> Result<(), ChunkError> {
     let found = Digest::of(raw);
