@@ -250,23 +250,32 @@ async fn shutdown_signal() {
 async fn push(args: PushArgs) -> Result<()> {
     let config = args.transfer.client_config()?;
     let progress = Arc::new(Progress::new());
-    let reader: Box<dyn std::io::Read + Send> = if args.file == Path::new("-") {
-        Box::new(std::io::stdin())
+    let file = if args.file == Path::new("-") {
+        None
     } else {
         let file = std::fs::File::open(&args.file)
             .with_context(|| format!("cannot read {}", args.file.display()))?;
         if let Ok(meta) = file.metadata() {
             progress.set_total(meta.len());
         }
-        Box::new(file)
+        Some(file)
     };
     let target = Target::open(args.transfer.server.server.as_deref(), config).await?;
     let start = Instant::now();
     let line = ProgressLine::start("pushing", progress.clone());
-    let report = target
-        .client
-        .push(reader, &args.media_type, &progress)
-        .await;
+    let client = &target.client;
+    let report = match file {
+        // Regular files can be re-read, so their SHA-256 is computed only if needed.
+        Some(f) if f.metadata().is_ok_and(|m| m.is_file()) => {
+            client.push_file(f, &args.media_type, &progress).await
+        }
+        Some(f) => client.push(f, &args.media_type, &progress).await,
+        None => {
+            client
+                .push(std::io::stdin(), &args.media_type, &progress)
+                .await
+        }
+    };
     line.finish().await;
     let report = report.context("push failed")?;
     target.close().await?;

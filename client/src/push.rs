@@ -14,14 +14,16 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::Read;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use strata_proto::v1::{
-    Chunk, FindMissingRequest, PutChunksRequest, PutChunksResponse, PutManifestRequest,
+    Chunk, FindManifestRequest, FindMissingRequest, PutChunksRequest, PutChunksResponse,
+    PutManifestRequest,
 };
-use strata_proto::{ChunkEncoder, ChunkRef, Digest, Manifest};
+use strata_proto::{ChunkEncoder, ChunkRef, Digest, Manifest, content_key};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,15 +68,44 @@ impl Client {
         media_type: &str,
         progress: &Progress,
     ) -> Result<PushReport, ClientError> {
+        self.push_with(reader, None, media_type, progress).await
+    }
+
+    /// Pushes a regular file. Its SHA-256 is computed by a second,
+    /// positional reader, and only when needed: when the file's content is
+    /// already stored as an object (a re-push), the file is read once and
+    /// only BLAKE3-hashed, and the known SHA-256 is reused.
+    pub async fn push_file(
+        &self,
+        file: std::fs::File,
+        media_type: &str,
+        progress: &Progress,
+    ) -> Result<PushReport, ClientError> {
+        let second = file
+            .try_clone()
+            .map_err(|e| ClientError::io("reopening the input", e))?;
+        self.push_with(file, Some(Arc::new(second)), media_type, progress)
+            .await
+    }
+
+    async fn push_with<R: Read + Send + 'static>(
+        &self,
+        reader: R,
+        file: Option<Arc<std::fs::File>>,
+        media_type: &str,
+        progress: &Progress,
+    ) -> Result<PushReport, ClientError> {
         let (batch_tx, batch_rx) = mpsc::channel::<std::io::Result<CutBatch>>(STAGE_DEPTH);
+        // A stream is hashed as it is cut; a file lazily, by `ShaOfFile`.
         let (sha_tx, mut sha_rx) = mpsc::channel::<Bytes>(STAGE_DEPTH * 2);
+        let sha_tx = file.is_none().then_some(sha_tx);
         let chunking = self.config.chunking;
         let chunker = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::new(reader, chunking);
             loop {
                 let next = chunker.next_cuts().transpose();
                 let Some(batch) = next else { return };
-                if let Ok(b) = &batch
+                if let (Ok(b), Some(sha_tx)) = (&batch, &sha_tx)
                     && sha_tx.blocking_send(b.covered.clone()).is_err()
                 {
                     return;
@@ -98,6 +129,7 @@ impl Client {
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut uploads = Uploads::new(self);
         let mut sent_bytes = 0u64;
+        let mut file_sha = ShaOfFile::new(file);
         {
             let content = self.content.clone();
             let level = self.config.zstd_level;
@@ -130,6 +162,10 @@ impl Client {
                 .map_ok(|missing| compress(missing, level, message_bytes))
                 .try_buffered(STAGE_DEPTH);
             while let Some(batch_messages) = messages.try_next().await? {
+                // New content: the whole-object SHA-256 will be needed.
+                if !batch_messages.is_empty() {
+                    file_sha.start();
+                }
                 for message in batch_messages {
                     sent_bytes += message
                         .chunks
@@ -148,9 +184,23 @@ impl Client {
         report.sent_bytes = sent_bytes;
         report.stored_chunks = outcome.chunks_stored;
         report.reused_chunks = report.chunks - outcome.chunks_received;
-        let sha256 = sha
-            .await
-            .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?;
+        let sha256 = match file_sha.file {
+            None => sha
+                .await
+                .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?,
+            Some(_) => {
+                if !file_sha.started()
+                    && let Some(digest) = self
+                        .find_known(&refs, report.total_bytes, media_type)
+                        .await?
+                {
+                    report.digest = Some(digest);
+                    return Ok(report);
+                }
+                file_sha.start();
+                file_sha.finish(report.total_bytes).await?
+            }
+        };
 
         let manifest = Manifest::new(refs, report.total_bytes, sha256, media_type.to_owned())
             .map_err(|e| ClientError::Config(format!("building the manifest: {e}")))?;
@@ -171,6 +221,105 @@ impl Client {
         }
         report.digest = Some(digest);
         Ok(report)
+    }
+}
+
+impl Client {
+    /// The digest of a stored object with exactly this content, if any.
+    async fn find_known(
+        &self,
+        refs: &[ChunkRef],
+        total_length: u64,
+        media_type: &str,
+    ) -> Result<Option<Digest>, ClientError> {
+        let key = content_key(refs, total_length, media_type);
+        let found = self
+            .manifests
+            .clone()
+            .find_manifest(FindManifestRequest {
+                content_key: key.to_vec(),
+            })
+            .await
+            .map_err(|s| ClientError::from_status("find manifest", s))?
+            .into_inner();
+        let Some(wire) = found.manifest else {
+            return Ok(None);
+        };
+        let manifest = Manifest::from_wire(wire)
+            .map_err(|e| ClientError::Integrity(format!("found manifest: {e}")))?;
+        // Trust only what can be checked here: same chunks, same length, and
+        // a digest that really is the manifest's.
+        let digest = manifest.digest();
+        let same = manifest.chunks() == refs
+            && manifest.total_length() == total_length
+            && manifest.media_type() == media_type
+            && found.digest == digest.to_vec();
+        Ok(same.then_some(digest))
+    }
+}
+
+/// SHA-256 of a file read by positional reads on its own thread, started
+/// only once it is known to be needed.
+struct ShaOfFile {
+    file: Option<Arc<std::fs::File>>,
+    task: Option<JoinHandle<std::io::Result<([u8; 32], u64)>>>,
+}
+
+impl ShaOfFile {
+    fn new(file: Option<Arc<std::fs::File>>) -> Self {
+        ShaOfFile { file, task: None }
+    }
+
+    fn started(&self) -> bool {
+        self.task.is_some()
+    }
+
+    fn start(&mut self) {
+        let Some(file) = &self.file else { return };
+        if self.task.is_some() {
+            return;
+        }
+        let file = file.clone();
+        self.task = Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0u64;
+            loop {
+                match file.read_at(&mut buf, at) {
+                    Ok(0) => return Ok((<[u8; 32]>::from(h.finalize()), at)),
+                    Ok(n) => {
+                        h.update(&buf[..n]);
+                        at += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }));
+    }
+
+    /// The hash, checked to cover exactly the `expected` bytes chunked.
+    async fn finish(self, expected: u64) -> Result<[u8; 32], ClientError> {
+        let Some(task) = self.task else {
+            return Err(ClientError::io(
+                "hashing",
+                std::io::Error::other("not started"),
+            ));
+        };
+        let (sha, len) = task
+            .await
+            .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?
+            .map_err(|e| ClientError::io("reading the input", e))?;
+        if len != expected {
+            return Err(ClientError::io(
+                "reading the input",
+                std::io::Error::other(format!(
+                    "the file changed while being pushed ({expected} bytes chunked, {len} hashed)"
+                )),
+            ));
+        }
+        Ok(sha)
     }
 }
 

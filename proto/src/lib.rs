@@ -12,7 +12,7 @@ pub mod manifest;
 
 pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Codec};
 pub use digest::{Digest, DigestError};
-pub use manifest::{ChunkRef, Manifest, ManifestError};
+pub use manifest::{ChunkRef, Manifest, ManifestError, content_key};
 
 /// Code generated from `strata/v1/store.proto`.
 #[allow(clippy::all, missing_docs)]

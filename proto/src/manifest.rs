@@ -54,6 +54,25 @@ pub enum ManifestError {
 const MAGIC: &[u8; 8] = b"SMANIFST";
 const VERSION: u8 = 1;
 
+/// BLAKE3 of `SCONTENT`, media type length (u8) and bytes, total length
+/// (u64 LE), then each chunk's digest and length (u32 LE).
+///
+/// Two objects with the same chunk list are the same bytes (chunk digests are
+/// BLAKE3), so they have the same SHA-256: a client that finds a manifest by
+/// this key need not hash the whole object again to re-push it.
+pub fn content_key(chunks: &[ChunkRef], total_length: u64, media_type: &str) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"SCONTENT");
+    h.update(&[media_type.len().min(255) as u8]);
+    h.update(media_type.as_bytes());
+    h.update(&total_length.to_le_bytes());
+    for c in chunks {
+        h.update(c.digest.as_bytes());
+        h.update(&c.length.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
 impl Manifest {
     pub fn new(
         chunks: Vec<ChunkRef>,
@@ -111,6 +130,12 @@ impl Manifest {
     /// The object's address: BLAKE3 of the canonical encoding.
     pub fn digest(&self) -> Digest {
         Digest::of(&self.encode())
+    }
+
+    /// The address of the object's *content* — chunk list, length and media
+    /// type, without the SHA-256 (see [`content_key`]).
+    pub fn content_key(&self) -> Digest {
+        content_key(&self.chunks, self.total_length, &self.media_type)
     }
 
     /// Canonical encoding, byte by byte (integers little-endian):

@@ -120,3 +120,62 @@ async fn sixteen_concurrent_clients_store_every_chunk_once() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_pushing_a_known_file_reuses_its_manifest_and_agrees_with_streaming() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("layer.tar");
+    let data = layer_like_bytes(16 << 20, 77);
+    std::fs::write(&path, &data).unwrap();
+    let open = || std::fs::File::open(&path).unwrap();
+
+    let first = client
+        .push_file(open(), "x", &Progress::new())
+        .await
+        .unwrap();
+    let digest = first.digest.unwrap();
+    assert!(first.sent_bytes > 0);
+    assert!(client.pull_to_vec(&digest).await.unwrap() == data);
+
+    // Streaming the same bytes hashes them all and reaches the same address.
+    let streamed = client
+        .push(Cursor::new(data.clone()), "x", &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(streamed.digest, Some(digest));
+
+    // A known file: nothing sent, same object, found through its content key.
+    let again = client
+        .push_file(open(), "x", &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(again.digest, Some(digest));
+    assert_eq!(again.sent_bytes, 0);
+
+    // Another media type is another object over the same chunks.
+    let other = client
+        .push_file(open(), "y", &Progress::new())
+        .await
+        .unwrap();
+    assert_ne!(other.digest, Some(digest));
+    assert_eq!(other.sent_bytes, 0);
+    let manifest = client.get_manifest(&other.digest.unwrap()).await.unwrap();
+    assert_eq!(manifest.media_type(), "y");
+    assert_eq!(
+        manifest.sha256(),
+        client.get_manifest(&digest).await.unwrap().sha256(),
+        "same bytes, same SHA-256"
+    );
+
+    // The content index is rebuilt from the segments like the rest.
+    server.store.rebuild_index().await.unwrap();
+    let after = client
+        .push_file(open(), "x", &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(after.digest, Some(digest));
+    server.stop().await;
+}

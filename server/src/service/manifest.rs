@@ -3,8 +3,8 @@
 
 use strata_proto::v1::manifest_store_server::ManifestStore;
 use strata_proto::v1::{
-    GetManifestRequest, GetManifestResponse, PutManifestRequest, PutManifestResponse,
-    StatManifestRequest, StatManifestResponse,
+    FindManifestRequest, FindManifestResponse, GetManifestRequest, GetManifestResponse,
+    PutManifestRequest, PutManifestResponse, StatManifestRequest, StatManifestResponse,
 };
 use strata_proto::{Digest, Manifest};
 use tonic::{Request, Response, Status};
@@ -28,6 +28,23 @@ fn parse_digest(raw: &[u8]) -> Result<Digest, Status> {
 
 #[tonic::async_trait]
 impl ManifestStore for ManifestService {
+    async fn find_manifest(
+        &self,
+        request: Request<FindManifestRequest>,
+    ) -> Result<Response<FindManifestResponse>, Status> {
+        let key = Digest::from_slice(&request.into_inner().content_key)
+            .map_err(|e| Status::invalid_argument(format!("content key: {e}")))?;
+        let store = self.store.clone();
+        let found = blocking(move || store.find_manifest(&key)).await?;
+        Ok(Response::new(match found {
+            Some((digest, manifest)) => FindManifestResponse {
+                digest: digest.to_vec(),
+                manifest: Some(manifest.to_wire()),
+            },
+            None => FindManifestResponse::default(),
+        }))
+    }
+
     async fn put_manifest(
         &self,
         request: Request<PutManifestRequest>,

@@ -10,7 +10,7 @@ use super::segment::Location;
 
 /// Bumped when the index layout changes; an index of another version is
 /// rebuilt from the segments at open.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub const SCHEMA_KEY: &[u8] = b"schema";
 

@@ -183,6 +183,8 @@ struct Shared {
     db: sled::Db,
     chunks: sled::Tree,
     manifests: sled::Tree,
+    /// Content key (chunk list, length, media type) → manifest digest.
+    by_content: sled::Tree,
     meta: sled::Tree,
     segments: Segments,
     counters: Counters,
@@ -252,6 +254,7 @@ impl Store {
             _lock: lock,
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
+            by_content: db.open_tree("by_content")?,
             meta: db.open_tree("meta")?,
             db,
             segments,
@@ -426,6 +429,7 @@ impl Store {
         let digest = Digest::of(&encoded);
         let records = vec![PendingRecord::Manifest {
             digest,
+            content_key: manifest.content_key(),
             total_length: manifest.total_length(),
             encoded,
         }];
@@ -451,6 +455,20 @@ impl Store {
             digest: *digest,
             detail: e.to_string(),
         })
+    }
+
+    /// The manifest whose content key is `key`, if one is held.
+    pub fn find_manifest(&self, key: &Digest) -> Result<Option<(Digest, Manifest)>, StoreError> {
+        let Some(digest) = self.shared().by_content.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let digest = Digest::from_slice(&digest).map_err(|_| StoreError::Corrupt {
+            what: "content index entry of manifest",
+            digest: *key,
+            detail: "undecodable index entry; rebuild the index".into(),
+        })?;
+        let manifest = self.get_manifest(&digest)?;
+        Ok(Some((digest, manifest)))
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -516,6 +534,7 @@ impl Shared {
     fn clear_index(&self) -> Result<(), StoreError> {
         self.chunks.clear()?;
         self.manifests.clear()?;
+        self.by_content.clear()?;
         self.meta.clear()?;
         self.meta.insert(
             index::SCHEMA_KEY,
@@ -540,6 +559,7 @@ impl Shared {
                 .unwrap_or(0);
             let mut chunks = sled::Batch::default();
             let mut manifests = sled::Batch::default();
+            let mut by_content = sled::Batch::default();
             let scanned = self
                 .segments
                 .scan(id, from, |rec| {
@@ -558,6 +578,9 @@ impl Shared {
                         }
                         RecordKind::Manifest => {
                             report.manifests_indexed += 1;
+                            if let Ok(m) = Manifest::decode(&rec.payload) {
+                                by_content.insert(m.content_key().as_bytes(), key.as_bytes());
+                            }
                             manifests.insert(key.as_bytes(), rec.payload);
                         }
                     }
@@ -565,6 +588,7 @@ impl Shared {
                 .map_err(|e| StoreError::io(format!("scanning segment {id}"), e))?;
             self.chunks.apply_batch(chunks)?;
             self.manifests.apply_batch(manifests)?;
+            self.by_content.apply_batch(by_content)?;
             report.corrupt_skipped += scanned.corrupt_skipped;
             let end = scanned.valid_end;
             if end < scanned.len {

@@ -25,6 +25,7 @@ pub enum PendingRecord {
     Chunk(VerifiedChunk),
     Manifest {
         digest: Digest,
+        content_key: Digest,
         total_length: u64,
         encoded: Vec<u8>,
     },
@@ -133,6 +134,7 @@ impl Writer {
         let mut in_group: HashSet<(RecordKind, Digest)> = HashSet::new();
         let mut chunk_entries = sled::Batch::default();
         let mut manifest_entries = sled::Batch::default();
+        let mut content_entries = sled::Batch::default();
         let (mut new_chunks, mut new_raw, mut new_stored) = (0u64, 0u64, 0u64);
         let (mut new_manifests, mut new_logical) = (0u64, 0u64);
         let mut watermarks: Vec<(u32, u64)> = Vec::new();
@@ -195,8 +197,10 @@ impl Writer {
                     PendingRecord::Manifest {
                         encoded,
                         total_length,
+                        content_key,
                         ..
                     } => {
+                        content_entries.insert(content_key.as_bytes(), digest.as_bytes());
                         manifest_entries.insert(index::digest_key(&digest), encoded);
                         new_manifests += 1;
                         new_logical += total_length;
@@ -211,6 +215,7 @@ impl Writer {
         // The records are durable: now, and only now, the index may point at them.
         shared.chunks.apply_batch(chunk_entries)?;
         shared.manifests.apply_batch(manifest_entries)?;
+        shared.by_content.apply_batch(content_entries)?;
         for (id, len) in watermarks {
             shared
                 .meta
