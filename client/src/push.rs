@@ -258,11 +258,14 @@ impl Client {
     }
 }
 
+/// A SHA-256 and the number of bytes it covers.
+type HashedLength = ([u8; 32], u64);
+
 /// SHA-256 of a file read by positional reads on its own thread, started
 /// only once it is known to be needed.
 struct ShaOfFile {
     file: Option<Arc<std::fs::File>>,
-    task: Option<JoinHandle<std::io::Result<([u8; 32], u64)>>>,
+    task: Option<JoinHandle<std::io::Result<HashedLength>>>,
 }
 
 impl ShaOfFile {
