@@ -18,7 +18,6 @@ use std::fs::{File, OpenOptions};
 use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
@@ -313,10 +312,7 @@ fn store(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
+    config = strata_benches::criterion_config();
     targets = store
 }
 criterion_main!(benches);

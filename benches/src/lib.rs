@@ -187,6 +187,16 @@ fn push_repeat(rng: &mut Rng, out: &mut Vec<u8>, run: usize) {
     }
 }
 
+/// The settings every bench file uses: few samples, short runs — the
+/// machine has two cores and the whole suite should take minutes.
+/// Command-line flags still override them.
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(5))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,6 @@
 //! Memory is bounded by the window size times the windows in flight,
 //! whatever the object size.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -14,7 +13,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use strata_proto::v1::content_store_client::ContentStoreClient;
 use strata_proto::v1::{Chunk, GetChunksRequest};
-use strata_proto::{ChunkDecoder, ChunkRef, Codec, Digest};
+use strata_proto::{ChunkRef, Codec, Digest, with_thread_decoder};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -33,10 +32,6 @@ pub struct PullReport {
 const MAX_WINDOW_CHUNKS: usize = 4096;
 /// Verified windows queued for the writer.
 const WRITER_QUEUE: usize = 2;
-
-thread_local! {
-    static DECODER: RefCell<Option<ChunkDecoder>> = const { RefCell::new(None) };
-}
 
 /// A verified window: the object's bytes for a run of manifest entries.
 struct Window {
@@ -212,13 +207,7 @@ async fn fetch_window(
 
 /// Decodes and verifies chunks that must arrive in the order of `wanted`.
 fn decode_all(wanted: &[Digest], received: Vec<Chunk>) -> Result<Vec<Bytes>, ClientError> {
-    DECODER.with_borrow_mut(|slot| {
-        let decoder = match slot {
-            Some(d) => d,
-            None => slot.insert(
-                ChunkDecoder::new().map_err(|e| ClientError::io("creating a zstd decoder", e))?,
-            ),
-        };
+    with_thread_decoder(|decoder| {
         wanted
             .iter()
             .zip(received)
@@ -236,4 +225,5 @@ fn decode_all(wanted: &[Digest], received: Vec<Chunk>) -> Result<Vec<Bytes>, Cli
             })
             .collect()
     })
+    .map_err(|e| ClientError::io("creating a zstd decoder", e))?
 }

@@ -116,12 +116,14 @@ impl Client {
                 }
             }
         });
-        let sha = tokio::task::spawn_blocking(move || {
-            let mut h = Sha256::new();
-            while let Some(bytes) = sha_rx.blocking_recv() {
-                h.update(&bytes);
-            }
-            <[u8; 32]>::from(h.finalize())
+        let stream_sha = file.is_none().then(|| {
+            tokio::task::spawn_blocking(move || {
+                let mut h = Sha256::new();
+                while let Some(bytes) = sha_rx.blocking_recv() {
+                    h.update(&bytes);
+                }
+                <[u8; 32]>::from(h.finalize())
+            })
         });
 
         let mut report = PushReport::default();
@@ -184,11 +186,11 @@ impl Client {
         report.sent_bytes = sent_bytes;
         report.stored_chunks = outcome.chunks_stored;
         report.reused_chunks = report.chunks - outcome.chunks_received;
-        let sha256 = match file_sha.file {
-            None => sha
+        let sha256 = match stream_sha {
+            Some(task) => task
                 .await
                 .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?,
-            Some(_) => {
+            None => {
                 if !file_sha.started()
                     && let Some(digest) = self
                         .find_known(&refs, report.total_bytes, media_type)

@@ -201,6 +201,23 @@ impl ChunkDecoder {
     }
 }
 
+thread_local! {
+    static THREAD_DECODER: std::cell::RefCell<Option<ChunkDecoder>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's decoder, created on first use: blocking-pool
+/// threads then keep one zstd context each instead of one per message.
+pub fn with_thread_decoder<T>(f: impl FnOnce(&mut ChunkDecoder) -> T) -> std::io::Result<T> {
+    THREAD_DECODER.with_borrow_mut(|slot| {
+        let decoder = match slot {
+            Some(d) => d,
+            None => slot.insert(ChunkDecoder::new()?),
+        };
+        Ok(f(decoder))
+    })
+}
+
 /// Checks that `raw` hashes to `expected`.
 pub fn verify_chunk(expected: &Digest, raw: &[u8]) -> Result<(), ChunkError> {
     let found = Digest::of(raw);

@@ -10,7 +10,7 @@ pub mod chunk;
 pub mod digest;
 pub mod manifest;
 
-pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Codec};
+pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Codec, with_thread_decoder};
 pub use digest::{Digest, DigestError};
 pub use manifest::{ChunkRef, Manifest, ManifestError, content_key};
 

@@ -6,7 +6,6 @@
 //! commit: verification of message N overlaps the group commit of N-1.
 //! Downloads read stored bytes as they are and never recompress.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use strata_proto::v1::content_store_server::ContentStore;
@@ -14,7 +13,7 @@ use strata_proto::v1::{
     Chunk, FindMissingRequest, FindMissingResponse, GetChunksRequest, GetChunksResponse,
     PutChunksRequest, PutChunksResponse,
 };
-use strata_proto::{ChunkDecoder, Codec, Digest};
+use strata_proto::{Codec, Digest, with_thread_decoder};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,21 +39,9 @@ impl ContentService {
     }
 }
 
-thread_local! {
-    /// One zstd decoder per blocking thread, reused across messages.
-    static DECODER: RefCell<Option<ChunkDecoder>> = const { RefCell::new(None) };
-}
-
 /// Decodes and hashes every chunk of one upload message.
 fn verify_message(chunks: Vec<Chunk>) -> Result<Vec<VerifiedChunk>, Status> {
-    DECODER.with_borrow_mut(|slot| {
-        let decoder = match slot {
-            Some(d) => d,
-            None => slot.insert(
-                ChunkDecoder::new()
-                    .map_err(|e| Status::internal(format!("creating a zstd decoder: {e}")))?,
-            ),
-        };
+    with_thread_decoder(|decoder| {
         chunks
             .into_iter()
             .enumerate()
@@ -68,6 +55,7 @@ fn verify_message(chunks: Vec<Chunk>) -> Result<Vec<VerifiedChunk>, Status> {
             })
             .collect()
     })
+    .map_err(|e| Status::internal(format!("creating a zstd decoder: {e}")))?
 }
 
 #[tonic::async_trait]
