@@ -13,6 +13,8 @@ pub enum ClientError {
     NotFound(String),
     #[error("integrity error: {0}")]
     Integrity(String),
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
     #[error("the server refused {what}: {message}")]
     Refused { what: &'static str, message: String },
     #[error("{what} failed: {code:?}: {message}")]
@@ -40,6 +42,7 @@ impl ClientError {
             Code::Unavailable => ClientError::Unavailable { what, message },
             Code::InvalidArgument
             | Code::FailedPrecondition
+            | Code::AlreadyExists
             | Code::ResourceExhausted
             | Code::OutOfRange => ClientError::Refused { what, message },
             code => ClientError::Rpc {

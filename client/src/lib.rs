@@ -18,8 +18,12 @@ use std::time::Duration;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::content_store_client::ContentStoreClient;
 use strata_proto::v1::manifest_store_client::ManifestStoreClient;
-use strata_proto::v1::{GetManifestRequest, StatManifestRequest, StatsRequest, StatsResponse};
-use strata_proto::{Digest, Manifest};
+use strata_proto::v1::step_cache_client::StepCacheClient;
+use strata_proto::v1::{
+    GetManifestRequest, LookupStepsRequest, RecordStepRequest, StatManifestRequest, StatsRequest,
+    StatsResponse,
+};
+use strata_proto::{Digest, Manifest, StepResult};
 use tonic::transport::{Channel, Endpoint};
 
 pub use chunker::{
@@ -104,6 +108,7 @@ impl ClientConfig {
 pub struct Client {
     content: ContentStoreClient<Channel>,
     manifests: ManifestStoreClient<Channel>,
+    steps: StepCacheClient<Channel>,
     admin: AdminClient<Channel>,
     config: Arc<ClientConfig>,
 }
@@ -144,6 +149,9 @@ impl Client {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             manifests: ManifestStoreClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            steps: StepCacheClient::new(channel.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             admin: AdminClient::new(channel),
@@ -192,6 +200,65 @@ impl Client {
             .map_err(|s| ClientError::from_status("stat manifest", s))?
             .into_inner();
         Ok(response.exists.then_some(response.total_length))
+    }
+
+    /// The results recorded under `keys`, in order (`None` for a miss), in
+    /// one round trip.
+    pub async fn lookup_steps(
+        &self,
+        keys: &[Digest],
+    ) -> Result<Vec<Option<StepResult>>, ClientError> {
+        let response = self
+            .steps
+            .clone()
+            .lookup_steps(LookupStepsRequest {
+                keys: keys.iter().map(|k| k.to_vec()).collect(),
+            })
+            .await
+            .map_err(|s| ClientError::from_status("look up steps", s))?
+            .into_inner();
+        if response.hits.len() != keys.len() {
+            return Err(ClientError::Protocol(format!(
+                "asked for {} step keys, the server answered {}",
+                keys.len(),
+                response.hits.len()
+            )));
+        }
+        response
+            .hits
+            .into_iter()
+            .zip(keys)
+            .map(|(hit, key)| match (hit.found, hit.result) {
+                (false, _) => Ok(None),
+                (true, Some(wire)) => StepResult::from_wire(wire)
+                    .map(Some)
+                    .map_err(|e| ClientError::Integrity(format!("step {key}: {e}"))),
+                (true, None) => Err(ClientError::Protocol(format!(
+                    "step {key}: found, but no result sent"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Records `result` under step `key`. `Ok(true)` when it was new,
+    /// `Ok(false)` when the same outcome was already there; a different
+    /// outcome under the key is refused (`ClientError::Refused`).
+    pub async fn record_step(
+        &self,
+        key: &Digest,
+        result: &StepResult,
+    ) -> Result<bool, ClientError> {
+        let response = self
+            .steps
+            .clone()
+            .record_step(RecordStepRequest {
+                key: key.to_vec(),
+                result: Some(result.to_wire()),
+            })
+            .await
+            .map_err(|s| ClientError::from_status("record step", s))?
+            .into_inner();
+        Ok(response.created)
     }
 
     /// The server's store figures.

@@ -1,7 +1,7 @@
 //! Strata's wire contract: the generated gRPC code for `strata.v1` and the
 //! few types both ends must agree on byte for byte — the content digest, the
-//! chunk codec, and the canonical manifest encoding that gives an object its
-//! address.
+//! chunk codec, the canonical manifest encoding that gives an object its
+//! address, and the stored form of a build step's result.
 //!
 //! This crate does no I/O. It is the lowest crate of the workspace, so a type
 //! that crosses crates is defined here, once.
@@ -9,10 +9,12 @@
 pub mod chunk;
 pub mod digest;
 pub mod manifest;
+pub mod step;
 
 pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Codec, with_thread_decoder};
 pub use digest::{Digest, DigestError};
 pub use manifest::{ChunkRef, Manifest, ManifestError, content_key};
+pub use step::{MAX_STEP_RESULT_BYTES, StepError, StepResult};
 
 /// Code generated from `strata/v1/store.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -11,4 +11,4 @@ pub mod store;
 
 pub use embedded::EmbeddedServer;
 pub use service::{ServerConfig, serve, serve_incoming};
-pub use store::{FsyncPolicy, Store, StoreConfig, StoreError};
+pub use store::{FsyncPolicy, RecordOutcome, Store, StoreConfig, StoreError};

@@ -33,6 +33,8 @@ impl Admin for AdminService {
             logical_bytes: s.logical_bytes,
             segments: s.segments,
             segment_bytes: s.segment_bytes,
+            step_results: s.step_results,
+            step_divergences: s.step_divergences,
         }))
     }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod content;
 mod manifest;
+mod step;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use strata_proto::v1::admin_server::AdminServer;
 use strata_proto::v1::content_store_server::ContentStoreServer;
 use strata_proto::v1::manifest_store_server::ManifestStoreServer;
+use strata_proto::v1::step_cache_server::StepCacheServer;
 use strata_proto::{Digest, FILE_DESCRIPTOR_SET};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -24,6 +26,7 @@ use crate::store::{Store, StoreError};
 pub use admin::AdminService;
 pub use content::ContentService;
 pub use manifest::ManifestService;
+pub use step::StepCacheService;
 
 /// Limits and knobs of the gRPC server.
 #[derive(Clone, Debug)]
@@ -55,7 +58,11 @@ pub(crate) fn status_of(e: StoreError) -> Status {
         StoreError::ManifestIncomplete { .. } | StoreError::ManifestLengthMismatch { .. } => {
             Status::failed_precondition(e.to_string())
         }
-        StoreError::BadManifest(_) => Status::invalid_argument(e.to_string()),
+        StoreError::StepLayerMissing { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::StepDivergence { .. } => Status::already_exists(e.to_string()),
+        StoreError::BadManifest(_) | StoreError::BadStepResult(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         StoreError::Corrupt { .. } => Status::data_loss(e.to_string()),
         StoreError::ShuttingDown => Status::unavailable(e.to_string()),
         StoreError::Locked { .. }
@@ -113,6 +120,9 @@ fn router(
         reporter
             .set_serving::<ManifestStoreServer<ManifestService>>()
             .await;
+        reporter
+            .set_serving::<StepCacheServer<StepCacheService>>()
+            .await;
         reporter.set_serving::<AdminServer<AdminService>>().await;
     });
     let reflection = tonic_reflection::server::Builder::configure()
@@ -132,6 +142,11 @@ fn router(
         )
         .add_service(
             ManifestStoreServer::new(ManifestService::new(store.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            StepCacheServer::new(StepCacheService::new(store.clone(), config.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )

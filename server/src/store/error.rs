@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use strata_proto::{Digest, ManifestError};
+use strata_proto::{Digest, ManifestError, StepError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +43,19 @@ pub enum StoreError {
         what: &'static str,
         digest: Digest,
         detail: String,
+    },
+    #[error(transparent)]
+    BadStepResult(#[from] StepError),
+    #[error("step result for key {key} names layer {layer}, which is not in the store")]
+    StepLayerMissing { key: Digest, layer: Digest },
+    #[error(
+        "step key {key} already has a different result (layer {recorded}, offered {offered}); \
+         the first result stands and this divergence was counted"
+    )]
+    StepDivergence {
+        key: Digest,
+        recorded: String,
+        offered: String,
     },
     #[error("the store is shutting down")]
     ShuttingDown,

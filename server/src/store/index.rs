@@ -1,5 +1,5 @@
-//! The sled index: chunk → location, manifest digest → manifest, and the
-//! per-segment watermarks that say how far each segment has been indexed.
+//! The sled index: chunk → location, manifest digest → manifest, step key →
+//! step result, and the per-segment watermarks that say how far each segment has been indexed.
 //!
 //! Everything here can be rebuilt from the segments: the index is a cache of
 //! their contents, written only after the records it points to are on disk.
@@ -10,9 +10,14 @@ use super::segment::Location;
 
 /// Bumped when the index layout changes; an index of another version is
 /// rebuilt from the segments at open.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub const SCHEMA_KEY: &[u8] = b"schema";
+
+/// The meta-tree key counting refused divergent step results. Unlike the
+/// rest of the index it cannot be rebuilt from the segments (refused results
+/// are never written), so a rebuild keeps it.
+pub const DIVERGENCES_KEY: &[u8] = b"divergences";
 
 /// What the index knows of a stored chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

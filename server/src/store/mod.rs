@@ -11,10 +11,14 @@
 //!   be written, so the store never holds a chunk under a wrong name;
 //! - a manifest is accepted only if every chunk it names is held, with the
 //!   length it claims;
+//! - a step result is accepted only if the layer manifest it names is held
+//!   (so a cache hit never dangles); the first result under a step key
+//!   stands, and a later one with another outcome is refused and counted;
 //! - every append goes through one writer thread, which commits whatever is
 //!   queued as one group: one write, one sync, one index batch.
 //!
-//! All methods except [`Store::put_chunks`] and [`Store::put_manifest`] block
+//! All methods except [`Store::put_chunks`], [`Store::put_manifest`] and
+//! [`Store::record_step`] block
 //! (sled, positional reads): async callers run them on `spawn_blocking`.
 //! This module never imports tonic.
 
@@ -31,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use strata_proto::{ChunkDecoder, ChunkError, Codec, Digest, Manifest};
+use strata_proto::{ChunkDecoder, ChunkError, Codec, Digest, Manifest, StepResult};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
@@ -123,6 +127,8 @@ pub struct PutOutcome {
     pub stored: u64,
     /// Stored (compressed) payload bytes of the new records.
     pub bytes_stored: u64,
+    /// Step results refused because their key has another outcome.
+    pub divergent: u64,
 }
 
 impl std::ops::AddAssign for PutOutcome {
@@ -130,6 +136,7 @@ impl std::ops::AddAssign for PutOutcome {
         self.received += o.received;
         self.stored += o.stored;
         self.bytes_stored += o.bytes_stored;
+        self.divergent += o.divergent;
     }
 }
 
@@ -143,6 +150,17 @@ pub struct StoreStats {
     pub logical_bytes: u64,
     pub segments: u64,
     pub segment_bytes: u64,
+    pub step_results: u64,
+    pub step_divergences: u64,
+}
+
+/// What recording a step result did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The result is now stored under the key.
+    Created,
+    /// The key already had a result with the same outcome; nothing changed.
+    AlreadyRecorded,
 }
 
 /// What an index rebuild found.
@@ -175,6 +193,8 @@ struct Counters {
     logical_bytes: AtomicU64,
     segments: AtomicU64,
     segment_bytes: AtomicU64,
+    steps: AtomicU64,
+    divergences: AtomicU64,
 }
 
 /// State shared by the store handles and the writer thread.
@@ -185,6 +205,8 @@ struct Shared {
     manifests: sled::Tree,
     /// Content key (chunk list, length, media type) → manifest digest.
     by_content: sled::Tree,
+    /// Step key → encoded [`StepResult`].
+    steps: sled::Tree,
     meta: sled::Tree,
     segments: Segments,
     counters: Counters,
@@ -255,6 +277,7 @@ impl Store {
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
             by_content: db.open_tree("by_content")?,
+            steps: db.open_tree("steps")?,
             meta: db.open_tree("meta")?,
             db,
             segments,
@@ -471,6 +494,63 @@ impl Store {
         Ok(Some((digest, manifest)))
     }
 
+    /// Records `result` under step `key` once its layer is held; the first
+    /// result under a key stands (see [`RecordOutcome`] and
+    /// [`StoreError::StepDivergence`]).
+    pub async fn record_step(
+        &self,
+        key: Digest,
+        result: StepResult,
+    ) -> Result<RecordOutcome, StoreError> {
+        if let Some(layer) = result.layer {
+            let this = self.clone();
+            let held = tokio::task::spawn_blocking(move || {
+                this.shared()
+                    .manifests
+                    .contains_key(index::digest_key(&layer))
+            })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)??;
+            if !held {
+                return Err(StoreError::StepLayerMissing { key, layer });
+            }
+        }
+        let encoded = result.encode();
+        let offered_layer = result.layer;
+        let records = vec![PendingRecord::Step {
+            key,
+            result,
+            encoded,
+        }];
+        let outcome = self.submit(|reply| Job::Put { records, reply }).await?;
+        if outcome.stored > 0 {
+            return Ok(RecordOutcome::Created);
+        }
+        if outcome.divergent > 0 {
+            let recorded = self.lookup_steps(&[key])?.pop().flatten();
+            let layer_name = |l: Option<Digest>| l.map_or("none".to_string(), |d| d.to_string());
+            return Err(StoreError::StepDivergence {
+                key,
+                recorded: layer_name(recorded.and_then(|r| r.layer)),
+                offered: layer_name(offered_layer),
+            });
+        }
+        Ok(RecordOutcome::AlreadyRecorded)
+    }
+
+    /// The result recorded under each key, in order (`None` for a miss).
+    pub fn lookup_steps(&self, keys: &[Digest]) -> Result<Vec<Option<StepResult>>, StoreError> {
+        keys.iter()
+            .map(|key| {
+                self.shared()
+                    .steps
+                    .get(key.as_bytes())?
+                    .map(|v| decode_stored_step(key, &v))
+                    .transpose()
+            })
+            .collect()
+    }
+
     pub fn stats(&self) -> StoreStats {
         let c = &self.shared().counters;
         StoreStats {
@@ -481,6 +561,8 @@ impl Store {
             logical_bytes: c.logical_bytes.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),
             segment_bytes: c.segment_bytes.load(Ordering::Relaxed),
+            step_results: c.steps.load(Ordering::Relaxed),
+            step_divergences: c.divergences.load(Ordering::Relaxed),
         }
     }
 
@@ -532,10 +614,15 @@ impl Store {
 
 impl Shared {
     fn clear_index(&self) -> Result<(), StoreError> {
+        let divergences = self.meta.get(index::DIVERGENCES_KEY)?;
         self.chunks.clear()?;
         self.manifests.clear()?;
         self.by_content.clear()?;
+        self.steps.clear()?;
         self.meta.clear()?;
+        if let Some(d) = divergences {
+            self.meta.insert(index::DIVERGENCES_KEY, d)?;
+        }
         self.meta.insert(
             index::SCHEMA_KEY,
             &u64::from(index::SCHEMA_VERSION).to_le_bytes(),
@@ -560,6 +647,7 @@ impl Shared {
             let mut chunks = sled::Batch::default();
             let mut manifests = sled::Batch::default();
             let mut by_content = sled::Batch::default();
+            let mut steps = sled::Batch::default();
             let scanned = self
                 .segments
                 .scan(id, from, |rec| {
@@ -583,12 +671,16 @@ impl Shared {
                             }
                             manifests.insert(key.as_bytes(), rec.payload);
                         }
+                        // Only a key's first result is ever written, so
+                        // there is nothing to choose between here.
+                        RecordKind::Step => steps.insert(key.as_bytes(), rec.payload),
                     }
                 })
                 .map_err(|e| StoreError::io(format!("scanning segment {id}"), e))?;
             self.chunks.apply_batch(chunks)?;
             self.manifests.apply_batch(manifests)?;
             self.by_content.apply_batch(by_content)?;
+            self.steps.apply_batch(steps)?;
             report.corrupt_skipped += scanned.corrupt_skipped;
             let end = scanned.valid_end;
             if end < scanned.len {
@@ -657,8 +749,24 @@ impl Shared {
         c.logical_bytes.store(logical, Ordering::Relaxed);
         c.segments.store(segs, Ordering::Relaxed);
         c.segment_bytes.store(seg_bytes, Ordering::Relaxed);
+        c.steps.store(self.steps.len() as u64, Ordering::Relaxed);
+        let divergences = self
+            .meta
+            .get(index::DIVERGENCES_KEY)?
+            .and_then(|v| index::decode_u64(&v))
+            .unwrap_or(0);
+        c.divergences.store(divergences, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Decodes a step result read from the index; a bad one is rot, not input.
+fn decode_stored_step(key: &Digest, bytes: &[u8]) -> Result<StepResult, StoreError> {
+    StepResult::decode(bytes).map_err(|e| StoreError::Corrupt {
+        what: "step result",
+        digest: *key,
+        detail: e.to_string(),
+    })
 }
 
 /// The path of the data directory's segment folder (for tests and tools).

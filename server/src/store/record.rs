@@ -10,12 +10,13 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 4    | magic `SRC1`                                       |
-//! | 4      | 1    | kind: 0 chunk, 1 manifest                          |
+//! | 4      | 1    | kind: 0 chunk, 1 manifest, 2 step result           |
 //! | 5      | 1    | codec: 0 raw, 1 zstd                               |
 //! | 6      | 2    | reserved, zero                                     |
 //! | 8      | 4    | decoded (raw) length                               |
 //! | 12     | 4    | stored length: bytes of payload that follow        |
-//! | 16     | 32   | BLAKE3 digest of the decoded content               |
+//! | 16     | 32   | BLAKE3 digest of the decoded content; for a step   |
+//! |        |      | result, the step key it is recorded under          |
 //! | 48     | 4    | CRC-32 of bytes 0..48 followed by the payload      |
 //!
 //! The payload (stored length bytes) follows the header directly.
@@ -30,6 +31,7 @@ const MAGIC: &[u8; 4] = b"SRC1";
 pub enum RecordKind {
     Chunk,
     Manifest,
+    Step,
 }
 
 impl RecordKind {
@@ -37,6 +39,7 @@ impl RecordKind {
         match self {
             RecordKind::Chunk => 0,
             RecordKind::Manifest => 1,
+            RecordKind::Step => 2,
         }
     }
 
@@ -44,6 +47,7 @@ impl RecordKind {
         match b {
             0 => Some(RecordKind::Chunk),
             1 => Some(RecordKind::Manifest),
+            2 => Some(RecordKind::Step),
             _ => None,
         }
     }
@@ -113,6 +117,7 @@ pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<RecordHeader, RecordError> {
     let limit = match kind {
         RecordKind::Chunk => strata_proto::MAX_CHUNK_BYTES,
         RecordKind::Manifest => 1 << 30,
+        RecordKind::Step => strata_proto::MAX_STEP_RESULT_BYTES as u32,
     };
     if raw_len > limit || stored_len > limit.saturating_add(limit / 8) {
         return Err(RecordError::TooLong(raw_len.max(stored_len)));

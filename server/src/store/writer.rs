@@ -12,7 +12,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use strata_proto::{Codec, Digest};
+use std::collections::HashMap;
+
+use strata_proto::{Codec, Digest, StepResult};
 use tokio::sync::{mpsc, oneshot};
 
 use super::index::{self, ChunkEntry};
@@ -27,6 +29,13 @@ pub enum PendingRecord {
         digest: Digest,
         content_key: Digest,
         total_length: u64,
+        encoded: Vec<u8>,
+    },
+    /// A step result; written only if its key has none yet (the first
+    /// result stands), refused as divergent if the key has another outcome.
+    Step {
+        key: Digest,
+        result: StepResult,
         encoded: Vec<u8>,
     },
 }
@@ -135,6 +144,11 @@ impl Writer {
         let mut chunk_entries = sled::Batch::default();
         let mut manifest_entries = sled::Batch::default();
         let mut content_entries = sled::Batch::default();
+        let mut step_entries = sled::Batch::default();
+        // Step results of this group by key: a second job recording the same
+        // key in the same group must see the first.
+        let mut group_steps: HashMap<Digest, StepResult> = HashMap::new();
+        let mut new_steps = 0u64;
         let (mut new_chunks, mut new_raw, mut new_stored) = (0u64, 0u64, 0u64);
         let (mut new_manifests, mut new_logical) = (0u64, 0u64);
         let mut watermarks: Vec<(u32, u64)> = Vec::new();
@@ -157,13 +171,42 @@ impl Writer {
                         encoded.len() as u32,
                         &encoded[..],
                     ),
+                    PendingRecord::Step { key, encoded, .. } => (
+                        RecordKind::Step,
+                        *key,
+                        Codec::Raw,
+                        encoded.len() as u32,
+                        &encoded[..],
+                    ),
                 };
-                let tree = match kind {
-                    RecordKind::Chunk => &shared.chunks,
-                    RecordKind::Manifest => &shared.manifests,
-                };
-                if in_group.contains(&(kind, digest)) || tree.contains_key(digest.as_bytes())? {
-                    continue;
+                if let PendingRecord::Step { key, result, .. } = &rec {
+                    let recorded = match group_steps.get(key) {
+                        Some(r) => Some(r.clone()),
+                        None => shared
+                            .steps
+                            .get(key.as_bytes())?
+                            .map(|v| super::decode_stored_step(key, &v))
+                            .transpose()?,
+                    };
+                    if let Some(recorded) = recorded {
+                        if !recorded.same_outcome(result) {
+                            outcome.divergent += 1;
+                            shared.counters.divergences.fetch_add(1, Ordering::Relaxed);
+                            let total = shared.counters.divergences.load(Ordering::Relaxed);
+                            shared
+                                .meta
+                                .insert(index::DIVERGENCES_KEY, &total.to_le_bytes())?;
+                        }
+                        continue;
+                    }
+                } else {
+                    let tree = match kind {
+                        RecordKind::Chunk => &shared.chunks,
+                        _ => &shared.manifests,
+                    };
+                    if in_group.contains(&(kind, digest)) || tree.contains_key(digest.as_bytes())? {
+                        continue;
+                    }
                 }
                 let record_len = (HEADER_LEN + payload.len()) as u64;
                 if self.len + self.buf.len() as u64 + record_len > shared.config.segment_bytes
@@ -205,6 +248,15 @@ impl Writer {
                         new_manifests += 1;
                         new_logical += total_length;
                     }
+                    PendingRecord::Step {
+                        key,
+                        result,
+                        encoded,
+                    } => {
+                        step_entries.insert(key.as_bytes(), encoded);
+                        group_steps.insert(key, result);
+                        new_steps += 1;
+                    }
                 }
             }
             outcomes.push(outcome);
@@ -216,6 +268,7 @@ impl Writer {
         shared.chunks.apply_batch(chunk_entries)?;
         shared.manifests.apply_batch(manifest_entries)?;
         shared.by_content.apply_batch(content_entries)?;
+        shared.steps.apply_batch(step_entries)?;
         for (id, len) in watermarks {
             shared
                 .meta
@@ -227,6 +280,7 @@ impl Writer {
         c.stored_bytes.fetch_add(new_stored, Ordering::Relaxed);
         c.manifests.fetch_add(new_manifests, Ordering::Relaxed);
         c.logical_bytes.fetch_add(new_logical, Ordering::Relaxed);
+        c.steps.fetch_add(new_steps, Ordering::Relaxed);
         Ok(outcomes)
     }
 

@@ -1,0 +1,135 @@
+//! Step results: what one build step produced, stored under its step key.
+//!
+//! A result has an *outcome* — the layer it added (if any) and the image
+//! config change — and a provenance that says who made it and how. Only the
+//! outcome is the result's identity: the store keeps the first result under
+//! a key and compares later ones by outcome, so two builders that agree are
+//! not a conflict just because they ran at different times.
+//!
+//! The stored form is the protobuf encoding of [`v1::StepResult`]. prost
+//! writes fields in tag order and this message has no maps, so the encoding
+//! of a given value is fixed.
+
+use prost::Message;
+
+use crate::{Digest, DigestError, v1};
+
+/// Largest encoded step result either end accepts: a config change and a
+/// provenance are small; this bounds what a client can make the server keep.
+pub const MAX_STEP_RESULT_BYTES: usize = 256 << 10;
+
+/// A validated step result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepResult {
+    pub layer: Option<Digest>,
+    pub config: Vec<u8>,
+    pub provenance: v1::Provenance,
+}
+
+/// Why a step result was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("step result layer digest: {0}")]
+    BadLayer(DigestError),
+    #[error("step result is {size} bytes encoded, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("stored step result is malformed: {0}")]
+    Malformed(prost::DecodeError),
+}
+
+impl StepResult {
+    pub fn from_wire(wire: v1::StepResult) -> Result<Self, StepError> {
+        let size = wire.encoded_len();
+        if size > MAX_STEP_RESULT_BYTES {
+            return Err(StepError::TooLarge {
+                size,
+                limit: MAX_STEP_RESULT_BYTES,
+            });
+        }
+        let layer = if wire.layer.is_empty() {
+            None
+        } else {
+            Some(Digest::from_slice(&wire.layer).map_err(StepError::BadLayer)?)
+        };
+        Ok(StepResult {
+            layer,
+            config: wire.config,
+            provenance: wire.provenance.unwrap_or_default(),
+        })
+    }
+
+    pub fn to_wire(&self) -> v1::StepResult {
+        v1::StepResult {
+            layer: self.layer.map(|d| d.to_vec()).unwrap_or_default(),
+            config: self.config.clone(),
+            provenance: Some(self.provenance.clone()),
+        }
+    }
+
+    /// The stored form (see the module doc).
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_wire().encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StepError> {
+        let wire = v1::StepResult::decode(bytes).map_err(StepError::Malformed)?;
+        Self::from_wire(wire)
+    }
+
+    /// Whether two results have the same outcome (layer and config),
+    /// whatever their provenance.
+    pub fn same_outcome(&self, other: &StepResult) -> bool {
+        self.layer == other.layer && self.config == other.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn result(layer: Option<Digest>, builder: &str) -> StepResult {
+        StepResult {
+            layer,
+            config: br#"{"env":["A=1"]}"#.to_vec(),
+            provenance: v1::Provenance {
+                builder: builder.into(),
+                instruction: "RUN true".into(),
+                created_unix: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn encoding_round_trips_and_is_stable() {
+        let r = result(Some(Digest::of(b"layer")), "strata 0.1.0");
+        let bytes = r.encode();
+        assert_eq!(bytes, r.clone().encode());
+        assert_eq!(StepResult::decode(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn outcome_ignores_provenance() {
+        let a = result(Some(Digest::of(b"layer")), "one");
+        assert!(a.same_outcome(&result(Some(Digest::of(b"layer")), "two")));
+        assert!(!a.same_outcome(&result(Some(Digest::of(b"other")), "one")));
+        assert!(!a.same_outcome(&result(None, "one")));
+    }
+
+    #[test]
+    fn bad_layer_digest_and_oversize_are_refused() {
+        let mut wire = result(None, "x").to_wire();
+        wire.layer = vec![1, 2, 3];
+        assert!(matches!(
+            StepResult::from_wire(wire),
+            Err(StepError::BadLayer(_))
+        ));
+        let mut wire = result(None, "x").to_wire();
+        wire.config = vec![b'x'; MAX_STEP_RESULT_BYTES];
+        assert!(matches!(
+            StepResult::from_wire(wire),
+            Err(StepError::TooLarge { .. })
+        ));
+    }
+}
