@@ -6,6 +6,8 @@
 //! the whole buffer (the client's whole-object hash).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
@@ -66,7 +68,7 @@ fn chunking(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = strata_benches::criterion_config();
+    config = common::criterion_config();
     targets = chunking
 }
 criterion_main!(benches);

@@ -9,6 +9,8 @@
 //! raw bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
@@ -131,7 +133,7 @@ fn compression(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = strata_benches::criterion_config();
+    config = common::criterion_config();
     targets = compression
 }
 criterion_main!(benches);

@@ -13,6 +13,8 @@
 //!   against copying its encoding.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
@@ -312,7 +314,7 @@ fn store(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = strata_benches::criterion_config();
+    config = common::criterion_config();
     targets = store
 }
 criterion_main!(benches);

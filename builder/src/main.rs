@@ -38,6 +38,9 @@ enum Command {
     Pull(PullArgs),
     /// Show the store's figures, or one object's size.
     Stat(StatArgs),
+    /// Measure push, pull, lookups, dedup and settings, each beside a
+    /// baseline from the same run (see BENCHMARKS.md).
+    Bench(strata_benches::BenchArgs),
 }
 
 #[derive(Args)]
@@ -180,6 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => push(args).await,
         Command::Pull(args) => pull(args).await,
         Command::Stat(args) => stat(args).await,
+        Command::Bench(args) => strata_benches::run_cli(args).await,
     }
 }
 

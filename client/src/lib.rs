@@ -110,6 +110,7 @@ pub struct Client {
     manifests: ManifestStoreClient<Channel>,
     steps: StepCacheClient<Channel>,
     admin: AdminClient<Channel>,
+    channel: Channel,
     config: Arc<ClientConfig>,
 }
 
@@ -154,9 +155,16 @@ impl Client {
             steps: StepCacheClient::new(channel.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
-            admin: AdminClient::new(channel),
+            admin: AdminClient::new(channel.clone()),
+            channel,
             config: Arc::new(config),
         })
+    }
+
+    /// The underlying channel, for other services on the same connection
+    /// (health checks, say).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     pub fn config(&self) -> &ClientConfig {

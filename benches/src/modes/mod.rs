@@ -1,0 +1,6 @@
+//! The `strata bench` modes, one file each.
+
+pub mod dedup;
+pub mod lookup;
+pub mod sweep;
+pub mod transfer;
