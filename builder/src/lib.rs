@@ -2,5 +2,6 @@
 //! or the embedded store), and how long transfers show progress. The image
 //! builder will live here too.
 
+pub mod dockerfile;
 pub mod progress;
 pub mod target;

@@ -1,0 +1,509 @@
+//! One logical line to one typed instruction: keyword, flags, arguments.
+//!
+//! Words are kept as written (see [`Instruction`]); this module checks only
+//! the shape of the line — which flags, how many arguments, exec or shell
+//! form. Errors are messages starting with the keyword (`RUN: unknown flag
+//! --foo ...`); the caller adds file and line.
+
+use std::fmt;
+
+use super::instruction::{AddSource, Arg, Checksum, Command, Instruction, KeyValue, Network};
+use super::json::{JsonArray, parse_array};
+use super::words::{
+    extract_flags, find_heredoc, split_keyword, split_shell_words, split_whitespace,
+};
+
+/// The instructions we support, for error messages.
+pub(crate) const SUPPORTED: &str =
+    "FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE";
+
+/// Docker instructions we deliberately do not support (as opposed to typos).
+const UNSUPPORTED: [&str; 6] = [
+    "VOLUME",
+    "ONBUILD",
+    "HEALTHCHECK",
+    "SHELL",
+    "STOPSIGNAL",
+    "MAINTAINER",
+];
+
+/// An instruction keyword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keyword {
+    From,
+    Run,
+    Copy,
+    Add,
+    Env,
+    Arg,
+    Workdir,
+    User,
+    Label,
+    Cmd,
+    Entrypoint,
+    Expose,
+}
+
+impl Keyword {
+    const ALL: [Keyword; 12] = [
+        Keyword::From,
+        Keyword::Run,
+        Keyword::Copy,
+        Keyword::Add,
+        Keyword::Env,
+        Keyword::Arg,
+        Keyword::Workdir,
+        Keyword::User,
+        Keyword::Label,
+        Keyword::Cmd,
+        Keyword::Entrypoint,
+        Keyword::Expose,
+    ];
+
+    /// Recognises a keyword in any case; errors name the word and what is
+    /// supported.
+    pub(crate) fn parse(word: &str) -> Result<Keyword, String> {
+        if let Some(keyword) = Keyword::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(word))
+        {
+            return Ok(keyword);
+        }
+        let upper = word.to_ascii_uppercase();
+        if UNSUPPORTED.contains(&upper.as_str()) {
+            Err(format!(
+                "unsupported instruction {upper} (supported: {SUPPORTED})"
+            ))
+        } else {
+            Err(format!(
+                "unknown instruction {word} (supported: {SUPPORTED})"
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Keyword::From => "FROM",
+            Keyword::Run => "RUN",
+            Keyword::Copy => "COPY",
+            Keyword::Add => "ADD",
+            Keyword::Env => "ENV",
+            Keyword::Arg => "ARG",
+            Keyword::Workdir => "WORKDIR",
+            Keyword::User => "USER",
+            Keyword::Label => "LABEL",
+            Keyword::Cmd => "CMD",
+            Keyword::Entrypoint => "ENTRYPOINT",
+            Keyword::Expose => "EXPOSE",
+        }
+    }
+
+    /// The flags this instruction accepts (names without `--`).
+    fn allowed_flags(self) -> &'static [&'static str] {
+        match self {
+            Keyword::Run => &["network"],
+            Keyword::Copy => &["chown", "chmod"],
+            Keyword::Add => &["chown", "chmod", "checksum"],
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Display for Keyword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a line parsed to: the base image line, or a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    From {
+        image: String,
+        stage_name: Option<String>,
+    },
+    Instruction(Instruction),
+}
+
+/// A logical line's keyword (recognised) and its arguments.
+pub(crate) fn split_line(text: &str) -> Result<(Keyword, &str), String> {
+    let (word, args) = split_keyword(text);
+    Ok((Keyword::parse(word)?, args))
+}
+
+/// Parses the arguments of one instruction.
+pub(crate) fn parse_instruction(
+    keyword: Keyword,
+    args: &str,
+    escape: char,
+) -> Result<Parsed, String> {
+    let (flag_words, rest) = extract_flags(args);
+    let flags = Flags::parse(keyword, &flag_words)?;
+    let instruction = match keyword {
+        Keyword::From => return parse_from(rest),
+        Keyword::Run => parse_run(&flags, rest, escape)?,
+        Keyword::Copy => parse_copy(&flags, rest, escape)?,
+        Keyword::Add => parse_add(&flags, rest, escape)?,
+        Keyword::Env => Instruction::Env(parse_key_values(keyword, rest, escape)?),
+        Keyword::Label => Instruction::Label(parse_key_values(keyword, rest, escape)?),
+        Keyword::Arg => Instruction::Arg(parse_args(rest, escape)?),
+        Keyword::Workdir => Instruction::Workdir(parse_rest(keyword, rest, "a path")?),
+        Keyword::User => Instruction::User(parse_rest(keyword, rest, "user[:group]")?),
+        Keyword::Cmd => Instruction::Cmd(parse_command(keyword, rest, escape)?),
+        Keyword::Entrypoint => Instruction::Entrypoint(parse_command(keyword, rest, escape)?),
+        Keyword::Expose => Instruction::Expose(parse_expose(rest)?),
+    };
+    Ok(Parsed::Instruction(instruction))
+}
+
+/// The `--name=value` flags of one instruction, checked against what it
+/// accepts.
+struct Flags {
+    values: Vec<(String, String)>,
+}
+
+impl Flags {
+    fn parse(keyword: Keyword, words: &[String]) -> Result<Flags, String> {
+        let allowed = keyword.allowed_flags();
+        let mut values: Vec<(String, String)> = Vec::new();
+        for word in words {
+            let body = word.strip_prefix("--").unwrap_or(word);
+            let (name, value) = match body.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (body, None),
+            };
+            if let Some(message) = unsupported_flag(keyword, name) {
+                return Err(message);
+            }
+            if !allowed.contains(&name) {
+                return Err(unknown_flag(keyword, name));
+            }
+            let value = value
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("{keyword}: flag --{name} needs a value (--{name}=...)"))?;
+            if values.iter().any(|(seen, _)| seen == name) {
+                return Err(format!("{keyword}: flag --{name} is given twice"));
+            }
+            values.push((name.to_owned(), value.to_owned()));
+        }
+        Ok(Flags { values })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Docker flags we know and refuse on purpose, with the reason.
+fn unsupported_flag(keyword: Keyword, name: &str) -> Option<String> {
+    match (keyword, name) {
+        (Keyword::Copy, "from") => Some(
+            "COPY --from is not supported: multi-stage builds are not supported yet".to_owned(),
+        ),
+        (Keyword::From, "platform") => Some(
+            "FROM --platform is not supported: images are built for the host platform".to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+fn unknown_flag(keyword: Keyword, name: &str) -> String {
+    let allowed = keyword.allowed_flags();
+    if allowed.is_empty() {
+        format!("{keyword}: unknown flag --{name} ({keyword} takes no flags)")
+    } else {
+        let list: Vec<String> = allowed.iter().map(|f| format!("--{f}")).collect();
+        format!(
+            "{keyword}: unknown flag --{name} (supported: {})",
+            list.join(", ")
+        )
+    }
+}
+
+/// `FROM image [AS name]`.
+fn parse_from(rest: &str) -> Result<Parsed, String> {
+    let words = split_whitespace(rest);
+    match words.as_slice() {
+        [] => Err(
+            "FROM: expected an image (scratch, oci:DIR[:TAG] or NAME[:TAG]), found nothing"
+                .to_owned(),
+        ),
+        [image] => Ok(Parsed::From {
+            image: image.clone(),
+            stage_name: None,
+        }),
+        [image, as_word, name] if as_word.eq_ignore_ascii_case("as") => Ok(Parsed::From {
+            image: image.clone(),
+            stage_name: Some(stage_name(name)?),
+        }),
+        _ => Err(format!("FROM: expected `IMAGE [AS NAME]`, found `{rest}`")),
+    }
+}
+
+/// A stage name, lower-cased and checked as Docker does
+/// (`^[a-z][a-z0-9-_.]*$`).
+fn stage_name(name: &str) -> Result<String, String> {
+    let name = name.to_ascii_lowercase();
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if !valid {
+        return Err(format!(
+            "FROM: expected a stage name of a letter followed by letters, digits, -, _ or ., found `{name}`"
+        ));
+    }
+    Ok(name)
+}
+
+/// `RUN [--network=..] command`.
+fn parse_run(flags: &Flags, rest: &str, escape: char) -> Result<Instruction, String> {
+    let network = flags.get("network").map(parse_network).transpose()?;
+    let command = parse_command(Keyword::Run, rest, escape)?;
+    if command == Command::Exec(Vec::new()) {
+        return Err("RUN: expected a command, found an empty exec form []".to_owned());
+    }
+    Ok(Instruction::Run {
+        command,
+        network: network.unwrap_or_default(),
+    })
+}
+
+fn parse_network(value: &str) -> Result<Network, String> {
+    match value {
+        "none" | "default" => Ok(Network::None),
+        "host" => Ok(Network::Host),
+        other => Err(format!(
+            "RUN: --network={other} is not supported (expected none, host or default)"
+        )),
+    }
+}
+
+/// Exec form if the arguments are a JSON array of strings, shell form if
+/// they are not JSON at all.
+fn parse_command(keyword: Keyword, rest: &str, escape: char) -> Result<Command, String> {
+    if rest.is_empty() {
+        return Err(format!("{keyword}: expected a command, found nothing"));
+    }
+    match parse_array(rest) {
+        JsonArray::Strings(argv) => Ok(Command::Exec(argv)),
+        JsonArray::NotStrings(what) => Err(not_strings(keyword, &what)),
+        JsonArray::NotJson => {
+            if keyword == Keyword::Run {
+                refuse_heredoc(keyword, rest, escape)?;
+            }
+            Ok(Command::Shell(rest.to_owned()))
+        }
+    }
+}
+
+fn not_strings(keyword: Keyword, what: &str) -> String {
+    format!("{keyword}: expected the exec form to be a JSON array of strings, but {what}")
+}
+
+fn refuse_heredoc(keyword: Keyword, rest: &str, escape: char) -> Result<(), String> {
+    match find_heredoc(rest, escape) {
+        Some(marker) => Err(format!(
+            "{keyword}: heredocs are not supported (found {marker})"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `COPY [flags] src... dest` or `COPY [flags] ["src", ..., "dest"]`.
+fn parse_copy(flags: &Flags, rest: &str, escape: char) -> Result<Instruction, String> {
+    let (sources, dest) = parse_sources_and_dest(Keyword::Copy, rest, escape)?;
+    Ok(Instruction::Copy {
+        sources,
+        dest,
+        chown: flags.get("chown").map(str::to_owned),
+        chmod: parse_chmod(Keyword::Copy, flags)?,
+    })
+}
+
+/// `ADD [flags] src... dest`; URL sources are classified as written (a
+/// source hidden in a variable is classified again when expanded).
+fn parse_add(flags: &Flags, rest: &str, escape: char) -> Result<Instruction, String> {
+    let (sources, dest) = parse_sources_and_dest(Keyword::Add, rest, escape)?;
+    let checksum = flags
+        .get("checksum")
+        .map(|c| Checksum::parse(c).map_err(|e| format!("ADD: --checksum: {e}")))
+        .transpose()?;
+    Ok(Instruction::Add {
+        sources: sources.into_iter().map(AddSource::classify).collect(),
+        dest,
+        chown: flags.get("chown").map(str::to_owned),
+        chmod: parse_chmod(Keyword::Add, flags)?,
+        checksum,
+    })
+}
+
+fn parse_sources_and_dest(
+    keyword: Keyword,
+    rest: &str,
+    escape: char,
+) -> Result<(Vec<String>, String), String> {
+    let mut paths = match parse_array(rest) {
+        JsonArray::Strings(paths) => paths,
+        JsonArray::NotStrings(what) => return Err(not_strings(keyword, &what)),
+        JsonArray::NotJson => {
+            refuse_heredoc(keyword, rest, escape)?;
+            split_whitespace(rest)
+        }
+    };
+    let count = paths.len();
+    match paths.pop() {
+        Some(dest) if count >= 2 => Ok((paths, dest)),
+        _ => Err(format!(
+            "{keyword}: expected at least one source and a destination, found {count} argument{}",
+            if count == 1 { "" } else { "s" }
+        )),
+    }
+}
+
+/// `--chmod=0755`: octal, at most 0o7777. Not expanded.
+fn parse_chmod(keyword: Keyword, flags: &Flags) -> Result<Option<u32>, String> {
+    let Some(text) = flags.get("chmod") else {
+        return Ok(None);
+    };
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|&mode| mode <= 0o7777 && text.chars().all(|c| c.is_digit(8)))
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{keyword}: --chmod: expected an octal mode up to 7777 such as 0755, found {text}"
+            )
+        })
+}
+
+/// `ENV`/`LABEL`: `K=V K2="v 2"`, or the legacy `K V with spaces` (chosen,
+/// as in Docker, by whether the first word has an `=`).
+fn parse_key_values(keyword: Keyword, rest: &str, escape: char) -> Result<Vec<KeyValue>, String> {
+    let words = split_shell_words(rest, escape);
+    let Some(first) = words.first() else {
+        return Err(format!("{keyword}: expected KEY=VALUE, found nothing"));
+    };
+    if !first.contains('=') {
+        return legacy_key_value(keyword, rest);
+    }
+    words
+        .iter()
+        .map(|word| match word.split_once('=') {
+            Some(("", _)) => Err(format!("{keyword}: expected a name before = in `{word}`")),
+            Some((key, value)) => Ok(KeyValue {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            }),
+            None => Err(format!("{keyword}: expected KEY=VALUE, found `{word}`")),
+        })
+        .collect()
+}
+
+/// `ENV KEY value with spaces`: the first word is the key, everything after
+/// it the value.
+fn legacy_key_value(keyword: Keyword, rest: &str) -> Result<Vec<KeyValue>, String> {
+    let (key, value) = split_keyword(rest);
+    if value.is_empty() {
+        return Err(format!(
+            "{keyword}: expected a value for {key} (write {key}=VALUE)"
+        ));
+    }
+    Ok(vec![KeyValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }])
+}
+
+/// `ARG NAME`, `ARG NAME=default`, several per line allowed.
+fn parse_args(rest: &str, escape: char) -> Result<Vec<Arg>, String> {
+    let words = split_shell_words(rest, escape);
+    if words.is_empty() {
+        return Err("ARG: expected NAME or NAME=DEFAULT, found nothing".to_owned());
+    }
+    words
+        .iter()
+        .map(|word| {
+            let (name, default) = match word.split_once('=') {
+                Some((name, default)) => (name, Some(default.to_owned())),
+                None => (word.as_str(), None),
+            };
+            if name.is_empty() {
+                return Err(format!("ARG: expected a name before = in `{word}`"));
+            }
+            Ok(Arg {
+                name: name.to_owned(),
+                default,
+            })
+        })
+        .collect()
+}
+
+/// WORKDIR and USER take the whole rest of the line as one value.
+fn parse_rest(keyword: Keyword, rest: &str, expected: &str) -> Result<String, String> {
+    if rest.is_empty() {
+        return Err(format!("{keyword}: expected {expected}, found nothing"));
+    }
+    Ok(rest.to_owned())
+}
+
+fn parse_expose(rest: &str) -> Result<Vec<String>, String> {
+    let ports = split_whitespace(rest);
+    if ports.is_empty() {
+        return Err(
+            "EXPOSE: expected at least one port such as 80 or 53/udp, found nothing".to_owned(),
+        );
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_are_case_insensitive() {
+        assert_eq!(Keyword::parse("run").unwrap(), Keyword::Run);
+        assert_eq!(Keyword::parse("EntryPoint").unwrap(), Keyword::Entrypoint);
+    }
+
+    #[test]
+    fn unknown_words_and_unsupported_instructions_are_told_apart() {
+        assert_eq!(
+            Keyword::parse("volume").unwrap_err(),
+            format!("unsupported instruction VOLUME (supported: {SUPPORTED})")
+        );
+        assert_eq!(
+            Keyword::parse("RUNN").unwrap_err(),
+            format!("unknown instruction RUNN (supported: {SUPPORTED})")
+        );
+    }
+
+    #[test]
+    fn chmod_must_be_octal_and_at_most_7777() {
+        let flags = |v: &str| Flags {
+            values: vec![("chmod".to_owned(), v.to_owned())],
+        };
+        assert_eq!(
+            parse_chmod(Keyword::Copy, &flags("755")).unwrap(),
+            Some(0o755)
+        );
+        assert_eq!(
+            parse_chmod(Keyword::Copy, &flags("04755")).unwrap(),
+            Some(0o4755)
+        );
+        for bad in ["8", "u+x", "17777", "-1", "+7"] {
+            assert!(parse_chmod(Keyword::Copy, &flags(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stage_names_are_lowercased_and_checked() {
+        assert_eq!(stage_name("Build-1.x_y").unwrap(), "build-1.x_y");
+        assert!(stage_name("1st").is_err());
+        assert!(stage_name("a/b").is_err());
+    }
+}
