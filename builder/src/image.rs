@@ -1,0 +1,352 @@
+//! The image being built, as the steps change it: the runtime config
+//! (env, workdir, user, cmd, entrypoint, labels, ports), the layers so far,
+//! and the history — and its OCI encodings (config and manifest JSON).
+//!
+//! Everything here is deterministic: maps are sorted, times come from
+//! `SOURCE_DATE_EPOCH`, nothing is read from the host. The same steps give
+//! the same config bytes, and so the same image digest, on every machine.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::dockerfile::{Command, Instruction};
+
+/// The runtime config a step leaves behind. Stored (as JSON) in every step
+/// result, so a cache hit restores it without re-running anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    /// `NAME=value`, in the order first set; a later `ENV` of a name
+    /// replaces its value in place.
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub labels: BTreeMap<String, String>,
+    /// `"80/tcp"` and the like.
+    pub exposed_ports: Vec<String>,
+}
+
+/// The `PATH` a step runs with when the image sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl RuntimeConfig {
+    /// The value of environment variable `name`, if set.
+    pub fn env_value(&self, name: &str) -> Option<&str> {
+        self.env.iter().find_map(|e| {
+            e.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        })
+    }
+
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        let entry = format!("{name}={value}");
+        match self
+            .env
+            .iter_mut()
+            .find(|e| e.split_once('=').is_some_and(|(k, _)| k == name))
+        {
+            Some(e) => *e = entry,
+            None => self.env.push(entry),
+        }
+    }
+
+    /// The working directory, `/` when unset.
+    pub fn cwd(&self) -> &str {
+        if self.workdir.is_empty() {
+            "/"
+        } else {
+            &self.workdir
+        }
+    }
+
+    /// Applies a metadata instruction (ENV, WORKDIR, USER, LABEL, CMD,
+    /// ENTRYPOINT, EXPOSE); other instructions leave the config alone.
+    pub fn apply(&mut self, instruction: &Instruction) {
+        match instruction {
+            Instruction::Env(pairs) => {
+                for kv in pairs {
+                    self.set_env(&kv.key, &kv.value);
+                }
+            }
+            Instruction::Workdir(dir) => self.workdir = resolve_path(self.cwd(), dir),
+            Instruction::User(user) => self.user = user.clone(),
+            Instruction::Label(pairs) => {
+                for kv in pairs {
+                    self.labels.insert(kv.key.clone(), kv.value.clone());
+                }
+            }
+            Instruction::Cmd(c) => self.cmd = command_argv(c),
+            Instruction::Entrypoint(c) => {
+                self.entrypoint = command_argv(c);
+                // Docker: setting ENTRYPOINT resets an inherited CMD.
+                self.cmd = None;
+            }
+            Instruction::Expose(ports) => {
+                for p in ports {
+                    if !self.exposed_ports.contains(p) {
+                        self.exposed_ports.push(p.clone());
+                    }
+                }
+                self.exposed_ports.sort();
+            }
+            Instruction::Run { .. }
+            | Instruction::Copy { .. }
+            | Instruction::Add { .. }
+            | Instruction::Arg(_) => {}
+        }
+    }
+
+    /// The canonical JSON stored in step results.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The argv of a command: exec form as is, shell form through `/bin/sh -c`;
+/// an empty exec form clears (`None`).
+pub fn command_argv(c: &Command) -> Option<Vec<String>> {
+    match c {
+        Command::Exec(argv) if argv.is_empty() => None,
+        Command::Exec(argv) => Some(argv.clone()),
+        Command::Shell(s) => Some(vec!["/bin/sh".into(), "-c".into(), s.clone()]),
+    }
+}
+
+/// `path` made absolute against `cwd` and normalised (`.` and `..` resolved
+/// lexically, never above `/`).
+pub fn resolve_path(cwd: &str, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{cwd}/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// One layer of the image, as OCI describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// `sha256:<hex>` of the (uncompressed) tar: digest and diff_id alike.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// One history entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub created_by: String,
+    pub empty_layer: bool,
+}
+
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// The OCI platform strings of this machine.
+pub fn platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    ("linux", arch)
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// A JSON blob and its descriptor fields.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    pub bytes: Vec<u8>,
+    pub digest: String,
+}
+
+impl Blob {
+    fn json(value: &serde_json::Value) -> Blob {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        Blob {
+            digest: sha256_digest(&bytes),
+            bytes,
+        }
+    }
+}
+
+/// The image config and manifest blobs of a finished build.
+pub fn encode_image(
+    config: &RuntimeConfig,
+    layers: &[LayerRef],
+    history: &[HistoryEntry],
+    created_epoch: u64,
+) -> (Blob, Blob) {
+    let (os, arch) = platform();
+    let created = rfc3339(created_epoch);
+    let mut runtime = serde_json::Map::new();
+    if !config.env.is_empty() {
+        runtime.insert("Env".into(), serde_json::json!(config.env));
+    }
+    if let Some(e) = &config.entrypoint {
+        runtime.insert("Entrypoint".into(), serde_json::json!(e));
+    }
+    if let Some(c) = &config.cmd {
+        runtime.insert("Cmd".into(), serde_json::json!(c));
+    }
+    if !config.workdir.is_empty() {
+        runtime.insert("WorkingDir".into(), serde_json::json!(config.workdir));
+    }
+    if !config.user.is_empty() {
+        runtime.insert("User".into(), serde_json::json!(config.user));
+    }
+    if !config.labels.is_empty() {
+        runtime.insert("Labels".into(), serde_json::json!(config.labels));
+    }
+    if !config.exposed_ports.is_empty() {
+        let ports: serde_json::Map<String, serde_json::Value> = config
+            .exposed_ports
+            .iter()
+            .map(|p| (p.clone(), serde_json::json!({})))
+            .collect();
+        runtime.insert("ExposedPorts".into(), serde_json::Value::Object(ports));
+    }
+    let history: Vec<serde_json::Value> = history
+        .iter()
+        .map(|h| {
+            let mut v = serde_json::json!({"created": created, "created_by": h.created_by});
+            if h.empty_layer {
+                v["empty_layer"] = serde_json::json!(true);
+            }
+            v
+        })
+        .collect();
+    let config_blob = Blob::json(&serde_json::json!({
+        "created": created,
+        "architecture": arch,
+        "os": os,
+        "config": runtime,
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": layers.iter().map(|l| l.sha256.clone()).collect::<Vec<_>>(),
+        },
+        "history": history,
+    }));
+    let manifest = Blob::json(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": {
+            "mediaType": MEDIA_TYPE_CONFIG,
+            "digest": config_blob.digest,
+            "size": config_blob.bytes.len(),
+        },
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": MEDIA_TYPE_LAYER,
+            "digest": l.sha256,
+            "size": l.size,
+        })).collect::<Vec<_>>(),
+    }));
+    (config_blob, manifest)
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+pub fn rfc3339(epoch: u64) -> String {
+    let days = epoch / 86_400;
+    let secs = epoch % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::dockerfile::KeyValue;
+
+    #[test]
+    fn env_replaces_in_place_and_workdir_resolves() {
+        let mut c = RuntimeConfig::default();
+        let env = |k: &str, v: &str| {
+            Instruction::Env(vec![KeyValue {
+                key: k.into(),
+                value: v.into(),
+            }])
+        };
+        c.apply(&env("A", "1"));
+        c.apply(&env("B", "2"));
+        c.apply(&env("A", "3"));
+        assert_eq!(c.env, ["A=3", "B=2"]);
+        assert_eq!(c.env_value("A"), Some("3"));
+        c.apply(&Instruction::Workdir("/app".into()));
+        c.apply(&Instruction::Workdir("src/../lib".into()));
+        assert_eq!(c.workdir, "/app/lib");
+        assert_eq!(resolve_path("/", "../../etc"), "/etc");
+    }
+
+    #[test]
+    fn entrypoint_resets_cmd_and_config_round_trips() {
+        let mut c = RuntimeConfig::default();
+        c.apply(&Instruction::Cmd(Command::Shell("echo hi".into())));
+        c.apply(&Instruction::Entrypoint(Command::Exec(vec![
+            "/bin/app".into(),
+        ])));
+        assert_eq!(c.cmd, None);
+        assert_eq!(RuntimeConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn the_same_image_encodes_to_the_same_digest() {
+        let layers = [LayerRef {
+            sha256: sha256_digest(b"x"),
+            size: 1,
+        }];
+        let history = [HistoryEntry {
+            created_by: "COPY x /".into(),
+            empty_layer: false,
+        }];
+        let (c1, m1) = encode_image(&RuntimeConfig::default(), &layers, &history, 0);
+        let (c2, m2) = encode_image(&RuntimeConfig::default(), &layers, &history, 0);
+        assert_eq!((c1.digest, m1.digest.clone()), (c2.digest, m2.digest));
+        let manifest: serde_json::Value = serde_json::from_slice(&m1.bytes).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], MEDIA_TYPE_LAYER);
+    }
+}
