@@ -101,12 +101,13 @@ pub struct LookupArgs {
 
 #[derive(Args, Debug)]
 pub struct CorpusArgs {
-    /// Builds in the series.
-    #[arg(long, default_value_t = 10)]
-    pub builds: usize,
-    /// Bytes per build (75% base layer, 20% dependencies, 5% application).
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    pub build_size: u64,
+    /// Builds in the series [dedup: 10, sweep: 5].
+    #[arg(long)]
+    pub builds: Option<usize>,
+    /// Bytes per build: 75% base layer, 20% dependencies, 5% application
+    /// [dedup: 256MiB, sweep: 128MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub build_size: Option<u64>,
     /// Directory whose files make the base layer.
     #[arg(long, default_value = "/usr", conflicts_with = "synthetic_base")]
     pub base_dir: PathBuf,
@@ -135,13 +136,19 @@ pub struct SweepArgs {
 }
 
 impl CorpusArgs {
-    fn spec(&self, seed: u64) -> CorpusSpec {
+    /// The corpus, with the mode's defaults for what was not given.
+    fn spec(&self, seed: u64, builds: usize, build_size: u64) -> CorpusSpec {
         let base = if self.synthetic_base {
             BaseSource::Synthetic
         } else {
             BaseSource::Host(self.base_dir.clone())
         };
-        CorpusSpec::sized(seed, self.builds, self.build_size, base)
+        CorpusSpec::sized(
+            seed,
+            self.builds.unwrap_or(builds),
+            self.build_size.unwrap_or(build_size),
+            base,
+        )
     }
 }
 
@@ -203,7 +210,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             emit(&ctx, c.json, "lookup", report, notes, lookup::print_table)
         }
         BenchMode::Dedup(d) => {
-            let (report, notes) = dedup::run(&ctx, d.spec(c.seed)).await?;
+            let (report, notes) = dedup::run(&ctx, d.spec(c.seed, 10, 256 << 20)).await?;
             emit(&ctx, c.json, "dedup", report, notes, dedup::print_table)
         }
         BenchMode::Sweep(s) => {
@@ -212,13 +219,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 levels: s.levels.clone(),
                 min_speed: s.min_speed,
             };
-            let spec = s.corpus.spec(c.seed);
+            let spec = s.corpus.spec(c.seed, 5, 128 << 20);
+            let spec_size = spec.base_bytes + spec.deps_bytes + spec.app_bytes;
             let (report, notes) = sweep::run(&ctx, spec, &opts).await?;
             if let Some(path) = &s.plot {
                 let title = format!(
                     "strata bench sweep: {} builds of {} MiB",
                     report.builds,
-                    s.corpus.build_size >> 20
+                    spec_size >> 20
                 );
                 std::fs::write(path, sweep_svg(&report, &title))
                     .with_context(|| format!("writing the plot to {}", path.display()))?;
