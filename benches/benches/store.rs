@@ -10,7 +10,10 @@
 //! - `find_missing` over 1024 digests, half held and half not (the index
 //!   lookup), against probing an in-memory `HashSet`;
 //! - canonical `Manifest` encode, decode and digest of a 16k-chunk manifest,
-//!   against copying its encoding.
+//!   against copying its encoding;
+//! - `lookup_steps` of 1024 step keys, half recorded, from a store of 16k
+//!   step results (decoding each hit), against `find_missing` of as many
+//!   chunk digests (a bare index probe).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -25,7 +28,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use strata_benches::{random_bytes, realistic_corpus};
 use strata_client::{ChunkerConfig, chunk_all};
-use strata_proto::{ChunkDecoder, ChunkEncoder, ChunkRef, Digest, Manifest};
+use strata_proto::v1::Provenance;
+use strata_proto::{ChunkDecoder, ChunkEncoder, ChunkRef, Digest, Manifest, StepResult};
 use strata_server::store::VerifiedChunk;
 use strata_server::{FsyncPolicy, Store, StoreConfig};
 use tokio::runtime::Runtime;
@@ -305,11 +309,56 @@ fn manifest(c: &mut Criterion) {
     g.finish();
 }
 
+fn lookup_steps(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let rt = runtime();
+    let key = |i: usize| Digest::of(format!("step {i}").as_bytes());
+    let result = StepResult {
+        layer: None,
+        config: br#"{"env":["PATH=/usr/bin:/bin"],"workdir":"/app"}"#.to_vec(),
+        provenance: Provenance {
+            builder: "strata bench".into(),
+            instruction: "RUN make".into(),
+            key_inputs: "strata-step-key-v1\nparent b3:...\n".repeat(8),
+            ..Default::default()
+        },
+    };
+    rt.block_on(async {
+        for i in 0..INDEX_ENTRIES {
+            store.record_step(key(i), result.clone()).await.unwrap();
+        }
+    });
+    let mut keys: Vec<Digest> = (0..LOOKUPS)
+        .map(|i| {
+            if i % 2 == 0 {
+                key(i * 7)
+            } else {
+                key(INDEX_ENTRIES + i)
+            }
+        })
+        .collect();
+    keys.sort_by_key(|d| mix(u64::from_le_bytes(d.as_bytes()[..8].try_into().unwrap())));
+    let hits = store.lookup_steps(&keys).unwrap().iter().flatten().count();
+    assert_eq!(hits, LOOKUPS / 2);
+
+    let mut g = c.benchmark_group("store/lookup_steps");
+    g.throughput(Throughput::Elements(LOOKUPS as u64));
+    g.bench_function("lookup_steps 1024 keys, half recorded", |b| {
+        b.iter(|| store.lookup_steps(black_box(&keys)).unwrap().len());
+    });
+    g.bench_function("find_missing of as many digests (baseline)", |b| {
+        b.iter(|| store.find_missing(black_box(&keys)).unwrap().len());
+    });
+    g.finish();
+}
+
 fn store(c: &mut Criterion) {
     let corpus = realistic_corpus(CORPUS_BYTES, SEED);
     put_chunks(c, &corpus);
     read_and_lookup(c, &corpus);
     manifest(c);
+    lookup_steps(c);
 }
 
 criterion_group! {
