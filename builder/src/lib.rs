@@ -1,7 +1,11 @@
 //! The `strata` command's library side: where the cache is (a named server
-//! or the embedded store), and how long transfers show progress. The image
-//! builder will live here too.
+//! or the embedded store), transfer progress, and the image builder —
+//! Dockerfile parsing ([`dockerfile`]), step keys ([`key`]), the build
+//! context ([`context`]), the rootless sandbox ([`sandbox`]), layer tars
+//! ([`layer`]), image config and OCI layouts ([`image`], [`oci`]), and the
+//! build itself ([`build`]).
 
+pub mod build;
 pub mod context;
 pub mod dockerfile;
 pub mod image;
@@ -9,4 +13,5 @@ pub mod key;
 pub mod layer;
 pub mod oci;
 pub mod progress;
+pub mod sandbox;
 pub mod target;

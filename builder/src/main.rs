@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use strata_builder::build::{BuildError, BuildOptions, BuildReport, Event, StepStatus};
 use strata_builder::progress::{ProgressLine, human_bytes};
+use strata_builder::sandbox;
 use strata_builder::target::Target;
 use strata_client::{ChunkerConfig, ClientConfig, ClientError, Progress};
 use strata_proto::Digest;
@@ -38,6 +40,8 @@ enum Command {
     Pull(PullArgs),
     /// Show the store's figures, or one object's size.
     Stat(StatArgs),
+    /// Build an OCI image from a Dockerfile, asking the cache before each step.
+    Build(BuildArgs),
     /// Measure push, pull, lookups, dedup and settings, each beside a
     /// baseline from the same run (see BENCHMARKS.md).
     Bench(strata_benches::BenchArgs),
@@ -130,6 +134,35 @@ struct PullArgs {
 }
 
 #[derive(Args)]
+struct BuildArgs {
+    /// The build context directory.
+    context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    dockerfile: Option<PathBuf>,
+    /// A build argument, NAME=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    build_args: Vec<String>,
+    /// Write the image to an OCI layout: oci:DIR[:TAG] (tag default "latest").
+    #[arg(long, value_name = "oci:DIR[:TAG]")]
+    output: Option<String>,
+    /// Compute the keys, look them up and print the plan; run and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON report (per step: key, cached or executed, seconds, bytes).
+    #[arg(long)]
+    json: bool,
+    /// Time limit of one RUN step, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    step_timeout: u64,
+    /// Let `RUN --network=host` steps run (they are marked non-hermetic).
+    #[arg(long)]
+    allow_host_network: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
 struct StatArgs {
     /// An object digest; without it, the whole store's figures.
     digest: Option<String>,
@@ -141,6 +174,14 @@ struct StatArgs {
 }
 
 fn main() -> ExitCode {
+    // A sandbox stage must start before any thread does (user namespaces
+    // need a single-threaded process): dispatch it before anything else.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == sandbox::REEXEC_ARG)
+    {
+        sandbox::reexec_main();
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -156,7 +197,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata: error: {}", one_line(&e));
-            ExitCode::FAILURE
+            // A failed RUN ends the build with the step's own exit code.
+            let code = e
+                .downcast_ref::<BuildError>()
+                .map_or(1, BuildError::exit_code);
+            ExitCode::from(u8::try_from(code).ok().filter(|&c| c != 0).unwrap_or(1))
         }
     }
 }
@@ -183,6 +228,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => push(args).await,
         Command::Pull(args) => pull(args).await,
         Command::Stat(args) => stat(args).await,
+        Command::Build(args) => build_cmd(args).await,
         Command::Bench(args) => strata_benches::run_cli(args).await,
     }
 }
@@ -460,6 +506,118 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             s.segments,
             human_bytes(s.segment_bytes)
         )?;
+    }
+    Ok(())
+}
+
+async fn build_cmd(args: BuildArgs) -> Result<()> {
+    let dockerfile = args
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let build_args = args
+        .build_args
+        .iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--build-arg {a:?}: expected NAME=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let output = args.output.as_deref().map(parse_oci_output).transpose()?;
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        Err(_) => 0,
+    };
+    let opts = BuildOptions {
+        dockerfile,
+        context: args.context.clone(),
+        build_args,
+        output,
+        dry_run: args.dry_run,
+        epoch,
+        step_timeout: Some(std::time::Duration::from_secs(args.step_timeout)),
+        allow_host_network: args.allow_host_network,
+        scratch: std::env::temp_dir(),
+        sandbox_helper: None,
+    };
+    let target = Target::open(args.server.server.as_deref(), ClientConfig::default()).await?;
+    let result = strata_builder::build::build(&target.client, &opts, &mut show_event).await;
+    target.close().await?;
+    let report = result?;
+    print_build_report(&report, args.json, args.dry_run)
+}
+
+/// `oci:DIR[:TAG]`, the tag after the last `:` of the part after `oci:`.
+fn parse_oci_output(text: &str) -> Result<(PathBuf, String)> {
+    let rest = text
+        .strip_prefix("oci:")
+        .with_context(|| format!("--output {text:?}: expected oci:DIR[:TAG]"))?;
+    let (dir, tag) = match rest.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => (dir, tag),
+        _ => (rest, "latest"),
+    };
+    if dir.is_empty() {
+        bail!("--output {text:?}: the directory is missing");
+    }
+    Ok((PathBuf::from(dir), tag.to_string()))
+}
+
+/// Build progress on stderr: a line as each step starts and ends, and the
+/// steps' own output as it comes.
+fn show_event(event: Event<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = match event {
+        Event::StepStarted { index, total, text } => {
+            writeln!(err, "[{index}/{total}] {text}")
+        }
+        Event::StepFinished(r) => {
+            let status = match r.status {
+                StepStatus::Cached => "cached",
+                StepStatus::Executed => "executed",
+                StepStatus::WouldRun => "would run",
+            };
+            let layer = r
+                .layer_bytes
+                .map(|b| format!(", layer {}", human_bytes(b)))
+                .unwrap_or_default();
+            writeln!(
+                err,
+                "[{}] {status} in {:.2} s{layer}, uploaded {}, downloaded {}  key {}",
+                r.index,
+                r.seconds,
+                human_bytes(r.uploaded_bytes),
+                human_bytes(r.downloaded_bytes),
+                r.key
+            )
+        }
+        Event::Output(_, bytes) => err.write_all(bytes),
+        Event::Note(n) => writeln!(err, "{n}"),
+    };
+}
+
+fn print_build_report(report: &BuildReport, json: bool, dry_run: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, report)?;
+        writeln!(out)?;
+    } else if dry_run {
+        for s in &report.steps {
+            let status = if s.status == StepStatus::Cached {
+                "cached   "
+            } else {
+                "would run"
+            };
+            writeln!(
+                out,
+                "{status}  {}  line {}: {}",
+                s.key, s.line, s.instruction
+            )?;
+        }
+    } else if let Some(d) = &report.manifest_digest {
+        writeln!(out, "{d}")?;
     }
     Ok(())
 }

@@ -58,6 +58,10 @@ pub struct CopyItem {
     pub chown: Option<(u32, u32)>,
     /// `--chmod` permission bits; the source's when absent.
     pub chmod: Option<u32>,
+    /// For a directory source: copy its subtree too. A caller that has
+    /// already selected every entry (honouring `.dockerignore`, say) passes
+    /// each one with `false`.
+    pub recursive: bool,
 }
 
 /// The changeset of a COPY/ADD step applied on top of the image whose
@@ -71,7 +75,9 @@ pub fn copy_changes(items: &[CopyItem], image_root: &Path) -> Result<Vec<Change>
         if source.is_dir()
             && let Some(existing) = existing_image_dir(image_root, &item.dest)?
         {
-            add_children(item, &item.source, &existing, &mut changes)?;
+            if item.recursive {
+                add_children(item, &item.source, &existing, &mut changes)?;
+            }
             continue;
         }
         let dest = resolve_parents(image_root, &item.dest)?;
@@ -150,7 +156,7 @@ fn add_source(
             },
         ),
     );
-    if is_dir {
+    if is_dir && item.recursive {
         add_children(item, source, dest, changes)?;
     }
     Ok(())
@@ -342,6 +348,7 @@ mod tests {
             dest: LayerPath::from_image_path(Path::new(dest)).unwrap(),
             chown: None,
             chmod: None,
+            recursive: true,
         }
     }
 

@@ -1,0 +1,439 @@
+//! Which host user and group ids the sandbox's ids stand for, and who writes
+//! `/proc/PID/uid_map` and `gid_map` for stage 1.
+//!
+//! Three shapes, chosen by [`IdMapping::detect`]:
+//! - **range, written by the host** (the builder runs as root): container ids
+//!   `0..count` ↔ host ids `base..base+count`, from root's line in
+//!   `/etc/subuid` and `/etc/subgid`, else base 100000 and count 65536 (the
+//!   range `useradd` hands out first, so it rarely overlaps real users).
+//!   Container root is then an unprivileged host id: files it creates belong
+//!   to `base`, files of host root are "nobody" to it.
+//! - **subordinate, written by `newuidmap`/`newgidmap`** (non-root with
+//!   `/etc/subuid` and `/etc/subgid` entries and both tools installed): as
+//!   rootless podman, container 0 ↔ the user's own id and container
+//!   `1..=count` ↔ the subordinate range.
+//! - **single, written by stage 1 itself** (non-root otherwise): container 0
+//!   ↔ the user's own id only, with `setgroups` denied. A step that needs
+//!   another id fails with a message saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Root's range when `/etc/subuid` or `/etc/subgid` has none.
+const DEFAULT_BASE: u32 = 100_000;
+/// Size of that default range: the ids a distribution image uses.
+const DEFAULT_COUNT: u32 = 65_536;
+
+/// A contiguous run of ids: container `container..container+count` ↔ host
+/// `host..host+count`, one line of a `uid_map`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdExtent {
+    pub container: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+/// Who writes the id maps of stage 1's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapWriter {
+    /// The host builder writes them (needs CAP_SETUID/CAP_SETGID: root).
+    Host,
+    /// The setuid helpers `newuidmap`/`newgidmap`, run by the host builder.
+    Helpers,
+    /// Stage 1 writes its own single-id maps after denying `setgroups`.
+    Child,
+}
+
+/// The id maps of a sandbox's user namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMapping {
+    uids: Vec<IdExtent>,
+    gids: Vec<IdExtent>,
+    writer: MapWriter,
+}
+
+/// Why the id maps could not be chosen or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IdMapError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path} ({map}): {source}")]
+    Write {
+        path: PathBuf,
+        map: String,
+        source: std::io::Error,
+    },
+    #[error("cannot run {tool} (install the `uidmap` package): {source}")]
+    HelperSpawn {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{tool} refused the map {map:?} ({status}): {stderr}")]
+    HelperFailed {
+        tool: &'static str,
+        map: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+impl IdMapping {
+    /// Chooses the mapping for the current user, as described in the module
+    /// documentation.
+    pub fn detect() -> Result<Self, IdMapError> {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let subuid = read_optional(Path::new("/etc/subuid"))?;
+        let subgid = read_optional(Path::new("/etc/subgid"))?;
+        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        let helpers = find_in_path("newuidmap").is_some() && find_in_path("newgidmap").is_some();
+        Ok(Self::detect_from(
+            uid,
+            gid,
+            name.as_deref(),
+            &subuid,
+            &subgid,
+            helpers,
+        ))
+    }
+
+    /// [`IdMapping::detect`] over given facts, so the choice can be tested.
+    pub fn detect_from(
+        uid: u32,
+        gid: u32,
+        name: Option<&str>,
+        subuid: &str,
+        subgid: &str,
+        helpers: bool,
+    ) -> Self {
+        let sub_uid = parse_subid(subuid, name, uid);
+        let sub_gid = parse_subid(subgid, name, uid);
+        if uid == 0 {
+            let (ubase, ucount) = sub_uid.unwrap_or((DEFAULT_BASE, DEFAULT_COUNT));
+            let (gbase, gcount) = sub_gid.unwrap_or((DEFAULT_BASE, DEFAULT_COUNT));
+            let count = ucount.min(gcount);
+            return Self::range(ubase, gbase, count);
+        }
+        match (sub_uid, sub_gid, helpers) {
+            (Some(su), Some(sg), true) => Self::subordinate(uid, gid, su, sg),
+            _ => Self::single_for(uid, gid),
+        }
+    }
+
+    /// Container `0..count` ↔ host `uid_base..` and `gid_base..`, written by
+    /// the host (which must be root).
+    pub fn range(uid_base: u32, gid_base: u32, count: u32) -> Self {
+        IdMapping {
+            uids: vec![IdExtent {
+                container: 0,
+                host: uid_base,
+                count,
+            }],
+            gids: vec![IdExtent {
+                container: 0,
+                host: gid_base,
+                count,
+            }],
+            writer: MapWriter::Host,
+        }
+    }
+
+    /// Container 0 ↔ `uid`/`gid`, container `1..` ↔ the subordinate ranges
+    /// `(start, count)`, written by `newuidmap`/`newgidmap`.
+    pub fn subordinate(uid: u32, gid: u32, sub_uid: (u32, u32), sub_gid: (u32, u32)) -> Self {
+        let one = |id| IdExtent {
+            container: 0,
+            host: id,
+            count: 1,
+        };
+        let rest = |(start, count)| IdExtent {
+            container: 1,
+            host: start,
+            count,
+        };
+        IdMapping {
+            uids: vec![one(uid), rest(sub_uid)],
+            gids: vec![one(gid), rest(sub_gid)],
+            writer: MapWriter::Helpers,
+        }
+    }
+
+    /// Container 0 ↔ the current user's uid and gid, nothing else.
+    pub fn single() -> Self {
+        Self::single_for(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    }
+
+    /// Container 0 ↔ `uid`/`gid` only; stage 1 writes it itself, which the
+    /// kernel allows only for the process's own ids.
+    pub fn single_for(uid: u32, gid: u32) -> Self {
+        let one = |id| IdExtent {
+            container: 0,
+            host: id,
+            count: 1,
+        };
+        IdMapping {
+            uids: vec![one(uid)],
+            gids: vec![one(gid)],
+            writer: MapWriter::Child,
+        }
+    }
+
+    pub(super) fn from_parts(uids: Vec<IdExtent>, gids: Vec<IdExtent>, writer: MapWriter) -> Self {
+        IdMapping { uids, gids, writer }
+    }
+
+    pub fn uids(&self) -> &[IdExtent] {
+        &self.uids
+    }
+
+    pub fn gids(&self) -> &[IdExtent] {
+        &self.gids
+    }
+
+    pub fn writer(&self) -> MapWriter {
+        self.writer
+    }
+
+    /// True when only container id 0 exists.
+    pub fn is_single(&self) -> bool {
+        total(&self.uids) <= 1
+    }
+
+    /// Host uid of a container uid, if mapped.
+    pub fn host_uid(&self, container: u32) -> Option<u32> {
+        to_host(&self.uids, container)
+    }
+
+    /// Host gid of a container gid, if mapped.
+    pub fn host_gid(&self, container: u32) -> Option<u32> {
+        to_host(&self.gids, container)
+    }
+
+    /// Container uid of a host uid (e.g. an upper-dir file's owner), if mapped.
+    pub fn container_uid(&self, host: u32) -> Option<u32> {
+        to_container(&self.uids, host)
+    }
+
+    /// Container gid of a host gid, if mapped.
+    pub fn container_gid(&self, host: u32) -> Option<u32> {
+        to_container(&self.gids, host)
+    }
+
+    /// Words for an error about an id outside the mapping.
+    pub(super) fn describe_for_error(&self) -> String {
+        if self.is_single() {
+            "this build maps a single id (container root only); configure /etc/subuid and \
+             /etc/subgid for the building user and install newuidmap/newgidmap (package \
+             `uidmap`), or build as root"
+                .to_owned()
+        } else {
+            let ranges: Vec<String> = self
+                .uids
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}..{}",
+                        e.container,
+                        u64::from(e.container) + u64::from(e.count)
+                    )
+                })
+                .collect();
+            format!(
+                "it is outside the ids this build maps (container {})",
+                ranges.join(", ")
+            )
+        }
+    }
+
+    /// Writes the maps of process `pid` from the host side ([`MapWriter::Host`]
+    /// or [`MapWriter::Helpers`]); nothing to do for [`MapWriter::Child`].
+    pub(super) fn write_for(&self, pid: u32) -> Result<(), IdMapError> {
+        match self.writer {
+            MapWriter::Child => Ok(()),
+            MapWriter::Host => {
+                write_map_file(&proc_file(pid, "uid_map"), &self.uids)?;
+                write_map_file(&proc_file(pid, "gid_map"), &self.gids)
+            }
+            MapWriter::Helpers => {
+                run_map_helper("newuidmap", pid, &self.uids)?;
+                run_map_helper("newgidmap", pid, &self.gids)
+            }
+        }
+    }
+
+    /// Stage 1's side of [`MapWriter::Child`]: deny `setgroups` (the kernel
+    /// requires it before an unprivileged gid map) and map its own ids.
+    pub(super) fn write_own(&self) -> Result<(), IdMapError> {
+        let setgroups = Path::new("/proc/self/setgroups");
+        std::fs::write(setgroups, "deny").map_err(|source| IdMapError::Write {
+            path: setgroups.to_owned(),
+            map: "deny".to_owned(),
+            source,
+        })?;
+        write_map_file(Path::new("/proc/self/uid_map"), &self.uids)?;
+        write_map_file(Path::new("/proc/self/gid_map"), &self.gids)
+    }
+}
+
+fn total(extents: &[IdExtent]) -> u64 {
+    extents.iter().map(|e| u64::from(e.count)).sum()
+}
+
+fn to_host(extents: &[IdExtent], id: u32) -> Option<u32> {
+    extents
+        .iter()
+        .find(|e| id >= e.container && u64::from(id) < u64::from(e.container) + u64::from(e.count))
+        .map(|e| e.host + (id - e.container))
+}
+
+fn to_container(extents: &[IdExtent], id: u32) -> Option<u32> {
+    extents
+        .iter()
+        .find(|e| id >= e.host && u64::from(id) < u64::from(e.host) + u64::from(e.count))
+        .map(|e| e.container + (id - e.host))
+}
+
+/// The text of a `uid_map`: one `container host count` line per extent.
+fn map_text(extents: &[IdExtent]) -> String {
+    extents
+        .iter()
+        .map(|e| format!("{} {} {}\n", e.container, e.host, e.count))
+        .collect()
+}
+
+fn proc_file(pid: u32, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{name}"))
+}
+
+/// The kernel takes a map in one write only, hence one `write` of the whole
+/// text (`fs::write` issues a single call for a buffer this small).
+fn write_map_file(path: &Path, extents: &[IdExtent]) -> Result<(), IdMapError> {
+    let text = map_text(extents);
+    std::fs::write(path, &text).map_err(|source| IdMapError::Write {
+        path: path.to_owned(),
+        map: text.trim_end().replace('\n', "; "),
+        source,
+    })
+}
+
+fn run_map_helper(tool: &'static str, pid: u32, extents: &[IdExtent]) -> Result<(), IdMapError> {
+    let mut cmd = Command::new(tool);
+    cmd.arg(pid.to_string());
+    for e in extents {
+        cmd.args([e.container, e.host, e.count].map(|n| n.to_string()));
+    }
+    let out = cmd
+        .output()
+        .map_err(|source| IdMapError::HelperSpawn { tool, source })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(IdMapError::HelperFailed {
+        tool,
+        map: map_text(extents).trim_end().replace('\n', "; "),
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
+fn read_optional(path: &Path) -> Result<String, IdMapError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(IdMapError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The first `name:start:count` (or `uid:start:count`) line for the user in
+/// an `/etc/subuid`-format text.
+fn parse_subid(text: &str, name: Option<&str>, uid: u32) -> Option<(u32, u32)> {
+    let uid = uid.to_string();
+    text.lines().find_map(|line| {
+        let mut parts = line.trim().split(':');
+        let who = parts.next()?;
+        if who != uid && Some(who) != name {
+            return None;
+        }
+        let start = parts.next()?.parse().ok()?;
+        let count: u32 = parts.next()?.parse().ok()?;
+        (count > 0).then_some((start, count))
+    })
+}
+
+fn find_in_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_without_subuid_gets_the_documented_default_range() {
+        let m = IdMapping::detect_from(0, 0, Some("root"), "", "", false);
+        assert_eq!(m, IdMapping::range(100_000, 100_000, 65_536));
+        assert_eq!(m.writer(), MapWriter::Host);
+        assert_eq!(m.host_uid(1000), Some(101_000));
+        assert_eq!(m.container_uid(101_000), Some(1000));
+        assert_eq!(m.host_uid(65_536), None);
+        assert_eq!(m.container_gid(0), None);
+        assert!(!m.is_single());
+    }
+
+    #[test]
+    fn root_with_subuid_lines_uses_them() {
+        let m = IdMapping::detect_from(
+            0,
+            0,
+            Some("root"),
+            "alice:100000:65536\nroot:200000:70000\n",
+            "0:300000:65536\n",
+            false,
+        );
+        assert_eq!(m.uids()[0].host, 200_000);
+        assert_eq!(m.gids()[0].host, 300_000);
+        assert_eq!(m.uids()[0].count, 65_536);
+    }
+
+    #[test]
+    fn non_root_uses_subordinate_ids_only_with_both_files_and_helpers() {
+        let sub = "alice:100000:65536\n";
+        let m = IdMapping::detect_from(1000, 1000, Some("alice"), sub, sub, true);
+        assert_eq!(m.writer(), MapWriter::Helpers);
+        assert_eq!(m.host_uid(0), Some(1000));
+        assert_eq!(m.host_uid(1), Some(100_000));
+        assert_eq!(m.host_uid(1000), Some(100_999));
+        assert_eq!(map_text(m.uids()), "0 1000 1\n1 100000 65536\n");
+
+        for (subgid, helpers) in [("", true), (sub, false)] {
+            let m = IdMapping::detect_from(1000, 1000, Some("alice"), sub, subgid, helpers);
+            assert_eq!(m, IdMapping::single_for(1000, 1000));
+            assert!(m.is_single());
+            assert_eq!(m.host_uid(1), None);
+        }
+    }
+
+    #[test]
+    fn subid_lines_match_by_name_or_uid_and_skip_garbage() {
+        let text = "# comment\nbob:1:2\n1000:5000:0\n1000:6000:10\nalice:7000:10\n";
+        assert_eq!(parse_subid(text, Some("alice"), 1000), Some((6000, 10)));
+        assert_eq!(parse_subid(text, Some("alice"), 1001), Some((7000, 10)));
+        assert_eq!(parse_subid(text, None, 1002), None);
+    }
+}

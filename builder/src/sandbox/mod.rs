@@ -1,0 +1,331 @@
+//! Runs one Dockerfile `RUN` step in a rootless sandbox: new user, mount,
+//! pid, ipc, uts and (unless the step asks for the host's) network
+//! namespaces; a root filesystem assembled from the parent layers (overlayfs,
+//! or a plain copy where the kernel refuses overlayfs in a user namespace);
+//! `pivot_root` into it; a fresh `/proc`, a minimal `/dev`, only `lo`; the
+//! step's environment, working directory and user; its output streamed back
+//! live; a time limit; and no process of the step left alive afterwards.
+//!
+//! This module must never leave a mount, a namespace or a process of a step
+//! behind on the host, and never lets a step see a host path.
+//!
+//! # Processes
+//!
+//! Creating a user namespace requires a single-threaded process and the
+//! builder runs tokio, so [`run`] re-executes the builder's own binary (or the
+//! `helper` path it is given) with the hidden first argument [`REEXEC_ARG`]:
+//!
+//! ```text
+//! host builder (any threads)
+//!  └─ stage 1: `<exe> __strata-sandbox`          host pid ns, fresh process
+//!       [as root: a first mount ns to bind the rootfs dirs under /tmp]
+//!       unshare(user), id maps, become root in it, unshare(mnt|pid|ipc|uts[|net]);
+//!       make mounts private; mount the rootfs at /tmp/strata-root
+//!      └─ stage 2: `/proc/self/exe __strata-sandbox stage2`   PID 1 of the new pid ns
+//!           /proc, /dev, hostname, lo up, pivot_root, cwd, capabilities,
+//!           user, env, then exec of the step's argv (which stays PID 1)
+//! ```
+//!
+//! `main()` must call [`reexec_main`] when `argv[1] == REEXEC_ARG`, before it
+//! starts any thread (in particular before a tokio runtime).
+//!
+//! Because the command is PID 1 of its own pid namespace, the kernel kills
+//! every other process of the step when it exits, and completes its exit only
+//! once they are gone; stage 1 reaps it only then, and reports after that.
+//! So when [`run`] returns, no process of the step is left — after a time
+//! limit too: the host asks stage 1 to SIGKILL stage 2 and still waits for
+//! its report. If the host builder dies, stage 1 sees its socket close and
+//! does the same; stage 1 also has SIGKILL as parent-death signal, and stage
+//! 2 too (as long as the command does not execute a setuid program).
+//!
+//! # Re-exec protocol
+//!
+//! Stage 1's stdin is a Unix socket to the host; stage 2's stdin a socket to
+//! stage 1. Both carry framed messages (see `wire.rs`): a tag and byte-string
+//! fields, netstring-encoded, the `job` tagged with a protocol version so a
+//! stale helper is refused by name.
+//!
+//! ```text
+//! host → stage 1   job(version, host pid, spec, id maps)
+//! stage 1 → host   unshared                   only if the host writes the maps
+//! host → stage 1   mapped                     after writing /proc/PID/{uid,gid}_map
+//! stage 1 → 2      job                        (same bytes)
+//! stage 2 → 1 → host  mountpoint(path)…       created mount points
+//! stage 2 → 1      ready          1 → 2  go   stage 1 is alive: exec
+//! stage 1 → host   exit(code|signal, n)       after stage 2 and all its processes are gone
+//! host → stage 1   kill                       time limit reached (any time)
+//! any stage → host error(kind, fields…)       a SetupError, instead of the above
+//! ```
+//!
+//! Stdout and stderr of both stages are the command's; the stages never write
+//! to them. Every descriptor beyond those three is close-on-exec.
+//!
+//! # The root filesystem and ownership
+//!
+//! The directories of a [`RootfsSpec`] are reached the way the builder
+//! reaches them (as root, before the user namespace exists), then
+//! bind-mounted where container root can reach them, so their parents need
+//! not be searchable from inside. What container root must be able to use
+//! itself: with a range mapping (container uid `u` ↔ host uid `base + u`) the
+//! lower trees must be owned by the mapped host ids — a tree extracted as
+//! root is shifted with [`shift_ownership`] — and upper, work and their
+//! common parent must belong to container root, which [`prepare_overlay`]
+//! arranges. Files the step creates show up on the host with shifted ids
+//! ([`IdMapping::container_uid`] turns them back). overlayfs runs with
+//! `userxattr`: deletions are whiteouts (0/0 character devices) and opaque
+//! directories carry the `user.overlay.opaque` xattr.
+//!
+//! Mount points the sandbox needs (`/proc`, `/dev`, and with
+//! [`Network::Host`] `/etc/resolv.conf` and `/etc/hosts`) are created in the
+//! writable root (the overlay's upper directory or the copy) when the image
+//! lacks them; they are listed in [`RunOutcome::created_mountpoints`] so the
+//! layer snapshot can leave them out. Directories the step's `cwd` needs are
+//! created too, and are part of the step's result, as with Docker's WORKDIR.
+//!
+//! # Limits
+//!
+//! No cgroups (memory, cpu and pids limits); no seccomp filter; capabilities
+//! are Docker's default set; no init process: the command is PID 1, ignores
+//! signals it has no handler for, and reaps (or not) its orphans itself; `/sys` is not mounted; extended attributes are
+//! not copied by [`copy_tree`]; a non-root builder without `/etc/subuid`
+//! gets a single id and can run only root steps.
+
+mod host;
+mod idmap;
+mod mounts;
+mod stage1;
+mod stage2;
+mod sys;
+mod tree;
+mod user;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use host::{overlay_supported, probe_overlay, run};
+pub use idmap::{IdExtent, IdMapError, IdMapping, MapWriter};
+pub use tree::{TreeError, copy_tree, prepare_overlay, shift_ownership};
+
+/// The hidden `argv[1]` that turns the builder's binary into a sandbox stage.
+pub const REEXEC_ARG: &str = "__strata-sandbox";
+
+/// Exit code of a stage that failed before the command ran (as Docker's 125).
+pub const SETUP_FAILED_EXIT: i32 = 125;
+
+/// PATH given to the command when the step's environment has none (Docker's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Entry point of the sandbox stages. Call it from `main()` when
+/// `std::env::args_os().nth(1) == Some(REEXEC_ARG)`, before anything else.
+/// Never returns: the process becomes the step's command or exits.
+pub fn reexec_main() -> ! {
+    let stage2 = std::env::args_os().nth(2).is_some_and(|a| a == "stage2");
+    if stage2 {
+        stage2::main()
+    } else {
+        stage1::main()
+    }
+}
+
+/// One `RUN` step, already resolved by the builder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    /// Where the step's root filesystem comes from.
+    pub rootfs: RootfsSpec,
+    /// The command; shell form is already `["/bin/sh", "-c", cmd]`. An
+    /// `argv[0]` without a slash is looked up in the step's `PATH`.
+    pub argv: Vec<String>,
+    /// The step's environment, in order; later entries win. `PATH`,
+    /// `HOSTNAME` and `HOME` are added when missing.
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory inside the image, created if missing.
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`; names are looked up in the
+    /// image's `/etc/passwd` and `/etc/group`. `None` is root.
+    pub user: Option<String>,
+    /// Which network the step sees.
+    pub network: Network,
+    /// Time limit; the step is killed when it passes.
+    pub timeout: Option<Duration>,
+    /// The step's host name (its own UTS namespace).
+    pub hostname: String,
+}
+
+impl RunSpec {
+    /// A spec with Docker's defaults: root user, `/` as cwd, no network, no
+    /// time limit, host name `strata`.
+    pub fn new(rootfs: RootfsSpec, argv: Vec<String>) -> Self {
+        RunSpec {
+            rootfs,
+            argv,
+            env: Vec::new(),
+            cwd: "/".to_owned(),
+            user: None,
+            network: Network::None,
+            timeout: None,
+            hostname: "strata".to_owned(),
+        }
+    }
+}
+
+/// The directories the step's root filesystem is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsSpec {
+    /// An overlay mount: read-only `lower` directories, topmost first (as in
+    /// overlayfs' `lowerdir`), the writable `upper` that collects the step's
+    /// changes (with overlayfs whiteouts for deletions), and an empty `work`
+    /// directory on the same filesystem as `upper`.
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// A directory the step may change in place, typically made with
+    /// [`copy_tree`] when [`overlay_supported`] is false.
+    Copy { root: PathBuf },
+}
+
+/// The network a step sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// A new network namespace with only `lo`, brought up.
+    #[default]
+    None,
+    /// The host's network namespace (`RUN --network=host`); whether that is
+    /// allowed is the caller's decision. The host's `/etc/resolv.conf` and
+    /// `/etc/hosts` are bind-mounted read-only into the image.
+    Host,
+}
+
+/// Which of the command's output streams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How the step's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It ran past the time limit and was killed, with every process of the
+    /// step.
+    TimedOut(Duration),
+}
+
+impl ExitKind {
+    /// True when the command exited with code 0.
+    pub fn success(&self) -> bool {
+        matches!(self, ExitKind::Code(0))
+    }
+}
+
+/// What a finished step reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub exit: ExitKind,
+    /// True for [`RootfsSpec::Overlay`].
+    pub used_overlay: bool,
+    /// Wall time from spawning stage 1 to its exit.
+    pub duration: Duration,
+    /// Paths inside the image (absolute, like `/proc`) that the sandbox
+    /// created as mount points because the image lacked them; the layer
+    /// snapshot should not record them.
+    pub created_mountpoints: Vec<String>,
+}
+
+/// Why a step could not be run (as opposed to: it ran and failed, which is an
+/// [`ExitKind`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot start the sandbox helper {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot find the builder's own executable to start the sandbox: {0}")]
+    CurrentExe(std::io::Error),
+    #[error("sandbox helper i/o ({what}): {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the overlay probe in {dir}: {source}")]
+    Probe {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    IdMap(#[from] IdMapError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(
+        "sandbox helper ended ({status}) without reporting the step's exit; \
+         is `main` calling sandbox::reexec_main() for {REEXEC_ARG}?"
+    )]
+    NoReport { status: std::process::ExitStatus },
+}
+
+/// A failure inside the sandbox before the step's command ran, sent from the
+/// stage that met it back to the host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// A kernel call or file operation of the setup failed; `step` says which
+    /// (e.g. "cannot create user namespace"), `detail` the errno and a hint.
+    #[error("{step}: {detail}")]
+    Step { step: String, detail: String },
+    #[error("command not found in image: {command}")]
+    CommandNotFound { command: String },
+    #[error("cannot execute {command} in image: {detail}")]
+    CommandNotExecutable { command: String, detail: String },
+    #[error("unknown user {user:?} in image: {reason}")]
+    UnknownUser { user: String, reason: String },
+    #[error("step needs {kind} {id} but {mapping}")]
+    NotMapped {
+        kind: String,
+        id: u32,
+        mapping: String,
+    },
+    #[error("sandbox protocol error: {detail}")]
+    Protocol { detail: String },
+}
+
+impl SetupError {
+    fn step(step: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        SetupError::Step {
+            step: step.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn protocol(detail: impl std::fmt::Display) -> Self {
+        SetupError::Protocol {
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Everything a stage needs to know, sent by the host as the `job` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Job {
+    spec: RunSpec,
+    ids: IdMapping,
+    /// The host builder's pid: stage 1 checks it is still its parent.
+    host_pid: u32,
+    /// Only check that the rootfs can be mounted, then exit.
+    probe: bool,
+}
+
+/// An absolute in-image path for messages: `/` joined with `rel`.
+fn image_path(rel: &Path) -> String {
+    format!("/{}", rel.display())
+}

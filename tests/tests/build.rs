@@ -1,0 +1,381 @@
+//! `strata build` end to end: real Dockerfiles, real namespaces, a real
+//! static busybox, and the output checked by real OCI tools (skopeo, umoci).
+//!
+//! Needs Debian's busybox-static, skopeo and umoci (`scripts/test`
+//! installs them); a missing one fails the test saying how to get it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use strata_tests::{ServerProcess, strata};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "this test needs `{tool}`: apt-get install {package} (scripts/test installs it)"
+    );
+}
+
+/// A build context with a static busybox, a data file and `dockerfile`.
+fn context(dockerfile: &str) -> tempfile::TempDir {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "this test needs a static busybox at {BUSYBOX}: apt-get install busybox-static (scripts/test installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(BUSYBOX, dir.path().join("busybox")).unwrap();
+    std::fs::write(dir.path().join("data.txt"), "data v1\n").unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    dir
+}
+
+const APP: &str = r#"# A small image: busybox, then steps that use it.
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ENV GREETING=hello \
+    TARGET=world
+WORKDIR /app
+COPY data.txt ./
+RUN echo "$GREETING $TARGET" > greeting.txt && cat data.txt > copy.txt
+RUN mkdir -p /etc && echo built > /etc/built && rm /bin/vi
+LABEL org.example.name=app
+EXPOSE 8080
+CMD ["/bin/sh", "-c", "cat /app/greeting.txt"]
+"#;
+
+fn build(cache: &Path, ctx: &Path, extra: &[&str]) -> Output {
+    strata(cache)
+        .arg("build")
+        .args(extra)
+        .arg(ctx)
+        .output()
+        .unwrap()
+}
+
+/// Builds and returns the JSON report, failing with stderr on error.
+fn build_json(cache: &Path, ctx: &Path, extra: &[&str]) -> Value {
+    let out = build(cache, ctx, &[&["--json"], extra].concat());
+    assert!(
+        out.status.success(),
+        "build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn statuses(report: &Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn oci_output(dir: &Path, tag: &str) -> String {
+    format!("oci:{}:{tag}", dir.display())
+}
+
+#[test]
+fn the_image_is_accepted_by_skopeo_and_umoci_and_holds_what_the_steps_wrote() {
+    need("skopeo", "skopeo");
+    need("umoci", "umoci");
+    let ctx = context(APP);
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let layout = out_dir.path().join("image");
+    let report = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
+    assert_eq!(
+        statuses(&report)
+            .iter()
+            .filter(|s| *s == "executed")
+            .count(),
+        10
+    );
+    let digest = report["manifest_digest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"));
+
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--config", &oci_output(&layout, "v1")])
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let config: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let c = &config["config"];
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"GREETING=hello") && env.contains(&"TARGET=world"),
+        "{env:?}"
+    );
+    assert_eq!(c["WorkingDir"], "/app");
+    assert_eq!(c["Cmd"][2], "cat /app/greeting.txt");
+    assert_eq!(c["Labels"]["org.example.name"], "app");
+    assert!(c["ExposedPorts"]["8080/tcp"].is_object());
+    assert_eq!(config["history"].as_array().unwrap().len(), 10);
+
+    let manifest = Command::new("skopeo")
+        .args(["inspect", "--raw", &oci_output(&layout, "v1")])
+        .output()
+        .unwrap();
+    assert!(manifest.status.success());
+    let raw_digest = format!("sha256:{}", sha256_hex(&manifest.stdout));
+    assert_eq!(raw_digest, digest, "the printed digest is the manifest's");
+
+    let bundle = out_dir.path().join("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v1", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    let rootfs = bundle.join("rootfs");
+    let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap();
+    assert_eq!(read("app/greeting.txt"), "hello world\n");
+    assert_eq!(read("app/copy.txt"), "data v1\n");
+    assert_eq!(read("etc/built"), "built\n");
+    assert_eq!(
+        std::fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        PathBuf::from("/bin/busybox")
+    );
+    assert!(
+        std::fs::symlink_metadata(rootfs.join("bin/vi")).is_err(),
+        "a file the build deleted is gone (whiteout applied)"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn a_second_build_executes_nothing_and_moves_no_layer_bytes() {
+    let ctx = context(APP);
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let output = oci_output(&out_dir.path().join("image"), "latest");
+    let first = build_json(cache.path(), ctx.path(), &["--output", &output]);
+    let second = build_json(cache.path(), ctx.path(), &["--output", &output]);
+    assert!(
+        statuses(&second).iter().all(|s| s == "cached"),
+        "{:?}",
+        statuses(&second)
+    );
+    assert_eq!(first["manifest_digest"], second["manifest_digest"]);
+    assert_eq!(second["uploaded_bytes"], 0);
+    assert_eq!(second["downloaded_bytes"], 0);
+    assert_eq!(
+        second["output_bytes"], 0,
+        "the output already had every layer"
+    );
+
+    // Without an output, a cached build needs no layer bytes at all.
+    let third = build_json(cache.path(), ctx.path(), &[]);
+    assert_eq!(third["downloaded_bytes"], 0);
+    assert_eq!(third["manifest_digest"], first["manifest_digest"]);
+}
+
+#[test]
+fn builds_are_reproducible_and_a_shared_server_serves_other_checkouts() {
+    // Two checkouts in different places, two empty caches: one digest.
+    let (ctx_a, ctx_b) = (context(APP), context(APP));
+    let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = build_json(cache_a.path(), ctx_a.path(), &[]);
+    let b = build_json(cache_b.path(), ctx_b.path(), &[]);
+    assert_eq!(a["manifest_digest"], b["manifest_digest"]);
+    let keys = |r: &Value| -> Vec<String> {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().into())
+            .collect()
+    };
+    assert_eq!(keys(&a), keys(&b), "no host path or time enters a key");
+
+    // A server filled by one checkout serves every step to another.
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--fsync", "never"]);
+    let filled = build_json(cache_a.path(), ctx_a.path(), &["--server", &server.url]);
+    assert!(statuses(&filled).iter().all(|s| s == "executed"));
+    let (ctx_c, cache_c) = (context(APP), tempfile::tempdir().unwrap());
+    let served = build_json(cache_c.path(), ctx_c.path(), &["--server", &server.url]);
+    assert!(
+        statuses(&served).iter().all(|s| s == "cached"),
+        "{:?}",
+        statuses(&served)
+    );
+    assert_eq!(served["manifest_digest"], a["manifest_digest"]);
+    server.stop();
+}
+
+#[test]
+fn changing_one_copied_file_misses_exactly_that_step_and_the_later_ones() {
+    let ctx = context(APP);
+    let cache = tempfile::tempdir().unwrap();
+    build_json(cache.path(), ctx.path(), &[]);
+    std::fs::write(ctx.path().join("data.txt"), "data v2\n").unwrap();
+    let plan = build_json(cache.path(), ctx.path(), &["--dry-run"]);
+    let expected: Vec<&str> = [["cached"; 4].as_slice(), ["would_run"; 6].as_slice()].concat();
+    assert_eq!(
+        statuses(&plan),
+        expected,
+        "the plan names what will rebuild"
+    );
+    let rebuilt = build_json(cache.path(), ctx.path(), &[]);
+    let expected: Vec<&str> = [["cached"; 4].as_slice(), ["executed"; 6].as_slice()].concat();
+    assert_eq!(statuses(&rebuilt), expected);
+}
+
+#[test]
+fn a_dry_run_plans_without_running_or_writing() {
+    let ctx = context(APP);
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let layout = out_dir.path().join("image");
+    let plan = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--dry-run", "--output", &oci_output(&layout, "v1")],
+    );
+    assert!(statuses(&plan).iter().all(|s| s == "would_run"));
+    assert!(plan["manifest_digest"].is_null());
+    assert!(!layout.exists(), "a dry run writes no output");
+    let again = build_json(cache.path(), ctx.path(), &["--dry-run"]);
+    assert!(
+        statuses(&again).iter().all(|s| s == "would_run"),
+        "and records nothing"
+    );
+}
+
+#[test]
+fn a_run_step_sees_no_network_no_host_processes_and_no_host_files() {
+    let ctx = context("");
+    let host_marker = ctx.path().join("host-only-marker");
+    std::fs::write(&host_marker, "secret").unwrap();
+    let escape = std::env::temp_dir().join(format!("strata-escape-{}", std::process::id()));
+    let dockerfile = format!(
+        r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN set -e; \
+    ifaces=$(ls /sys/class/net 2>/dev/null || sed -n 's/^ *\([a-z0-9]*\):.*/\1/p' /proc/net/dev); \
+    echo "interfaces: $ifaces"; test "$(echo $ifaces)" = "lo"; \
+    pids=$(ls /proc | grep -c '^[0-9]'); echo "processes: $pids"; test "$pids" -le 4; \
+    test "$(cat /proc/1/cmdline | tr '\0' ' ')" != ""; \
+    test ! -e {marker}; test ! -e /oldroot; test ! -e {ctx}; \
+    mkdir -p {escape_dir} && touch {escape}; \
+    ! echo x > /proc/sys/kernel/hostname 2>/dev/null; \
+    echo isolated
+"#,
+        marker = host_marker.display(),
+        ctx = ctx.path().display(),
+        escape_dir = escape.parent().unwrap().display(),
+        escape = escape.display(),
+    );
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(cache.path(), ctx.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("interfaces: lo") && stderr.contains("isolated"),
+        "{stderr}"
+    );
+    assert!(!escape.exists(), "a write inside the step reached the host");
+}
+
+#[test]
+fn host_network_is_refused_unless_allowed() {
+    let ctx = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN --network=host [\"/bin/busybox\", \"true\"]\n",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(cache.path(), ctx.path(), &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Dockerfile:3") && stderr.contains("--allow-host-network"),
+        "{stderr}"
+    );
+    let report = build_json(cache.path(), ctx.path(), &["--allow-host-network"]);
+    assert_eq!(statuses(&report), ["executed", "executed"]);
+}
+
+#[test]
+fn a_failing_run_fails_the_build_with_its_exit_code_and_output_and_records_nothing() {
+    let ctx = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo first line; echo the last words >&2; exit 3\"]\n",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(cache.path(), ctx.path(), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Dockerfile:3"), "{stderr}");
+    assert!(stderr.contains("exit code 3"), "{stderr}");
+    assert!(stderr.contains("the last words"), "{stderr}");
+    let plan = build_json(cache.path(), ctx.path(), &["--dry-run"]);
+    assert_eq!(
+        statuses(&plan),
+        ["cached", "would_run"],
+        "the failed step was not recorded"
+    );
+}
+
+#[test]
+fn malformed_dockerfiles_fail_with_file_and_line() {
+    let cases = [
+        ("FROM scratch\nFROB x\n", "Dockerfile:2", "FROB"),
+        ("# nothing but\nRUN true\n", "Dockerfile:2", "FROM"),
+        (
+            "FROM scratch\nRUN --netwerk=none true\n",
+            "Dockerfile:2",
+            "--netwerk",
+        ),
+        (
+            "FROM scratch\nRUN echo a \\\n",
+            "Dockerfile:2",
+            "continuation",
+        ),
+    ];
+    for (text, place, word) in cases {
+        let ctx = context(text);
+        let cache = tempfile::tempdir().unwrap();
+        let out = build(cache.path(), ctx.path(), &[]);
+        assert!(!out.status.success(), "{text:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(place) && stderr.contains(word),
+            "{text:?}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
