@@ -46,6 +46,8 @@ pub struct BuildOptions {
     pub build_args: Vec<(String, String)>,
     /// `--output oci:DIR[:TAG]`.
     pub output: Option<(PathBuf, String)>,
+    /// `--tag NAME[:TAG]`: keep the image in the store under this name.
+    pub tag: Option<String>,
     /// Plan only: compute keys, look them up, run and write nothing.
     pub dry_run: bool,
     /// mtime of every layer entry and the image's `created` (SOURCE_DATE_EPOCH).
@@ -83,6 +85,10 @@ pub struct StepReport {
     pub layer_bytes: Option<u64>,
     pub uploaded_bytes: u64,
     pub downloaded_bytes: u64,
+    /// For an executed RUN or COPY: seconds spent turning its changes into
+    /// a stored layer (diff, layer tar, push) — the step's time less the
+    /// command's own.
+    pub snapshot_seconds: Option<f64>,
 }
 
 /// What a build did.
@@ -180,8 +186,8 @@ struct Planned {
 struct Base {
     key: StepKey,
     config: RuntimeConfig,
-    /// Layers with where their bytes are (a local file).
-    layers: Vec<(LayerRef, PathBuf)>,
+    /// Layers with where their bytes are.
+    layers: Vec<BuiltLayer>,
     history: Vec<HistoryEntry>,
 }
 
@@ -200,10 +206,16 @@ enum LayerSource {
     Store(Digest),
 }
 
-fn resolve_base(
+async fn resolve_base(
+    client: &Client,
     df: &dockerfile::Dockerfile,
     globals: &[(String, String)],
 ) -> Result<Base, BuildError> {
+    let from_err = |message: String| BuildError::Step {
+        file: df.file_name.clone(),
+        line: df.from.line,
+        message,
+    };
     match df.base_image(&globals.to_vec())? {
         BaseImage::Scratch => Ok(Base {
             key: base_key("scratch"),
@@ -222,17 +234,110 @@ fn resolve_base(
             Ok(Base {
                 key: base_key(&format!("oci {}", image.manifest_digest)),
                 config: image.config,
+                layers: image
+                    .layers
+                    .into_iter()
+                    .map(|(oci, path)| BuiltLayer {
+                        oci,
+                        source: LayerSource::File(path),
+                    })
+                    .collect(),
+                history: image.history,
+            })
+        }
+        BaseImage::Stored { name, tag } => {
+            let full = format!("{name}:{}", tag.as_deref().unwrap_or("latest"));
+            let digest = client
+                .get_tag(&full)
+                .await
+                .map_err(|e| from_err(format!("FROM {full}: {e}")))?
+                .ok_or_else(|| {
+                    from_err(format!(
+                        "FROM {full}: the cache has no image tagged {full} (build one with --tag {full})"
+                    ))
+                })?;
+            let bytes = client
+                .pull_to_vec(&digest)
+                .await
+                .map_err(|e| from_err(format!("FROM {full}: {e}")))?;
+            let image = StoredImage::decode(&bytes)
+                .map_err(|e| from_err(format!("FROM {full}: stored image {digest}: {e}")))?;
+            Ok(Base {
+                key: base_key(&format!("stored {}", image.manifest_digest)),
+                config: image.config,
                 layers: image.layers,
                 history: image.history,
             })
         }
-        BaseImage::Stored { name, .. } => Err(BuildError::Step {
-            file: df.file_name.clone(),
-            line: df.from.line,
-            message: format!(
-                "FROM {name}: images kept in the store by name are not supported yet; use FROM scratch or FROM oci:DIR[:TAG]"
-            ),
-        }),
+    }
+}
+
+/// The media type of an image kept in the store under a tag.
+pub const MEDIA_TYPE_STORED_IMAGE: &str = "application/vnd.strata.image.v1+json";
+
+/// An image kept in the store: the OCI manifest and config (as JSON), and
+/// the store object of each layer, in order.
+struct StoredImage {
+    manifest_digest: String,
+    config: RuntimeConfig,
+    history: Vec<HistoryEntry>,
+    layers: Vec<BuiltLayer>,
+}
+
+impl StoredImage {
+    fn encode(manifest: &[u8], config: &[u8], layers: &[Digest]) -> Vec<u8> {
+        // The exact bytes, as strings: their SHA-256 is the image's identity.
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let value = serde_json::json!({
+            "schema": "strata-image-v1",
+            "manifest": text(manifest),
+            "config": text(config),
+            "layers": layers.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        });
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<StoredImage, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        if v["schema"] != "strata-image-v1" {
+            return Err(format!("unknown schema {}", v["schema"]));
+        }
+        let manifest_bytes = v["manifest"].as_str().unwrap_or_default().as_bytes();
+        let manifest: serde_json::Value = serde_json::from_slice(manifest_bytes)
+            .map_err(|e| format!("its OCI manifest is not JSON: {e}"))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(v["config"].as_str().unwrap_or_default().as_bytes())
+                .map_err(|e| format!("its OCI config is not JSON: {e}"))?;
+        let oci_layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        let stored = v["layers"].as_array().cloned().unwrap_or_default();
+        if oci_layers.len() != stored.len() {
+            return Err("its OCI manifest and its layer list disagree".into());
+        }
+        let layers = oci_layers
+            .iter()
+            .zip(&stored)
+            .map(|(l, d)| {
+                let digest: Digest = d
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|e| format!("layer digest: {e}"))?;
+                Ok(BuiltLayer {
+                    oci: LayerRef {
+                        sha256: l["digest"].as_str().unwrap_or_default().to_string(),
+                        size: l["size"].as_u64().unwrap_or(0),
+                    },
+                    source: LayerSource::Store(digest),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(StoredImage {
+            manifest_digest: crate::image::sha256_digest(manifest_bytes),
+            config: crate::oci::runtime_config_of(&config["config"]),
+            history: crate::oci::history_of(&config),
+            layers,
+        })
     }
 }
 
@@ -362,7 +467,7 @@ pub async fn build(
     let context =
         BuildContext::open(&opts.context).map_err(|e| BuildError::Other(e.to_string()))?;
     let globals = df.global_scope(&opts.build_args)?;
-    let base = resolve_base(&df, &globals)?;
+    let base = resolve_base(client, &df, &globals).await?;
     let steps = plan(&df, &context, &opts.build_args, &base)?;
 
     for s in &steps {
@@ -417,6 +522,7 @@ pub async fn build(
                 layer_bytes: None,
                 uploaded_bytes: 0,
                 downloaded_bytes: 0,
+                snapshot_seconds: None,
             };
             events(Event::StepFinished(&r));
             report.steps.push(r);
@@ -444,6 +550,7 @@ pub async fn build(
             layer_bytes: None,
             uploaded_bytes: 0,
             downloaded_bytes: 0,
+            snapshot_seconds: None,
         };
         let downloaded_before = runner.downloaded;
         match hit {
@@ -455,7 +562,11 @@ pub async fn build(
             }
             None => {
                 r.status = StepStatus::Executed;
-                let (layer, uploaded) = runner.execute(&df, s, events).await?;
+                let (layer, uploaded, command_time) = runner.execute(&df, s, events).await?;
+                if layer.is_some() {
+                    let spent = step_started.elapsed().saturating_sub(command_time);
+                    r.snapshot_seconds = Some(spent.as_secs_f64());
+                }
                 r.layer_bytes = layer.as_ref().map(|(_, size)| *size);
                 r.uploaded_bytes = uploaded;
                 let result = StepResult {
@@ -488,6 +599,11 @@ pub async fn build(
     if let Some((dir, tag)) = &opts.output {
         report.output_bytes = runner
             .write_output(dir, tag, &config_blob.bytes, &manifest_blob.bytes)
+            .await?;
+    }
+    if let Some(name) = &opts.tag {
+        report.uploaded_bytes += runner
+            .keep_in_store(name, &config_blob.bytes, &manifest_blob.bytes)
             .await?;
     }
     report.downloaded_bytes = runner.downloaded;
@@ -550,14 +666,7 @@ impl<'a> Runner<'a> {
             scratch,
             ids,
             layer_ids,
-            layers: base
-                .layers
-                .iter()
-                .map(|(oci, path)| BuiltLayer {
-                    oci: oci.clone(),
-                    source: LayerSource::File(path.clone()),
-                })
-                .collect(),
+            layers: base.layers.clone(),
             history: base.history.clone(),
             rootfs: None,
             downloaded: 0,
@@ -635,23 +744,26 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Runs one missed step; returns its layer (manifest digest and size)
-    /// and the bytes uploaded.
+    /// Runs one missed step; returns its layer (manifest digest and size),
+    /// the bytes uploaded, and how long its command ran.
     async fn execute(
         &mut self,
         df: &dockerfile::Dockerfile,
         s: &Planned,
         events: &mut (dyn FnMut(Event<'_>) + Send),
-    ) -> Result<(Option<(Digest, u64)>, u64), BuildError> {
+    ) -> Result<(Option<(Digest, u64)>, u64, Duration), BuildError> {
         let step_err = |message: String| BuildError::Step {
             file: df.file_name.clone(),
             line: s.line,
             message,
         };
+        let mut command_time = Duration::ZERO;
         let changes = match &s.instruction {
             Instruction::Run { command, network } => {
                 let root = self.materialise().await?;
-                self.run_step(df, s, command, *network, &root, events)?
+                let (changes, took) = self.run_step(df, s, command, *network, &root, events)?;
+                command_time = took;
+                changes
             }
             Instruction::Copy { chown, .. } | Instruction::Add { chown, .. } => {
                 let root = self.materialise().await?;
@@ -660,7 +772,7 @@ impl<'a> Runner<'a> {
                     copy_items(s.copy.as_deref().unwrap_or_default(), owner).map_err(step_err)?;
                 layer::copy_changes(&items, &root).map_err(|e| step_err(format!("COPY: {e}")))?
             }
-            _ => return Ok((None, 0)),
+            _ => return Ok((None, 0, Duration::ZERO)),
         };
         let tar_path = self
             .scratch
@@ -715,7 +827,11 @@ impl<'a> Runner<'a> {
         if let Some((_, n)) = &mut self.rootfs {
             *n = self.layers.len();
         }
-        Ok((Some((digest, summary.bytes)), pushed.sent_bytes))
+        Ok((
+            Some((digest, summary.bytes)),
+            pushed.sent_bytes,
+            command_time,
+        ))
     }
 
     /// Runs a RUN step in the sandbox on an overlay (or a copy) of the
@@ -728,7 +844,7 @@ impl<'a> Runner<'a> {
         network: Network,
         root: &Path,
         events: &mut (dyn FnMut(Event<'_>) + Send),
-    ) -> Result<Vec<layer::Change>, BuildError> {
+    ) -> Result<(Vec<layer::Change>, Duration), BuildError> {
         let n = self.layers.len();
         let overlay = sandbox::overlay_supported(
             self.opts.sandbox_helper.as_deref(),
@@ -821,7 +937,57 @@ impl<'a> Runner<'a> {
             .filter_map(|p| LayerPath::from_image_path(Path::new(p)).ok())
             .collect();
         changes.retain(|c| !created.contains(&c.path));
-        Ok(changes)
+        Ok((changes, outcome.duration))
+    }
+
+    /// Keeps the image in the store under tag `name`: every layer as a
+    /// store object (base layers from a layout are pushed; the store dedups
+    /// them), then the image record, then the tag. Returns bytes sent.
+    async fn keep_in_store(
+        &mut self,
+        name: &str,
+        config: &[u8],
+        manifest: &[u8],
+    ) -> Result<u64, BuildError> {
+        let mut sent = 0;
+        let mut objects = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            match &layer.source {
+                LayerSource::Store(d) => objects.push(*d),
+                LayerSource::File(p) => {
+                    let file =
+                        File::open(p).map_err(|e| other("reading a layer")(e.to_string()))?;
+                    let pushed = self
+                        .client
+                        .push_file(file, MEDIA_TYPE_LAYER, &Progress::new())
+                        .await
+                        .map_err(|e| other("storing a layer")(e.to_string()))?;
+                    sent += pushed.sent_bytes;
+                    objects.push(pushed.digest.ok_or_else(|| {
+                        BuildError::Other("storing a layer returned no digest".into())
+                    })?);
+                }
+            }
+        }
+        let record = StoredImage::encode(manifest, config, &objects);
+        let pushed = self
+            .client
+            .push(
+                std::io::Cursor::new(record),
+                MEDIA_TYPE_STORED_IMAGE,
+                &Progress::new(),
+            )
+            .await
+            .map_err(|e| other("storing the image")(e.to_string()))?;
+        sent += pushed.sent_bytes;
+        let digest = pushed
+            .digest
+            .ok_or_else(|| BuildError::Other("storing the image returned no digest".into()))?;
+        self.client
+            .set_tag(name, &digest)
+            .await
+            .map_err(|e| BuildError::Other(format!("tagging the image {name}: {e}")))?;
+        Ok(sent)
     }
 
     /// Writes the image into an OCI layout, copying only the layer blobs the

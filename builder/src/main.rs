@@ -146,6 +146,11 @@ struct BuildArgs {
     /// Write the image to an OCI layout: oci:DIR[:TAG] (tag default "latest").
     #[arg(long, value_name = "oci:DIR[:TAG]")]
     output: Option<String>,
+    /// Keep the image in the cache as NAME[:TAG] (tag default "latest"),
+    /// for `FROM NAME[:TAG]` in later builds, here or on any client of the
+    /// same server.
+    #[arg(long, value_name = "NAME[:TAG]")]
+    tag: Option<String>,
     /// Compute the keys, look them up and print the plan; run and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -536,6 +541,15 @@ async fn build_cmd(args: BuildArgs) -> Result<()> {
         context: args.context.clone(),
         build_args,
         output,
+        tag: args.tag.as_deref().map(|t| {
+            if t.rsplit_once(':')
+                .is_some_and(|(_, tag)| !tag.contains('/'))
+            {
+                t.to_string()
+            } else {
+                format!("{t}:latest")
+            }
+        }),
         dry_run: args.dry_run,
         epoch,
         step_timeout: Some(std::time::Duration::from_secs(args.step_timeout)),

@@ -239,15 +239,7 @@ impl OciLayout {
         Ok(LayoutImage {
             manifest_digest,
             config: runtime_config_of(&config["config"]),
-            history: config["history"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|h| crate::image::HistoryEntry {
-                    created_by: h["created_by"].as_str().unwrap_or_default().into(),
-                    empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
-                })
-                .collect(),
+            history: history_of(&config),
             layers,
         })
     }
@@ -263,8 +255,21 @@ impl OciLayout {
     }
 }
 
+/// The history of an OCI image config.
+pub fn history_of(config: &Value) -> Vec<crate::image::HistoryEntry> {
+    config["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| crate::image::HistoryEntry {
+            created_by: h["created_by"].as_str().unwrap_or_default().into(),
+            empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
+        })
+        .collect()
+}
+
 /// The runtime config of an OCI image config's `config` object.
-fn runtime_config_of(c: &Value) -> RuntimeConfig {
+pub fn runtime_config_of(c: &Value) -> RuntimeConfig {
     let strings = |v: &Value| -> Option<Vec<String>> {
         v.as_array().map(|a| {
             a.iter()

@@ -19,9 +19,10 @@ use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::content_store_client::ContentStoreClient;
 use strata_proto::v1::manifest_store_client::ManifestStoreClient;
 use strata_proto::v1::step_cache_client::StepCacheClient;
+use strata_proto::v1::tags_client::TagsClient;
 use strata_proto::v1::{
-    GetManifestRequest, LookupStepsRequest, RecordStepRequest, StatManifestRequest, StatsRequest,
-    StatsResponse,
+    GetManifestRequest, GetTagRequest, LookupStepsRequest, RecordStepRequest, SetTagRequest,
+    StatManifestRequest, StatsRequest, StatsResponse,
 };
 use strata_proto::{Digest, Manifest, StepResult};
 use tonic::transport::{Channel, Endpoint};
@@ -109,6 +110,7 @@ pub struct Client {
     content: ContentStoreClient<Channel>,
     manifests: ManifestStoreClient<Channel>,
     steps: StepCacheClient<Channel>,
+    tags: TagsClient<Channel>,
     admin: AdminClient<Channel>,
     channel: Channel,
     config: Arc<ClientConfig>,
@@ -155,6 +157,7 @@ impl Client {
             steps: StepCacheClient::new(channel.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
+            tags: TagsClient::new(channel.clone()),
             admin: AdminClient::new(channel.clone()),
             channel,
             config: Arc::new(config),
@@ -267,6 +270,38 @@ impl Client {
             .map_err(|s| ClientError::from_status("record step", s))?
             .into_inner();
         Ok(response.created)
+    }
+
+    /// Points tag `name` at stored object `digest`.
+    pub async fn set_tag(&self, name: &str, digest: &Digest) -> Result<(), ClientError> {
+        self.tags
+            .clone()
+            .set_tag(SetTagRequest {
+                name: name.to_owned(),
+                digest: digest.to_vec(),
+            })
+            .await
+            .map_err(|s| ClientError::from_status("set tag", s))?;
+        Ok(())
+    }
+
+    /// The object tag `name` names, if it exists.
+    pub async fn get_tag(&self, name: &str) -> Result<Option<Digest>, ClientError> {
+        let response = self
+            .tags
+            .clone()
+            .get_tag(GetTagRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(|s| ClientError::from_status("get tag", s))?
+            .into_inner();
+        if !response.found {
+            return Ok(None);
+        }
+        Digest::from_slice(&response.digest)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(format!("tag {name}: {e}")))
     }
 
     /// The server's store figures.

@@ -379,3 +379,79 @@ fn malformed_dockerfiles_fail_with_file_and_line() {
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
 }
+
+#[test]
+fn an_image_kept_under_a_tag_is_a_base_for_other_builds_on_other_clients() {
+    need("umoci", "umoci");
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--fsync", "never"]);
+    let ctx = context(APP);
+    let cache = tempfile::tempdir().unwrap();
+    let base = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--server", &server.url, "--tag", "app:v1"],
+    );
+
+    let derived = context(
+        "FROM app:v1\nRUN cat /app/greeting.txt /etc/built > /app/derived.txt\nCOPY data.txt /derived-data.txt\n",
+    );
+    let (other_cache, out_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let layout = out_dir.path().join("image");
+    let report = build_json(
+        other_cache.path(),
+        derived.path(),
+        &[
+            "--server",
+            &server.url,
+            "--output",
+            &oci_output(&layout, "d"),
+        ],
+    );
+    assert_eq!(statuses(&report), ["executed", "executed"]);
+    assert_ne!(report["manifest_digest"], base["manifest_digest"]);
+
+    let bundle = out_dir.path().join("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:d", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/derived.txt")).unwrap(),
+        "hello world\nbuilt\n"
+    );
+    assert!(
+        rootfs.join("app/copy.txt").exists(),
+        "the base's files are there"
+    );
+    assert!(rootfs.join("derived-data.txt").exists());
+
+    // The derived build is cached too, and an unknown tag is a clear error.
+    let again = build_json(
+        other_cache.path(),
+        derived.path(),
+        &["--server", &server.url],
+    );
+    assert_eq!(statuses(&again), ["cached", "cached"]);
+    let unknown = context("FROM app:v9\nRUN true\n");
+    let out = build(
+        other_cache.path(),
+        unknown.path(),
+        &["--server", &server.url],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Dockerfile:1") && stderr.contains("app:v9"),
+        "{stderr}"
+    );
+    server.stop();
+}

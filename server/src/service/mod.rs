@@ -6,6 +6,7 @@ mod admin;
 mod content;
 mod manifest;
 mod step;
+mod tags;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use strata_proto::v1::admin_server::AdminServer;
 use strata_proto::v1::content_store_server::ContentStoreServer;
 use strata_proto::v1::manifest_store_server::ManifestStoreServer;
 use strata_proto::v1::step_cache_server::StepCacheServer;
+use strata_proto::v1::tags_server::TagsServer;
 use strata_proto::{Digest, FILE_DESCRIPTOR_SET};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -27,6 +29,7 @@ pub use admin::AdminService;
 pub use content::ContentService;
 pub use manifest::ManifestService;
 pub use step::StepCacheService;
+pub use tags::TagsService;
 
 /// Limits and knobs of the gRPC server.
 #[derive(Clone, Debug)]
@@ -58,9 +61,11 @@ pub(crate) fn status_of(e: StoreError) -> Status {
         StoreError::ManifestIncomplete { .. } | StoreError::ManifestLengthMismatch { .. } => {
             Status::failed_precondition(e.to_string())
         }
-        StoreError::StepLayerMissing { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::StepLayerMissing { .. } | StoreError::TagTargetMissing { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         StoreError::StepDivergence { .. } => Status::already_exists(e.to_string()),
-        StoreError::BadManifest(_) | StoreError::BadStepResult(_) => {
+        StoreError::BadManifest(_) | StoreError::BadStepResult(_) | StoreError::BadTag { .. } => {
             Status::invalid_argument(e.to_string())
         }
         StoreError::Corrupt { .. } => Status::data_loss(e.to_string()),
@@ -123,6 +128,7 @@ fn router(
         reporter
             .set_serving::<StepCacheServer<StepCacheService>>()
             .await;
+        reporter.set_serving::<TagsServer<TagsService>>().await;
         reporter.set_serving::<AdminServer<AdminService>>().await;
     });
     let reflection = tonic_reflection::server::Builder::configure()
@@ -147,6 +153,11 @@ fn router(
         )
         .add_service(
             StepCacheServer::new(StepCacheService::new(store.clone(), config.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            TagsServer::new(TagsService::new(store.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )

@@ -57,6 +57,10 @@ pub enum StoreError {
         recorded: String,
         offered: String,
     },
+    #[error("tag {name:?} is invalid: {why}")]
+    BadTag { name: String, why: String },
+    #[error("tag {name:?} would name object {digest}, which is not in the store")]
+    TagTargetMissing { name: String, digest: Digest },
     #[error("the store is shutting down")]
     ShuttingDown,
 }

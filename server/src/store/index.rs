@@ -1,5 +1,5 @@
 //! The sled index: chunk → location, manifest digest → manifest, step key →
-//! step result, and the per-segment watermarks that say how far each segment has been indexed.
+//! step result, tag name → object digest, and the per-segment watermarks that say how far each segment has been indexed.
 //!
 //! Everything here can be rebuilt from the segments: the index is a cache of
 //! their contents, written only after the records it points to are on disk.
@@ -10,7 +10,7 @@ use super::segment::Location;
 
 /// Bumped when the index layout changes; an index of another version is
 /// rebuilt from the segments at open.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub const SCHEMA_KEY: &[u8] = b"schema";
 

@@ -207,6 +207,8 @@ struct Shared {
     by_content: sled::Tree,
     /// Step key → encoded [`StepResult`].
     steps: sled::Tree,
+    /// Tag name → object digest.
+    tags: sled::Tree,
     meta: sled::Tree,
     segments: Segments,
     counters: Counters,
@@ -278,6 +280,7 @@ impl Store {
             manifests: db.open_tree("manifests")?,
             by_content: db.open_tree("by_content")?,
             steps: db.open_tree("steps")?,
+            tags: db.open_tree("tags")?,
             meta: db.open_tree("meta")?,
             db,
             segments,
@@ -551,6 +554,43 @@ impl Store {
             .collect()
     }
 
+    /// Points tag `name` at object `target`, which must be stored.
+    pub async fn set_tag(&self, name: String, target: Digest) -> Result<(), StoreError> {
+        check_tag_name(&name)?;
+        let this = self.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            this.shared()
+                .manifests
+                .contains_key(index::digest_key(&target))
+        })
+        .await
+        .map_err(|_| StoreError::ShuttingDown)??;
+        if !held {
+            return Err(StoreError::TagTargetMissing {
+                name,
+                digest: target,
+            });
+        }
+        let records = vec![PendingRecord::Tag { name, target }];
+        self.submit(|reply| Job::Put { records, reply }).await?;
+        Ok(())
+    }
+
+    /// The object tag `name` names, if any.
+    pub fn get_tag(&self, name: &str) -> Result<Option<Digest>, StoreError> {
+        check_tag_name(name)?;
+        let Some(v) = self.shared().tags.get(name.as_bytes())? else {
+            return Ok(None);
+        };
+        Digest::from_slice(&v)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt {
+                what: "tag",
+                digest: Digest::of(name.as_bytes()),
+                detail: format!("index entry of tag {name:?} is not a digest; rebuild the index"),
+            })
+    }
+
     pub fn stats(&self) -> StoreStats {
         let c = &self.shared().counters;
         StoreStats {
@@ -619,6 +659,7 @@ impl Shared {
         self.manifests.clear()?;
         self.by_content.clear()?;
         self.steps.clear()?;
+        self.tags.clear()?;
         self.meta.clear()?;
         if let Some(d) = divergences {
             self.meta.insert(index::DIVERGENCES_KEY, d)?;
@@ -648,6 +689,7 @@ impl Shared {
             let mut manifests = sled::Batch::default();
             let mut by_content = sled::Batch::default();
             let mut steps = sled::Batch::default();
+            let mut tags = sled::Batch::default();
             let scanned = self
                 .segments
                 .scan(id, from, |rec| {
@@ -674,6 +716,8 @@ impl Shared {
                         // Only a key's first result is ever written, so
                         // there is nothing to choose between here.
                         RecordKind::Step => steps.insert(key.as_bytes(), rec.payload),
+                        // Segment order is write order: the latest tag wins.
+                        RecordKind::Tag => tags.insert(rec.payload, key.as_bytes()),
                     }
                 })
                 .map_err(|e| StoreError::io(format!("scanning segment {id}"), e))?;
@@ -681,6 +725,7 @@ impl Shared {
             self.manifests.apply_batch(manifests)?;
             self.by_content.apply_batch(by_content)?;
             self.steps.apply_batch(steps)?;
+            self.tags.apply_batch(tags)?;
             report.corrupt_skipped += scanned.corrupt_skipped;
             let end = scanned.valid_end;
             if end < scanned.len {
@@ -758,6 +803,28 @@ impl Shared {
         c.divergences.store(divergences, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Tag names: 1 to 255 bytes of `[A-Za-z0-9._/:-]`, not starting with a
+/// separator.
+fn check_tag_name(name: &str) -> Result<(), StoreError> {
+    let bad = |why: &str| StoreError::BadTag {
+        name: name.chars().take(300).collect(),
+        why: why.into(),
+    };
+    if name.is_empty() || name.len() > record::MAX_TAG_BYTES as usize {
+        return Err(bad("a tag is 1 to 255 bytes"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._/:-".contains(&b))
+    {
+        return Err(bad("only letters, digits and . _ / : - are allowed"));
+    }
+    if name.starts_with(['.', '/', ':', '-']) {
+        return Err(bad("a tag starts with a letter, digit or _"));
+    }
+    Ok(())
 }
 
 /// Decodes a step result read from the index; a bad one is rot, not input.

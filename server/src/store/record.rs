@@ -10,13 +10,14 @@
 //! | offset | size | field                                              |
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 4    | magic `SRC1`                                       |
-//! | 4      | 1    | kind: 0 chunk, 1 manifest, 2 step result           |
+//! | 4      | 1    | kind: 0 chunk, 1 manifest, 2 step result, 3 tag    |
 //! | 5      | 1    | codec: 0 raw, 1 zstd                               |
 //! | 6      | 2    | reserved, zero                                     |
 //! | 8      | 4    | decoded (raw) length                               |
 //! | 12     | 4    | stored length: bytes of payload that follow        |
 //! | 16     | 32   | BLAKE3 digest of the decoded content; for a step   |
-//! |        |      | result, the step key it is recorded under          |
+//! |        |      | result, the step key it is recorded under; for a   |
+//! |        |      | tag, the tagged object (the payload is the name)   |
 //! | 48     | 4    | CRC-32 of bytes 0..48 followed by the payload      |
 //!
 //! The payload (stored length bytes) follows the header directly.
@@ -24,6 +25,9 @@
 use strata_proto::{Codec, Digest};
 
 pub const HEADER_LEN: usize = 52;
+
+/// Longest tag name.
+pub const MAX_TAG_BYTES: u32 = 255;
 const MAGIC: &[u8; 4] = b"SRC1";
 
 /// What a record holds.
@@ -32,6 +36,7 @@ pub enum RecordKind {
     Chunk,
     Manifest,
     Step,
+    Tag,
 }
 
 impl RecordKind {
@@ -40,6 +45,7 @@ impl RecordKind {
             RecordKind::Chunk => 0,
             RecordKind::Manifest => 1,
             RecordKind::Step => 2,
+            RecordKind::Tag => 3,
         }
     }
 
@@ -48,6 +54,7 @@ impl RecordKind {
             0 => Some(RecordKind::Chunk),
             1 => Some(RecordKind::Manifest),
             2 => Some(RecordKind::Step),
+            3 => Some(RecordKind::Tag),
             _ => None,
         }
     }
@@ -118,6 +125,7 @@ pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<RecordHeader, RecordError> {
         RecordKind::Chunk => strata_proto::MAX_CHUNK_BYTES,
         RecordKind::Manifest => 1 << 30,
         RecordKind::Step => strata_proto::MAX_STEP_RESULT_BYTES as u32,
+        RecordKind::Tag => MAX_TAG_BYTES,
     };
     if raw_len > limit || stored_len > limit.saturating_add(limit / 8) {
         return Err(RecordError::TooLong(raw_len.max(stored_len)));

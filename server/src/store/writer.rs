@@ -38,6 +38,11 @@ pub enum PendingRecord {
         result: StepResult,
         encoded: Vec<u8>,
     },
+    /// A tag change; skipped when the tag already names that object.
+    Tag {
+        name: String,
+        target: Digest,
+    },
 }
 
 /// Where the writer answers one put job.
@@ -145,6 +150,7 @@ impl Writer {
         let mut manifest_entries = sled::Batch::default();
         let mut content_entries = sled::Batch::default();
         let mut step_entries = sled::Batch::default();
+        let mut tag_entries = sled::Batch::default();
         // Step results of this group by key: a second job recording the same
         // key in the same group must see the first.
         let mut group_steps: HashMap<Digest, StepResult> = HashMap::new();
@@ -178,6 +184,13 @@ impl Writer {
                         encoded.len() as u32,
                         &encoded[..],
                     ),
+                    PendingRecord::Tag { name, target } => (
+                        RecordKind::Tag,
+                        *target,
+                        Codec::Raw,
+                        name.len() as u32,
+                        name.as_bytes(),
+                    ),
                 };
                 if let PendingRecord::Step { key, result, .. } = &rec {
                     let recorded = match group_steps.get(key) {
@@ -197,6 +210,14 @@ impl Writer {
                                 .meta
                                 .insert(index::DIVERGENCES_KEY, &total.to_le_bytes())?;
                         }
+                        continue;
+                    }
+                } else if let PendingRecord::Tag { name, target } = &rec {
+                    if shared
+                        .tags
+                        .get(name.as_bytes())?
+                        .is_some_and(|t| t.as_ref() == target.as_bytes())
+                    {
                         continue;
                     }
                 } else {
@@ -257,6 +278,9 @@ impl Writer {
                         group_steps.insert(key, result);
                         new_steps += 1;
                     }
+                    PendingRecord::Tag { name, target } => {
+                        tag_entries.insert(name.as_bytes(), target.as_bytes());
+                    }
                 }
             }
             outcomes.push(outcome);
@@ -269,6 +293,7 @@ impl Writer {
         shared.manifests.apply_batch(manifest_entries)?;
         shared.by_content.apply_batch(content_entries)?;
         shared.steps.apply_batch(step_entries)?;
+        shared.tags.apply_batch(tag_entries)?;
         for (id, len) in watermarks {
             shared
                 .meta
