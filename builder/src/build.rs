@@ -813,10 +813,9 @@ impl<'a> Runner<'a> {
             .get_manifest(&digest)
             .await
             .map_err(|e| other("reading back the layer's manifest")(e.to_string()))?;
-        // Keep the working rootfs current: the next step starts from it.
-        if let Some((root, _)) = self.rootfs.clone() {
-            self.apply(&tar_path, &root)?;
-        }
+        // The working rootfs does not hold this layer yet: the next step
+        // that needs a file system applies it (`materialise`), and a last
+        // step never pays for it.
         self.layers.push(BuiltLayer {
             oci: LayerRef {
                 sha256: format!("sha256:{}", hex(manifest.sha256())),
@@ -824,9 +823,6 @@ impl<'a> Runner<'a> {
             },
             source: LayerSource::File(tar_path),
         });
-        if let Some((_, n)) = &mut self.rootfs {
-            *n = self.layers.len();
-        }
         Ok((
             Some((digest, summary.bytes)),
             pushed.sent_bytes,
