@@ -767,7 +767,7 @@ impl<'a> Runner<'a> {
             }
             Instruction::Copy { chown, .. } | Instruction::Add { chown, .. } => {
                 let root = self.materialise().await?;
-                let owner = parse_chown(chown.as_deref()).map_err(step_err)?;
+                let owner = chown_ids(chown.as_deref(), &root).map_err(step_err)?;
                 let items =
                     copy_items(s.copy.as_deref().unwrap_or_default(), owner).map_err(step_err)?;
                 layer::copy_changes(&items, &root).map_err(|e| step_err(format!("COPY: {e}")))?
@@ -1055,25 +1055,30 @@ fn layer_idmap(ids: &IdMapping) -> Result<IdMap, BuildError> {
         .map_err(|e| other("mapping ids")(e.to_string()))
 }
 
-/// `--chown=uid[:gid]` (numeric, or `root`).
-fn parse_chown(chown: Option<&str>) -> Result<Option<(u32, u32)>, String> {
+/// `--chown=user[:group]`: numbers as they are (a lone uid is also the
+/// gid, as Docker does), names through the image's `/etc/passwd` and
+/// `/etc/group`. Those are read only if they are regular files in `root`:
+/// a symlink there could point at the host's.
+fn chown_ids(chown: Option<&str>, root: &Path) -> Result<Option<(u32, u32)>, String> {
     let Some(spec) = chown else { return Ok(None) };
-    let id = |s: &str| -> Result<u32, String> {
-        if s == "root" {
-            return Ok(0);
+    let numeric = |s: &str| s.parse::<u32>().ok();
+    match spec.split_once(':') {
+        None if numeric(spec).is_some() => return Ok(numeric(spec).map(|u| (u, u))),
+        Some((u, g)) if numeric(u).is_some() && numeric(g).is_some() => {
+            return Ok(numeric(u).zip(numeric(g)));
         }
-        s.parse().map_err(|_| {
-            format!("--chown={spec}: only numeric ids (or root) are supported yet, found {s:?}")
-        })
-    };
-    let (u, g) = match spec.split_once(':') {
-        Some((u, g)) => (id(u)?, id(g)?),
-        None => {
-            let u = id(spec)?;
-            (u, u)
+        _ => {}
+    }
+    let read = |name: &str| -> String {
+        let path = root.join("etc").join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => std::fs::read_to_string(&path).unwrap_or_default(),
+            _ => String::new(),
         }
     };
-    Ok(Some((u, g)))
+    sandbox::resolve_owner(spec, &read("passwd"), &read("group"))
+        .map(Some)
+        .map_err(|e| format!("COPY --chown={spec}: {e}"))
 }
 
 /// One layer-module copy item per selected entry (the selection already

@@ -455,3 +455,37 @@ fn an_image_kept_under_a_tag_is_a_base_for_other_builds_on_other_clients() {
     );
     server.stop();
 }
+
+#[test]
+fn copy_chown_and_user_resolve_names_through_the_image() {
+    let ctx = context(
+        r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /etc /home/app && echo 'root:x:0:0::/root:/bin/sh' > /etc/passwd && \
+    echo 'app:x:1000:1001::/home/app:/bin/sh' >> /etc/passwd && \
+    printf 'root:x:0:\napp:x:1001:\n' > /etc/group
+COPY --chown=app:app data.txt /home/app/data.txt
+COPY --chown=7:8 data.txt /numeric.txt
+USER app
+RUN set -e; test "$(id -u):$(id -g)" = "1000:1001"; \
+    test "$(stat -c %u:%g /home/app/data.txt)" = "1000:1001"; \
+    test "$(stat -c %u:%g /numeric.txt)" = "7:8"; echo owners-ok
+"#,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(cache.path(), ctx.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("owners-ok"), "{stderr}");
+
+    let unknown =
+        context("FROM scratch\nCOPY busybox /bin/busybox\nCOPY --chown=ghost data.txt /x\n");
+    let out = build(cache.path(), unknown.path(), &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Dockerfile:3") && stderr.contains("ghost"),
+        "{stderr}"
+    );
+}

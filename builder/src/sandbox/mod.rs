@@ -110,6 +110,15 @@ pub use host::{overlay_supported, probe_overlay, run};
 pub use idmap::{IdExtent, IdMapError, IdMapping, MapWriter};
 pub use tree::{TreeError, copy_tree, prepare_overlay, shift_ownership};
 
+/// The container uid and gid of `spec` (`user[:group]`, names or numbers)
+/// per an image's `/etc/passwd` and `/etc/group` text — what `COPY --chown`
+/// needs, resolved the same way as `USER`.
+pub fn resolve_owner(spec: &str, passwd: &str, group: &str) -> Result<(u32, u32), String> {
+    user::resolve(Some(spec), passwd, group)
+        .map(|id| (id.uid, id.gid))
+        .map_err(|e| e.to_string())
+}
+
 /// The hidden `argv[1]` that turns the builder's binary into a sandbox stage.
 pub const REEXEC_ARG: &str = "__strata-sandbox";
 
