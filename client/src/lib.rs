@@ -31,7 +31,7 @@ pub use chunker::{
     BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all,
 };
 pub use error::ClientError;
-pub use progress::Progress;
+pub use progress::{Progress, human_bytes};
 pub use pull::PullReport;
 pub use push::PushReport;
 

@@ -144,19 +144,7 @@ fn the_image_is_accepted_by_skopeo_and_umoci_and_holds_what_the_steps_wrote() {
     let raw_digest = format!("sha256:{}", sha256_hex(&manifest.stdout));
     assert_eq!(raw_digest, digest, "the printed digest is the manifest's");
 
-    let bundle = out_dir.path().join("bundle");
-    let unpack = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:v1", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        unpack.status.success(),
-        "{}",
-        String::from_utf8_lossy(&unpack.stderr)
-    );
-    let rootfs = bundle.join("rootfs");
+    let rootfs = umoci_unpack(&layout, "v1", &out_dir.path().join("bundle"));
     let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap();
     assert_eq!(read("app/greeting.txt"), "hello world\n");
     assert_eq!(read("app/copy.txt"), "data v1\n");
@@ -169,6 +157,22 @@ fn the_image_is_accepted_by_skopeo_and_umoci_and_holds_what_the_steps_wrote() {
         std::fs::symlink_metadata(rootfs.join("bin/vi")).is_err(),
         "a file the build deleted is gone (whiteout applied)"
     );
+}
+
+/// `umoci unpack` of `layout:tag` into `bundle`; returns its rootfs.
+fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(bundle)
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    bundle.join("rootfs")
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -411,19 +415,7 @@ fn an_image_kept_under_a_tag_is_a_base_for_other_builds_on_other_clients() {
     assert_eq!(statuses(&report), ["executed", "executed"]);
     assert_ne!(report["manifest_digest"], base["manifest_digest"]);
 
-    let bundle = out_dir.path().join("bundle");
-    let unpack = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:d", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        unpack.status.success(),
-        "{}",
-        String::from_utf8_lossy(&unpack.stderr)
-    );
-    let rootfs = bundle.join("rootfs");
+    let rootfs = umoci_unpack(&layout, "d", &out_dir.path().join("bundle"));
     assert_eq!(
         std::fs::read_to_string(rootfs.join("app/derived.txt")).unwrap(),
         "hello world\nbuilt\n"
