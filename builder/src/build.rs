@@ -114,7 +114,6 @@ pub enum Event<'a> {
     },
     StepFinished(&'a StepReport),
     Output(Stream, &'a [u8]),
-    Note(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -805,20 +804,17 @@ impl<'a> Runner<'a> {
             .push_file(file, MEDIA_TYPE_LAYER, &Progress::new())
             .await
             .map_err(|e| other("storing the layer")(e.to_string()))?;
-        let digest = pushed
-            .digest
-            .ok_or_else(|| BuildError::Other("storing the layer returned no digest".into()))?;
-        let manifest = self
-            .client
-            .get_manifest(&digest)
-            .await
-            .map_err(|e| other("reading back the layer's manifest")(e.to_string()))?;
+        let (Some(digest), Some(sha256)) = (pushed.digest, pushed.sha256) else {
+            return Err(BuildError::Other(
+                "storing the layer returned no digest".into(),
+            ));
+        };
         // The working rootfs does not hold this layer yet: the next step
         // that needs a file system applies it (`materialise`), and a last
         // step never pays for it.
         self.layers.push(BuiltLayer {
             oci: LayerRef {
-                sha256: format!("sha256:{}", hex(manifest.sha256())),
+                sha256: format!("sha256:{}", hex(&sha256)),
                 size: summary.bytes,
             },
             source: LayerSource::File(tar_path),

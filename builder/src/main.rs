@@ -608,7 +608,6 @@ fn show_event(event: Event<'_>) {
             )
         }
         Event::Output(_, bytes) => err.write_all(bytes),
-        Event::Note(n) => writeln!(err, "{n}"),
     };
 }
 

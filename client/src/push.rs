@@ -36,6 +36,9 @@ use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress};
 pub struct PushReport {
     /// The object's address.
     pub digest: Option<Digest>,
+    /// SHA-256 of the whole object (computed, or taken from a stored object
+    /// with the same chunks): an OCI layer's digest without another call.
+    pub sha256: Option<[u8; 32]>,
     /// Bytes read from the input.
     pub total_bytes: u64,
     /// Chunk bytes sent to the server, as sent (compressed where it paid).
@@ -192,11 +195,12 @@ impl Client {
                 .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?,
             None => {
                 if !file_sha.started()
-                    && let Some(digest) = self
+                    && let Some((digest, sha256)) = self
                         .find_known(&refs, report.total_bytes, media_type)
                         .await?
                 {
                     report.digest = Some(digest);
+                    report.sha256 = Some(sha256);
                     return Ok(report);
                 }
                 file_sha.start();
@@ -222,18 +226,20 @@ impl Client {
             )));
         }
         report.digest = Some(digest);
+        report.sha256 = Some(sha256);
         Ok(report)
     }
 }
 
 impl Client {
-    /// The digest of a stored object with exactly this content, if any.
+    /// The digest and SHA-256 of a stored object with exactly this content,
+    /// if any.
     async fn find_known(
         &self,
         refs: &[ChunkRef],
         total_length: u64,
         media_type: &str,
-    ) -> Result<Option<Digest>, ClientError> {
+    ) -> Result<Option<(Digest, [u8; 32])>, ClientError> {
         let key = content_key(refs, total_length, media_type);
         let found = self
             .manifests
@@ -256,7 +262,7 @@ impl Client {
             && manifest.total_length() == total_length
             && manifest.media_type() == media_type
             && found.digest == digest.to_vec();
-        Ok(same.then_some(digest))
+        Ok(same.then_some((digest, *manifest.sha256())))
     }
 }
 

@@ -95,3 +95,30 @@ async fn data_survives_a_clean_restart() {
     assert_eq!(client.stats().await.unwrap(), stats_before);
     server.stop().await;
 }
+
+/// A push reports the object's SHA-256 whichever path it took: hashed as
+/// new content, hashed from a file, or taken from a stored object with the
+/// same chunks (a re-push of a known file never hashes it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_reports_the_objects_sha256() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let data = layer_like_bytes(3 << 20, 11);
+    let expected: [u8; 32] = sha2::Sha256::digest(&data).into();
+
+    let streamed = client
+        .push(Cursor::new(data.clone()), "x", &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(streamed.sha256, Some(expected));
+
+    let path = dir.path().join("object");
+    std::fs::write(&path, &data).unwrap();
+    for _ in 0..2 {
+        let file = std::fs::File::open(&path).unwrap();
+        let pushed = client.push_file(file, "y", &Progress::new()).await.unwrap();
+        assert_eq!(pushed.sha256, Some(expected));
+    }
+}
