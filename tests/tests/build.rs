@@ -481,3 +481,124 @@ RUN set -e; test "$(id -u):$(id -g)" = "1000:1001"; \
         "{stderr}"
     );
 }
+
+#[test]
+fn an_oci_layout_is_a_base_and_keys_follow_its_content_not_its_path() {
+    let ctx = context(APP);
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let layout = out_dir.path().join("base");
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
+
+    let derived = |layout: &Path| {
+        context(&format!(
+            "FROM oci:{}:v1\nRUN cat /app/greeting.txt > /from-base.txt\n",
+            layout.display()
+        ))
+    };
+    let first = build_json(cache.path(), derived(&layout).path(), &[]);
+    assert_eq!(statuses(&first), ["executed"]);
+
+    // The same image in another directory is the same base: all cached.
+    let moved = out_dir.path().join("moved");
+    std::fs::rename(&layout, &moved).unwrap();
+    let again = build_json(cache.path(), derived(&moved).path(), &[]);
+    assert_eq!(statuses(&again), ["cached"]);
+    assert_eq!(again["manifest_digest"], first["manifest_digest"]);
+
+    // A tag the layout lacks is a clear error at the FROM line.
+    let missing = context(&format!("FROM oci:{}:v2\nRUN true\n", moved.display()));
+    let out = build(cache.path(), missing.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("Dockerfile:1") && stderr.contains("v2"),
+        "{stderr}"
+    );
+}
+
+/// A base layer whose tar entry climbs out of the root: the build refuses
+/// it, naming the entry, and nothing lands outside the working rootfs.
+#[test]
+fn a_base_layer_with_an_escaping_path_is_refused_and_writes_nothing_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    // A tar whose single entry is `../../../../<victim>`: written by hand,
+    // since tar writers refuse such names.
+    let name = format!("../../../../../../../..{}", victim.display());
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    header[124..136].copy_from_slice(b"00000000005\0");
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    let mut data = b"owned".to_vec();
+    data.resize(512, 0);
+    tar.extend_from_slice(&data);
+    tar.extend_from_slice(&[0u8; 1024]);
+
+    // An OCI layout holding that layer, by hand.
+    let layout = dir.path().join("evil");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let hex = sha256_hex(bytes);
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let layer = put(&tar);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer]},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": tar.len()}],
+    }))
+    .unwrap();
+    let manifest_digest = put(&manifest);
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest, "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+    }]});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    let ctx = context(&format!(
+        "FROM oci:{}:v1\nCOPY data.txt /x\n",
+        layout.display()
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(cache.path(), ctx.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a hostile layer was applied");
+    assert!(
+        stderr.contains("refused") && stderr.contains(".."),
+        "{stderr}"
+    );
+    assert!(!victim.exists(), "the layer wrote outside the rootfs");
+}
