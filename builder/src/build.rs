@@ -29,14 +29,16 @@ use strata_proto::v1::Provenance;
 use strata_proto::{Digest, StepResult};
 
 use crate::context::{BuildContext, CopyEntry, EntryKind, digest_entries};
-use crate::dockerfile::{self, BaseImage, Command, Instruction, Network, Scope};
 use crate::image::{
     HistoryEntry, LayerRef, MEDIA_TYPE_LAYER, RuntimeConfig, command_argv, encode_image,
 };
 use crate::key::{StepKey, base_key, step_key};
-use crate::layer::{self, ApplyOptions, CopyItem, IdMap, IdRange, LayerPath, WriteOptions};
 use crate::oci::OciLayout;
-use crate::sandbox::{self, IdMapping, RootfsSpec, RunSpec, Stream};
+use strata_dockerfile::{self as dockerfile, BaseImage, Command, Instruction, Network, Scope};
+use strata_layer::{
+    self as layer, ApplyOptions, CopyItem, IdMap, IdRange, LayerPath, WriteOptions,
+};
+use strata_sandbox::{self as sandbox, IdMapping, RootfsSpec, RunSpec, Stream};
 
 /// What to build and how.
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::dockerfile::{Command, Instruction};
+use strata_dockerfile::{Command, Instruction};
 
 /// The runtime config a step leaves behind. Stored (as JSON) in every step
 /// result, so a cache hit restores it without re-running anything.
@@ -293,7 +293,7 @@ pub fn rfc3339(epoch: u64) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::dockerfile::KeyValue;
+    use strata_dockerfile::KeyValue;
 
     #[test]
     fn env_replaces_in_place_and_workdir_resolves() {

@@ -11,8 +11,8 @@ use std::fmt::Write;
 
 use strata_proto::Digest;
 
-use crate::dockerfile::{Command, Instruction, Network};
 use crate::image::{RuntimeConfig, platform};
+use strata_dockerfile::{Command, Instruction, Network};
 
 /// Bumped whenever the encoding below or the meaning of a step's result
 /// changes: old cache entries then simply stop matching.
@@ -91,7 +91,7 @@ fn command(c: &Command) -> String {
     }
 }
 
-fn pairs(kv: &[crate::dockerfile::KeyValue]) -> String {
+fn pairs(kv: &[strata_dockerfile::KeyValue]) -> String {
     kv.iter()
         .map(|p| quote(&format!("{}={}", p.key, p.value)))
         .collect::<Vec<_>>()

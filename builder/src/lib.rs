@@ -7,11 +7,8 @@
 
 pub mod build;
 pub mod context;
-pub mod dockerfile;
 pub mod image;
 pub mod key;
-pub mod layer;
 pub mod oci;
 pub mod progress;
-pub mod sandbox;
 pub mod target;

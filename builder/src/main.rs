@@ -13,10 +13,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use strata_builder::build::{BuildError, BuildOptions, BuildReport, Event, StepStatus};
 use strata_builder::progress::{ProgressLine, human_bytes};
-use strata_builder::sandbox;
 use strata_builder::target::Target;
 use strata_client::{ChunkerConfig, ClientConfig, ClientError, Progress};
 use strata_proto::Digest;
+use strata_sandbox as sandbox;
 use strata_server::{FsyncPolicy, ServerConfig, Store, StoreConfig};
 
 #[derive(Parser)]

@@ -245,7 +245,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     use super::*;
-    use crate::layer::test_support::*;
+    use crate::test_support::*;
 
     /// A lower tree with one object per kind of change the tests make.
     fn lower_tree(root: &Path) {

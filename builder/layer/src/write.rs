@@ -427,7 +427,7 @@ mod tests {
     use tar::Archive;
 
     use super::*;
-    use crate::layer::test_support::*;
+    use crate::test_support::*;
 
     /// The same logical tree, created in a different order with different
     /// mtimes in each call.

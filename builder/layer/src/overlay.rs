@@ -128,8 +128,8 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::layer::test_support::*;
-    use crate::layer::{diff_overlay, diff_trees};
+    use crate::test_support::*;
+    use crate::{diff_overlay, diff_trees};
 
     fn whiteout(path: &Path) -> bool {
         run_ok("mknod", &[path.as_os_str(), os("c"), os("0"), os("0")])

@@ -676,8 +676,8 @@ mod tests {
     use tar::EntryType;
 
     use super::*;
-    use crate::layer::test_support::*;
-    use crate::layer::{Change, WriteOptions, write_layer};
+    use crate::test_support::*;
+    use crate::{Change, WriteOptions, write_layer};
 
     fn path(s: &str) -> LayerPath {
         LayerPath::parse(s.as_bytes()).unwrap()
@@ -1072,12 +1072,12 @@ mod tests {
 
         // And the diff maps them back to container ids.
         let empty = tempfile::tempdir().unwrap();
-        let changes = crate::layer::diff_trees(empty.path(), root.path(), &idmap).unwrap();
+        let changes = crate::diff_trees(empty.path(), root.path(), &idmap).unwrap();
         let index = changes
             .iter()
             .find(|c| c.path == path("srv/www/index"))
             .unwrap();
-        let crate::layer::ChangeKind::Add(node) = &index.kind else {
+        let crate::ChangeKind::Add(node) = &index.kind else {
             panic!("expected an addition");
         };
         assert_eq!((node.uid, node.gid, node.mode), (33, 44, 0o640));

@@ -340,7 +340,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::layer::test_support::*;
+    use crate::test_support::*;
 
     fn item(source: &Path, dest: &str) -> CopyItem {
         CopyItem {
