@@ -4,18 +4,35 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use strata_client::{Client, ClientConfig};
-use strata_server::{EmbeddedServer, StoreConfig};
+use strata_client::{Client, ClientConfig, ClientError};
+use strata_server::{EmbeddedServer, StoreConfig, StoreError};
 
 /// Environment variable naming the embedded store's directory (default:
 /// the user's cache directory, e.g. `~/.cache/strata/store`).
 pub const CACHE_DIR_ENV: &str = "STRATA_CACHE_DIR";
 
+/// Why the cache could not be reached or closed.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    #[error("the local cache {dir}: {source}")]
+    Embedded {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "no cache directory for this user (set {CACHE_DIR_ENV}, or name a server with --server)"
+    )]
+    NoCacheDir,
+}
+
 /// A connected client, and the embedded server behind it if there is one.
 pub struct Target {
     pub client: Client,
-    embedded: Option<EmbeddedServer>,
+    /// The embedded server and its directory.
+    embedded: Option<(EmbeddedServer, PathBuf)>,
 }
 
 impl std::fmt::Debug for Target {
@@ -28,7 +45,7 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// Connects to `server`, or opens the embedded store when it is `None`.
-    pub async fn open(server: Option<&str>, config: ClientConfig) -> Result<Target> {
+    pub async fn open(server: Option<&str>, config: ClientConfig) -> Result<Target, TargetError> {
         match server {
             Some(url) => Ok(Target {
                 client: Client::connect(&normalize_url(url), config).await?,
@@ -38,21 +55,27 @@ impl Target {
                 let dir = embedded_store_dir()?;
                 let embedded = EmbeddedServer::open(&dir, StoreConfig::default())
                     .await
-                    .with_context(|| format!("opening the local cache {}", dir.display()))?;
+                    .map_err(|source| TargetError::Embedded {
+                        dir: dir.clone(),
+                        source,
+                    })?;
                 let client = Client::from_channel(embedded.channel(), config)?;
                 Ok(Target {
                     client,
-                    embedded: Some(embedded),
+                    embedded: Some((embedded, dir)),
                 })
             }
         }
     }
 
     /// Closes the embedded store cleanly (flushing its index), if any.
-    pub async fn close(self) -> Result<()> {
+    pub async fn close(self) -> Result<(), TargetError> {
         drop(self.client);
-        if let Some(e) = self.embedded {
-            e.shutdown().await.context("closing the local cache")?;
+        if let Some((server, dir)) = self.embedded {
+            server
+                .shutdown()
+                .await
+                .map_err(|source| TargetError::Embedded { dir, source })?;
         }
         Ok(())
     }
@@ -68,12 +91,10 @@ fn normalize_url(url: &str) -> String {
 }
 
 /// Where the embedded store lives.
-pub fn embedded_store_dir() -> Result<PathBuf> {
+pub fn embedded_store_dir() -> Result<PathBuf, TargetError> {
     if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
         return Ok(PathBuf::from(dir));
     }
-    let base = dirs::cache_dir().context(
-        "no cache directory for this user (set STRATA_CACHE_DIR, or name a server with --server)",
-    )?;
+    let base = dirs::cache_dir().ok_or(TargetError::NoCacheDir)?;
     Ok(base.join("strata").join("store"))
 }

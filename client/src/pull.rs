@@ -6,7 +6,8 @@
 //! whatever the object size.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -32,6 +33,8 @@ pub struct PullReport {
 const MAX_WINDOW_CHUNKS: usize = 4096;
 /// Verified windows queued for the writer.
 const WRITER_QUEUE: usize = 2;
+/// Write buffer of a pull into a file: large writes, few syscalls.
+const PULL_FILE_BUFFER: usize = 1 << 20;
 
 /// A verified window: the object's bytes for a run of manifest entries.
 struct Window {
@@ -113,6 +116,44 @@ impl Client {
     /// Pulls object `digest` into memory (small objects, tests).
     pub async fn pull_to_vec(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
         Ok(self.pull(digest, Vec::new(), &Progress::new()).await?.1)
+    }
+
+    /// Pulls into a temporary file beside `output`, synced and renamed into
+    /// place only once every byte is verified: a failed pull leaves no
+    /// partial file, and a crash leaves the old file or the new one.
+    pub async fn pull_to_file(
+        &self,
+        digest: &Digest,
+        output: &Path,
+        progress: &Progress,
+    ) -> Result<PullReport, ClientError> {
+        let dir = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let beside = |e| {
+            ClientError::io(
+                format!("cannot create a file beside {}", output.display()),
+                e,
+            )
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".strata-pull-")
+            .tempfile_in(dir)
+            .map_err(beside)?;
+        let file = temp.reopen().map_err(beside)?;
+        let (report, writer) = self
+            .pull(
+                digest,
+                BufWriter::with_capacity(PULL_FILE_BUFFER, file),
+                progress,
+            )
+            .await?;
+        let write_err = |e| ClientError::io(format!("cannot write {}", output.display()), e);
+        let file = writer.into_inner().map_err(|e| write_err(e.into_error()))?;
+        file.sync_all().map_err(write_err)?;
+        temp.persist(output).map_err(|e| write_err(e.error))?;
+        Ok(report)
     }
 }
 

@@ -32,13 +32,13 @@ use tonic::Status;
 use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress};
 
 /// What one push did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushReport {
     /// The object's address.
-    pub digest: Option<Digest>,
+    pub digest: Digest,
     /// SHA-256 of the whole object (computed, or taken from a stored object
     /// with the same chunks): an OCI layer's digest without another call.
-    pub sha256: Option<[u8; 32]>,
+    pub sha256: [u8; 32],
     /// Bytes read from the input.
     pub total_bytes: u64,
     /// Chunk bytes sent to the server, as sent (compressed where it paid).
@@ -51,6 +51,31 @@ pub struct PushReport {
     /// Chunks the server stored as new (less than those sent when another
     /// client uploaded the same chunk at the same time).
     pub stored_chunks: u64,
+}
+
+/// A push's figures, counted as it goes; a [`PushReport`] once the object
+/// has its address.
+#[derive(Default)]
+struct Figures {
+    total_bytes: u64,
+    sent_bytes: u64,
+    chunks: u64,
+    reused_chunks: u64,
+    stored_chunks: u64,
+}
+
+impl Figures {
+    fn report(self, digest: Digest, sha256: [u8; 32]) -> PushReport {
+        PushReport {
+            digest,
+            sha256,
+            total_bytes: self.total_bytes,
+            sent_bytes: self.sent_bytes,
+            chunks: self.chunks,
+            reused_chunks: self.reused_chunks,
+            stored_chunks: self.stored_chunks,
+        }
+    }
 }
 
 /// Batches of chunks a stage may hold ahead of the next.
@@ -129,7 +154,7 @@ impl Client {
             })
         });
 
-        let mut report = PushReport::default();
+        let mut report = Figures::default();
         let mut refs: Vec<ChunkRef> = Vec::new();
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut uploads = Uploads::new(self);
@@ -199,9 +224,7 @@ impl Client {
                         .find_known(&refs, report.total_bytes, media_type)
                         .await?
                 {
-                    report.digest = Some(digest);
-                    report.sha256 = Some(sha256);
-                    return Ok(report);
+                    return Ok(report.report(digest, sha256));
                 }
                 file_sha.start();
                 file_sha.finish(report.total_bytes).await?
@@ -225,9 +248,7 @@ impl Client {
                 "the server recorded object {digest} under a different digest"
             )));
         }
-        report.digest = Some(digest);
-        report.sha256 = Some(sha256);
-        Ok(report)
+        Ok(report.report(digest, sha256))
     }
 }
 

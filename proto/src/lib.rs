@@ -13,7 +13,7 @@ pub mod step;
 
 pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Codec, with_thread_decoder};
 pub use digest::{Digest, DigestError};
-pub use manifest::{ChunkRef, Manifest, ManifestError, content_key};
+pub use manifest::{ChunkRef, Manifest, ManifestError, content_key, oci_digest};
 pub use step::{MAX_STEP_RESULT_BYTES, StepError, StepResult};
 
 /// Code generated from `strata/v1/store.proto`.

@@ -123,6 +123,11 @@ impl Manifest {
         &self.sha256
     }
 
+    /// The SHA-256 as OCI writes a digest: `sha256:<hex>`.
+    pub fn oci_digest(&self) -> String {
+        oci_digest(&self.sha256)
+    }
+
     pub fn media_type(&self) -> &str {
         &self.media_type
     }
@@ -255,6 +260,17 @@ impl<'a> Reader<'a> {
             b.try_into().map_err(|_| ManifestError::Malformed)?,
         ))
     }
+}
+
+/// A SHA-256 as OCI writes a digest: `sha256:<64 lower-case hex digits>`.
+pub fn oci_digest(sha256: &[u8; 32]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in sha256 {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -368,6 +368,6 @@ async fn a_cut_upload_stream_leaves_the_store_consistent() {
         .push(Cursor::new(data.clone()), "x", &Progress::new())
         .await
         .unwrap();
-    assert!(client.pull_to_vec(&report.digest.unwrap()).await.unwrap() == data);
+    assert!(client.pull_to_vec(&report.digest).await.unwrap() == data);
     server.stop().await;
 }

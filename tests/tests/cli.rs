@@ -201,3 +201,41 @@ fn serve_refuses_a_taken_port_an_unusable_dir_and_a_locked_store() {
     assert_fails_with(&locked, "in use by another strata process");
     server.stop();
 }
+
+/// `--tag`, `--output` and `FROM` share one reference parser: a name Docker
+/// refuses is refused before anything runs, and `oci:DIR:TAG` splits at the
+/// first `:` everywhere.
+#[test]
+fn image_names_are_refused_up_front_by_the_one_reference_parser() {
+    let cache = tempfile::tempdir().unwrap();
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(context.path().join("Dockerfile"), "FROM scratch\nENV A=1\n").unwrap();
+    let ctx = context.path().to_str().unwrap();
+    let clap_error = |o: &Output, needle: &str| {
+        let stderr = String::from_utf8(o.stderr.clone()).unwrap();
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    };
+    let upper = strata(cache.path())
+        .args(["build", "--tag", "MyApp", ctx])
+        .output()
+        .unwrap();
+    clap_error(&upper, "the repository name `MyApp` must be lower-case");
+    let out = context.path().join("o");
+    let two_tags = strata(cache.path())
+        .args([
+            "build",
+            "--output",
+            &format!("oci:{}:x:v1", out.display()),
+            ctx,
+        ])
+        .output()
+        .unwrap();
+    clap_error(&two_tags, "the tag `x:v1`");
+    assert!(!out.exists(), "a refused --output wrote {}", out.display());
+    assert_eq!(
+        std::fs::read_dir(cache.path()).unwrap().count(),
+        0,
+        "a refused build opened the cache"
+    );
+}

@@ -46,7 +46,6 @@ async fn push_bytes(client: &Client, data: &[u8]) -> Digest {
         .await
         .unwrap()
         .digest
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,11 +111,7 @@ async fn sigkill_during_a_large_push_loses_nothing_acknowledged() {
         "chunks stored before the kill are reused"
     );
     let (_, out) = client
-        .pull(
-            &report.digest.unwrap(),
-            HashingWriter::default(),
-            &Progress::new(),
-        )
+        .pull(&report.digest, HashingWriter::default(), &Progress::new())
         .await
         .unwrap();
     assert_eq!(

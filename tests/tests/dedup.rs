@@ -42,7 +42,7 @@ async fn re_pushing_with_one_mib_changed_sends_under_ten_percent() {
     );
     assert!(second.sent_bytes >= 1 << 20, "the changed MiB must be sent");
     assert!(second.reused_chunks * 10 > second.chunks * 9, "{second:?}");
-    assert!(client.pull_to_vec(&second.digest.unwrap()).await.unwrap() == edited);
+    assert!(client.pull_to_vec(&second.digest).await.unwrap() == edited);
 
     // Pushing the same bytes again sends nothing at all.
     let third = client
@@ -108,7 +108,7 @@ async fn sixteen_concurrent_clients_store_every_chunk_once() {
     // duplicate was written, not even by racing uploads.
     let mut manifest_bytes = 0u64;
     for r in &reports {
-        let m = client.get_manifest(&r.digest.unwrap()).await.unwrap();
+        let m = client.get_manifest(&r.digest).await.unwrap();
         manifest_bytes += (RECORD_HEADER_LEN + m.encode().len()) as u64;
     }
     assert_eq!(
@@ -116,7 +116,7 @@ async fn sixteen_concurrent_clients_store_every_chunk_once() {
         stats.stored_bytes + stats.chunks * RECORD_HEADER_LEN as u64 + manifest_bytes
     );
     for (data, r) in inputs.iter().zip(&reports) {
-        assert!(&client.pull_to_vec(&r.digest.unwrap()).await.unwrap() == data);
+        assert!(&client.pull_to_vec(&r.digest).await.unwrap() == data);
     }
     server.stop().await;
 }
@@ -136,7 +136,7 @@ async fn re_pushing_a_known_file_reuses_its_manifest_and_agrees_with_streaming()
         .push_file(open(), "x", &Progress::new())
         .await
         .unwrap();
-    let digest = first.digest.unwrap();
+    let digest = first.digest;
     assert!(first.sent_bytes > 0);
     assert!(client.pull_to_vec(&digest).await.unwrap() == data);
 
@@ -145,14 +145,14 @@ async fn re_pushing_a_known_file_reuses_its_manifest_and_agrees_with_streaming()
         .push(Cursor::new(data.clone()), "x", &Progress::new())
         .await
         .unwrap();
-    assert_eq!(streamed.digest, Some(digest));
+    assert_eq!(streamed.digest, digest);
 
     // A known file: nothing sent, same object, found through its content key.
     let again = client
         .push_file(open(), "x", &Progress::new())
         .await
         .unwrap();
-    assert_eq!(again.digest, Some(digest));
+    assert_eq!(again.digest, digest);
     assert_eq!(again.sent_bytes, 0);
 
     // Another media type is another object over the same chunks.
@@ -160,9 +160,9 @@ async fn re_pushing_a_known_file_reuses_its_manifest_and_agrees_with_streaming()
         .push_file(open(), "y", &Progress::new())
         .await
         .unwrap();
-    assert_ne!(other.digest, Some(digest));
+    assert_ne!(other.digest, digest);
     assert_eq!(other.sent_bytes, 0);
-    let manifest = client.get_manifest(&other.digest.unwrap()).await.unwrap();
+    let manifest = client.get_manifest(&other.digest).await.unwrap();
     assert_eq!(manifest.media_type(), "y");
     assert_eq!(
         manifest.sha256(),
@@ -176,6 +176,6 @@ async fn re_pushing_a_known_file_reuses_its_manifest_and_agrees_with_streaming()
         .push_file(open(), "x", &Progress::new())
         .await
         .unwrap();
-    assert_eq!(after.digest, Some(digest));
+    assert_eq!(after.digest, digest);
     server.stop().await;
 }

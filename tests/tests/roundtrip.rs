@@ -21,7 +21,7 @@ async fn round_trip(client: &Client, data: Vec<u8>) -> Digest {
         .expect("push");
     assert_eq!(report.total_bytes, data.len() as u64);
     assert_eq!(progress.done(), data.len() as u64);
-    let digest = report.digest.unwrap();
+    let digest = report.digest;
     let (pulled, out) = client
         .pull(&digest, Vec::new(), &Progress::new())
         .await
@@ -112,13 +112,13 @@ async fn every_push_reports_the_objects_sha256() {
         .push(Cursor::new(data.clone()), "x", &Progress::new())
         .await
         .unwrap();
-    assert_eq!(streamed.sha256, Some(expected));
+    assert_eq!(streamed.sha256, expected);
 
     let path = dir.path().join("object");
     std::fs::write(&path, &data).unwrap();
     for _ in 0..2 {
         let file = std::fs::File::open(&path).unwrap();
         let pushed = client.push_file(file, "y", &Progress::new()).await.unwrap();
-        assert_eq!(pushed.sha256, Some(expected));
+        assert_eq!(pushed.sha256, expected);
     }
 }

@@ -40,7 +40,7 @@ async fn stored_layer(server: &TestServer, seed: u64) -> Digest {
         )
         .await
         .unwrap();
-    report.digest.unwrap()
+    report.digest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,6 @@ async fn tags_name_stored_objects_and_the_latest_stands() {
                 .await
                 .unwrap()
                 .digest
-                .unwrap()
         }
     };
     let (v1, v2) = (push(1).await, push(2).await);

@@ -143,7 +143,7 @@ async fn fill(
         Digest::of(format!("bench step {run_salt} {i} {recorded}").as_bytes())
     };
     let result = StepResult {
-        layer,
+        layer: Some(layer),
         config: br#"{"env":["PATH=/usr/bin:/bin"]}"#.to_vec(),
         provenance: Provenance {
             builder: concat!("strata bench ", env!("CARGO_PKG_VERSION")).into(),

@@ -58,6 +58,7 @@ mod instruction;
 mod json;
 mod lexer;
 mod parser;
+mod reference;
 mod words;
 
 #[cfg(test)]
@@ -67,6 +68,7 @@ use thiserror::Error;
 
 pub use expand::{EmptyScope, ExpandError, Scope, expand};
 pub use instruction::{AddSource, Arg, Checksum, Command, Instruction, KeyValue, Network};
+pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageRef, LayoutRef, ReferenceError};
 
 use parser::{Keyword, Parsed};
 
@@ -119,11 +121,10 @@ pub struct FromInstruction {
 pub enum BaseImage {
     /// `FROM scratch`: no parent layers.
     Scratch,
-    /// `FROM oci:DIR[:TAG]`: an OCI image layout directory (split at the
-    /// first `:` after `oci:`, as skopeo does).
-    OciLayout { dir: String, tag: Option<String> },
-    /// `FROM NAME[:TAG]`: an image kept in the store under that name.
-    Stored { name: String, tag: Option<String> },
+    /// `FROM oci:DIR[:TAG]`: an OCI image layout directory.
+    OciLayout(LayoutRef),
+    /// `FROM NAME[:TAG]`: a named image (kept in the store under that name).
+    Named(ImageRef),
 }
 
 /// One instruction after `FROM`.
@@ -304,82 +305,14 @@ fn expand_literal(word: &str, escape: char) -> Result<String, String> {
     expand(word, escape, &EmptyScope).map_err(|e| format!("FROM: cannot expand `{word}`: {e}"))
 }
 
-/// `scratch`, `oci:DIR[:TAG]` or `NAME[:TAG]`.
+/// `scratch`, `oci:DIR[:TAG]` or a named image.
 fn parse_base_image(reference: &str) -> Result<BaseImage, String> {
-    if reference == "scratch" {
-        return Ok(BaseImage::Scratch);
-    }
-    if let Some(layout) = reference.strip_prefix("oci:") {
-        let (dir, tag) = split_tag_at(layout, layout.find(':'));
-        if dir.is_empty() {
-            return Err(format!(
-                "FROM: expected oci:DIR[:TAG] with a directory, found `{reference}`"
-            ));
-        }
-        return Ok(BaseImage::OciLayout {
-            dir: dir.to_owned(),
-            tag: checked_tag(reference, tag)?,
-        });
-    }
-    if reference.contains('@') {
-        return Err(format!(
-            "FROM: image digests are not supported, found `{reference}` (use NAME[:TAG] or oci:DIR[:TAG])"
-        ));
-    }
-    // A `:` followed by a `/` is a registry port, not a tag.
-    let tag_colon = reference
-        .rfind(':')
-        .filter(|&i| !reference[i..].contains('/'));
-    let (name, tag) = split_tag_at(reference, tag_colon);
-    if !is_image_name(name) {
-        return Err(format!(
-            "FROM: expected an image name of lower-case letters, digits and . _ - / \
-             (or scratch, or oci:DIR[:TAG]), found `{reference}`"
-        ));
-    }
-    Ok(BaseImage::Stored {
-        name: name.to_owned(),
-        tag: checked_tag(reference, tag)?,
-    })
-}
-
-fn split_tag_at(text: &str, colon: Option<usize>) -> (&str, Option<&str>) {
-    match colon {
-        Some(i) => (&text[..i], Some(&text[i + 1..])),
-        None => (text, None),
-    }
-}
-
-/// A tag as OCI defines it: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn checked_tag(reference: &str, tag: Option<&str>) -> Result<Option<String>, String> {
-    let Some(tag) = tag else {
-        return Ok(None);
+    let parsed = if reference == "scratch" {
+        Ok(BaseImage::Scratch)
+    } else if reference.starts_with("oci:") {
+        LayoutRef::parse(reference).map(BaseImage::OciLayout)
+    } else {
+        ImageRef::parse(reference).map(BaseImage::Named)
     };
-    let mut chars = tag.chars();
-    let valid = tag.len() <= 128
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !valid {
-        return Err(format!(
-            "FROM: expected a tag of letters, digits, _ . - (not starting with . or -), found `{tag}` in `{reference}`"
-        ));
-    }
-    Ok(Some(tag.to_owned()))
-}
-
-/// Path components of lower-case letters, digits and `._-`, each starting
-/// with a letter or digit.
-fn is_image_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.split('/').all(|component| {
-            component
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && component
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        })
+    parsed.map_err(|e| format!("FROM: {e} (expected scratch, oci:DIR[:TAG] or NAME[:TAG])"))
 }

@@ -1,0 +1,149 @@
+//! `strata build`: a Dockerfile and its context to an OCI image, asking the
+//! cache before each step; progress on stderr, the manifest digest (or a
+//! report) on stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use strata_builder::build::{BuildOptions, BuildReport, Event, StepStatus};
+use strata_builder::progress::human_bytes;
+use strata_builder::target::Target;
+use strata_dockerfile::{ImageRef, LayoutRef};
+
+use super::{ChunkingArgs, ServerArg};
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The build context directory.
+    context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    dockerfile: Option<PathBuf>,
+    /// A build argument, NAME=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    build_args: Vec<String>,
+    /// Write the image to an OCI layout: oci:DIR[:TAG] (tag default
+    /// "latest"; the directory ends at the first `:`, as skopeo reads it).
+    #[arg(long, value_name = "oci:DIR[:TAG]", value_parser = LayoutRef::parse)]
+    output: Option<LayoutRef>,
+    /// Keep the image in the cache as NAME[:TAG] (tag default "latest"),
+    /// for `FROM NAME[:TAG]` in later builds, here or on any client of the
+    /// same server. Names are lower-case, as Docker's are.
+    #[arg(long, value_name = "NAME[:TAG]", value_parser = ImageRef::parse_tag_name)]
+    tag: Option<ImageRef>,
+    /// Compute the keys, look them up and print the plan; run and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON report (per step: key, cached or executed, seconds, bytes).
+    #[arg(long)]
+    json: bool,
+    /// Time limit of one RUN step, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    step_timeout: u64,
+    /// Let `RUN --network=host` steps run (they are marked non-hermetic).
+    #[arg(long)]
+    allow_host_network: bool,
+    #[command(flatten)]
+    chunking: ChunkingArgs,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+pub async fn run(args: BuildArgs) -> Result<()> {
+    let dockerfile = args
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let build_args = args
+        .build_args
+        .iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--build-arg {a:?}: expected NAME=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        Err(_) => 0,
+    };
+    let opts = BuildOptions {
+        dockerfile,
+        context: args.context.clone(),
+        build_args,
+        output: args.output,
+        tag: args.tag,
+        dry_run: args.dry_run,
+        epoch,
+        step_timeout: Some(std::time::Duration::from_secs(args.step_timeout)),
+        allow_host_network: args.allow_host_network,
+        scratch: std::env::temp_dir(),
+        sandbox_helper: None,
+    };
+    let config = args.chunking.client_config()?;
+    let target = Target::open(args.server.server.as_deref(), config).await?;
+    let result = strata_builder::build::build(&target.client, &opts, &mut show_event).await;
+    target.close().await?;
+    let report = result?;
+    print_build_report(&report, args.json, args.dry_run)
+}
+
+/// Build progress on stderr: a line as each step starts and ends, and the
+/// steps' own output as it comes.
+fn show_event(event: Event<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = match event {
+        Event::StepStarted { index, total, text } => {
+            writeln!(err, "[{index}/{total}] {text}")
+        }
+        Event::StepFinished(r) => {
+            let status = match r.status {
+                StepStatus::Cached => "cached",
+                StepStatus::Executed => "executed",
+                StepStatus::WouldRun => "would run",
+            };
+            let layer = r
+                .layer_bytes
+                .map(|b| format!(", layer {}", human_bytes(b)))
+                .unwrap_or_default();
+            writeln!(
+                err,
+                "[{}] {status} in {:.2} s{layer}, uploaded {}, downloaded {}  key {}",
+                r.index,
+                r.seconds,
+                human_bytes(r.uploaded_bytes),
+                human_bytes(r.downloaded_bytes),
+                r.key
+            )
+        }
+        Event::Output(_, bytes) => err.write_all(bytes),
+    };
+}
+
+fn print_build_report(report: &BuildReport, json: bool, dry_run: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, report)?;
+        writeln!(out)?;
+    } else if dry_run {
+        for s in &report.steps {
+            let status = if s.status == StepStatus::Cached {
+                "cached   "
+            } else {
+                "would run"
+            };
+            writeln!(
+                out,
+                "{status}  {}  line {}: {}",
+                s.key, s.line, s.instruction
+            )?;
+        }
+    } else if let Some(d) = &report.manifest_digest {
+        writeln!(out, "{d}")?;
+    }
+    Ok(())
+}

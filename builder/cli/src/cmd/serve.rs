@@ -1,0 +1,100 @@
+//! `strata serve`: the cache server in the foreground, until SIGINT or
+//! SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use strata_server::{FsyncPolicy, ServerConfig, Store, StoreConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7171")]
+    listen: String,
+    /// Directory holding the segments and the index.
+    #[arg(long)]
+    data: PathBuf,
+    /// When appended records are synced to disk before being acknowledged.
+    #[arg(long, value_enum, default_value_t = Fsync::Always)]
+    fsync: Fsync,
+    /// Rebuild the index from the segment files before serving.
+    #[arg(long)]
+    rebuild_index: bool,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
+    max_message_bytes: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fsync {
+    /// Sync every commit group: an acknowledged chunk survives power loss.
+    Always,
+    /// Leave syncing to the OS: faster, survives a crash of the process only.
+    Never,
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let addr: SocketAddr = tokio::net::lookup_host(&args.listen)
+        .await
+        .with_context(|| format!("cannot resolve listen address {:?}", args.listen))?
+        .next()
+        .with_context(|| format!("listen address {:?} resolves to nothing", args.listen))?;
+    // Bind before opening the store: a taken port should not cost a recovery scan.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let config = StoreConfig {
+        fsync: match args.fsync {
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Never => FsyncPolicy::Never,
+        },
+        rebuild_index: args.rebuild_index,
+        ..StoreConfig::default()
+    };
+    let data = args.data.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data, config))
+        .await
+        .context("opening the store")??;
+    let stats = store.stats();
+    let local = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        data = %args.data.display(),
+        chunks = stats.chunks,
+        objects = stats.manifests,
+        "store open"
+    );
+    // Tests and scripts read this line to learn the port of `--listen :0`.
+    eprintln!("strata: listening on {local}");
+    let server_config = ServerConfig {
+        max_message_bytes: args.max_message_bytes,
+        ..ServerConfig::default()
+    };
+    strata_server::serve(store, server_config, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,115 @@
+//! `strata stat`: the store's figures, or one object's size and SHA-256.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use strata_builder::progress::human_bytes;
+use strata_builder::target::Target;
+use strata_client::{ClientConfig, ClientError};
+use strata_proto::Digest;
+
+use super::{ServerArg, parse_digest};
+
+#[derive(Args)]
+pub struct StatArgs {
+    /// An object digest; without it, the whole store's figures.
+    digest: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+pub async fn run(args: StatArgs) -> Result<()> {
+    let target = Target::open(args.server.server.as_deref(), ClientConfig::default()).await?;
+    let result = match &args.digest {
+        Some(text) => stat_object(&target, parse_digest(text)?, args.json).await,
+        None => stat_store(&target, args.json).await,
+    };
+    target.close().await?;
+    result
+}
+
+async fn stat_object(target: &Target, digest: Digest, json: bool) -> Result<()> {
+    let manifest = match target.client.get_manifest(&digest).await {
+        Err(ClientError::NotFound(_)) => {
+            bail!("unknown digest {digest}: the cache does not hold it")
+        }
+        r => r.context("stat failed")?,
+    };
+    let sha256 = manifest.oci_digest();
+    if json {
+        let value = serde_json::json!({
+            "digest": digest.to_string(),
+            "total_bytes": manifest.total_length(),
+            "chunks": manifest.chunks().len(),
+            "sha256": sha256,
+            "media_type": manifest.media_type(),
+        });
+        println!("{value}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "digest      {digest}")?;
+        writeln!(
+            out,
+            "size        {} ({} bytes)",
+            human_bytes(manifest.total_length()),
+            manifest.total_length()
+        )?;
+        writeln!(out, "chunks      {}", manifest.chunks().len())?;
+        writeln!(out, "sha256      {sha256}")?;
+        writeln!(out, "media type  {}", manifest.media_type())?;
+    }
+    Ok(())
+}
+
+async fn stat_store(target: &Target, json: bool) -> Result<()> {
+    let s = target.client.stats().await.context("stat failed")?;
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let dedup = ratio(s.logical_bytes, s.chunk_bytes);
+    let compression = ratio(s.chunk_bytes, s.stored_bytes);
+    if json {
+        let value = serde_json::json!({
+            "objects": s.manifests,
+            "chunks": s.chunks,
+            "logical_bytes": s.logical_bytes,
+            "chunk_bytes": s.chunk_bytes,
+            "stored_bytes": s.stored_bytes,
+            "segments": s.segments,
+            "segment_bytes": s.segment_bytes,
+            "dedup_ratio": dedup,
+            "compression_ratio": compression,
+        });
+        println!("{value}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "objects            {}", s.manifests)?;
+        writeln!(out, "chunks             {}", s.chunks)?;
+        writeln!(
+            out,
+            "logical bytes      {} (all objects, as pushed)",
+            human_bytes(s.logical_bytes)
+        )?;
+        writeln!(
+            out,
+            "unique bytes       {} (distinct chunks)",
+            human_bytes(s.chunk_bytes)
+        )?;
+        writeln!(
+            out,
+            "stored bytes       {} (compressed)",
+            human_bytes(s.stored_bytes)
+        )?;
+        writeln!(out, "dedup ratio        {dedup:.2}x")?;
+        writeln!(out, "compression ratio  {compression:.2}x")?;
+        writeln!(
+            out,
+            "segments           {} ({})",
+            s.segments,
+            human_bytes(s.segment_bytes)
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The image a build starts from — `scratch`, an OCI layout directory, or
+//! an image kept in the store — and where each of its layers' bytes are.
+
+use std::path::{Path, PathBuf};
+
+use strata_client::Client;
+use strata_dockerfile::{BaseImage, Dockerfile};
+use strata_proto::Digest;
+
+use super::error::{BuildError, Site};
+use super::stored::StoredImage;
+use crate::image::{HistoryEntry, LayerRef, RuntimeConfig};
+use crate::key::{StepKey, base_key};
+use crate::oci::OciLayout;
+
+/// The image a build starts from.
+pub(crate) struct Base {
+    pub key: StepKey,
+    pub config: RuntimeConfig,
+    /// Layers with where their bytes are.
+    pub layers: Vec<BuiltLayer>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A layer of the image being built.
+#[derive(Clone, Debug)]
+pub(crate) struct BuiltLayer {
+    pub oci: LayerRef,
+    pub source: LayerSource,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum LayerSource {
+    /// A blob file (of the base image's layout, or a layer just written).
+    File(PathBuf),
+    /// An object in the store.
+    Store(Digest),
+}
+
+/// Resolves the `FROM` line. The base's key is its manifest digest, so a
+/// moved layout or a retagged image keys by content, never by name.
+pub(crate) async fn resolve_base(
+    client: &Client,
+    df: &Dockerfile,
+    globals: &[(String, String)],
+) -> Result<Base, BuildError> {
+    let site = Site {
+        file: df.file_name.clone(),
+        line: df.from.line,
+    };
+    match df.base_image(&globals.to_vec())? {
+        BaseImage::Scratch => Ok(Base {
+            key: base_key("scratch"),
+            config: RuntimeConfig::default(),
+            layers: Vec::new(),
+            history: Vec::new(),
+        }),
+        BaseImage::OciLayout(layout_ref) => {
+            let err = |e| site.error(format!("FROM {layout_ref}: {e}"));
+            let layout = OciLayout::open(Path::new(&layout_ref.dir)).map_err(err)?;
+            let image = layout.read_image(layout_ref.tag.as_deref()).map_err(err)?;
+            Ok(Base {
+                key: base_key(&format!("oci {}", image.manifest_digest)),
+                config: image.config,
+                layers: image
+                    .layers
+                    .into_iter()
+                    .map(|(oci, path)| BuiltLayer {
+                        oci,
+                        source: LayerSource::File(path),
+                    })
+                    .collect(),
+                history: image.history,
+            })
+        }
+        BaseImage::Named(image_ref) => {
+            let name = image_ref.store_name();
+            let digest = client
+                .get_tag(&name)
+                .await
+                .map_err(|e| site.error(format!("FROM {image_ref}: {e}")))?
+                .ok_or_else(|| {
+                    site.error(format!(
+                        "FROM {image_ref}: the cache has no image tagged {name} (build one with --tag {name})"
+                    ))
+                })?;
+            let bytes = client
+                .pull_to_vec(&digest)
+                .await
+                .map_err(|e| site.error(format!("FROM {image_ref}: {e}")))?;
+            let image = StoredImage::decode(&bytes)
+                .map_err(|e| site.error(format!("FROM {image_ref}: stored image {digest}: {e}")))?;
+            Ok(Base {
+                key: base_key(&format!("stored {}", image.manifest_digest)),
+                config: image.config,
+                layers: image.layers,
+                history: image.history,
+            })
+        }
+    }
+}

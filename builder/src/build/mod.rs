@@ -1,0 +1,293 @@
+//! `strata build`: Dockerfile and context in, OCI image out, asking the
+//! cache before running anything.
+//!
+//! 1. Parse the Dockerfile; resolve the base image.
+//! 2. Key every step up front: keys depend only on the Dockerfile, the
+//!    build args, the context files and the parent key, never on results.
+//! 3. Look all keys up in one batched round trip.
+//! 4. Walk the steps. A hit takes the recorded result: no run, and no layer
+//!    download unless a later step that must run needs the file system. A
+//!    miss runs (RUN in the sandbox, COPY from the context), snapshots its
+//!    changes as a deterministic layer, stores it, and records the result
+//!    with its provenance.
+//! 5. Write the image: its config and manifest are computed from layer
+//!    digests alone; layer bytes move only into an output directory that
+//!    lacks them.
+//!
+//! The working root filesystem (the image state a RUN step starts from) is
+//! materialised lazily, in a temporary directory, and removed at the end.
+
+mod base;
+mod copy;
+mod error;
+mod output;
+mod plan;
+mod run_step;
+mod runner;
+mod stored;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use strata_client::Client;
+use strata_dockerfile::{ImageRef, LayoutRef};
+use strata_proto::{Digest, StepResult};
+use strata_sandbox::Stream;
+
+pub use error::BuildError;
+pub use stored::MEDIA_TYPE_STORED_IMAGE;
+
+use crate::context::BuildContext;
+use crate::image::{HistoryEntry, LayerRef, encode_image};
+use base::resolve_base;
+use plan::{Planned, plan, provenance};
+use runner::Runner;
+
+/// What to build and how.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub dockerfile: PathBuf,
+    pub context: PathBuf,
+    pub build_args: Vec<(String, String)>,
+    /// `--output oci:DIR[:TAG]`.
+    pub output: Option<LayoutRef>,
+    /// `--tag NAME[:TAG]`: keep the image in the store under this name.
+    pub tag: Option<ImageRef>,
+    /// Plan only: compute keys, look them up, run and write nothing.
+    pub dry_run: bool,
+    /// mtime of every layer entry and the image's `created` (SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+    /// Time limit of one RUN step.
+    pub step_timeout: Option<Duration>,
+    /// Whether `RUN --network=host` may run.
+    pub allow_host_network: bool,
+    /// Where working file systems are made (a temporary directory inside).
+    pub scratch: PathBuf,
+    /// The executable that serves as sandbox stage (None: this one).
+    pub sandbox_helper: Option<PathBuf>,
+}
+
+/// How a step was satisfied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Cached,
+    Executed,
+    /// `--dry-run`: a miss that a real build would run.
+    WouldRun,
+}
+
+/// One step of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub index: usize,
+    pub line: usize,
+    pub instruction: String,
+    pub key: String,
+    pub status: StepStatus,
+    pub seconds: f64,
+    /// Size of the step's layer tar, if it has one.
+    pub layer_bytes: Option<u64>,
+    pub uploaded_bytes: u64,
+    pub downloaded_bytes: u64,
+    /// For an executed RUN or COPY: seconds spent turning its changes into
+    /// a stored layer (diff, layer tar, push) — the step's time less the
+    /// command's own.
+    pub snapshot_seconds: Option<f64>,
+}
+
+/// What a build did.
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildReport {
+    /// `sha256:…` of the image manifest (none for a dry run).
+    pub manifest_digest: Option<String>,
+    pub steps: Vec<StepReport>,
+    pub seconds: f64,
+    pub uploaded_bytes: u64,
+    pub downloaded_bytes: u64,
+    /// Layer bytes written into the output directory.
+    pub output_bytes: u64,
+}
+
+/// Progress events, for the CLI to show as it likes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    StepStarted {
+        index: usize,
+        total: usize,
+        text: &'a str,
+    },
+    StepFinished(&'a StepReport),
+    Output(Stream, &'a [u8]),
+}
+
+/// Most keys in one lookup request (well under the server's limit).
+const LOOKUP_BATCH: usize = 4096;
+
+/// Runs a build (or, with `dry_run`, plans it).
+pub async fn build(
+    client: &Client,
+    opts: &BuildOptions,
+    events: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<BuildReport, BuildError> {
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&opts.dockerfile).map_err(BuildError::io(format!(
+        "reading {}",
+        opts.dockerfile.display()
+    )))?;
+    let file_name = opts.dockerfile.display().to_string();
+    let df = strata_dockerfile::parse(&file_name, &text)?;
+    let context = BuildContext::open(&opts.context)?;
+    let globals = df.global_scope(&opts.build_args)?;
+    let base = resolve_base(client, &df, &globals).await?;
+    let steps = plan(
+        &df,
+        &context,
+        &opts.build_args,
+        opts.allow_host_network,
+        &base,
+    )?;
+    let hits = look_up(client, &steps).await?;
+
+    let mut report = BuildReport {
+        manifest_digest: None,
+        steps: Vec::new(),
+        seconds: 0.0,
+        uploaded_bytes: 0,
+        downloaded_bytes: 0,
+        output_bytes: 0,
+    };
+    if opts.dry_run {
+        for (i, (s, hit)) in steps.iter().zip(&hits).enumerate() {
+            let status = if hit.is_some() {
+                StepStatus::Cached
+            } else {
+                StepStatus::WouldRun
+            };
+            let r = StepReport::new(i, s, status);
+            events(Event::StepFinished(&r));
+            report.steps.push(r);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    let mut runner = Runner::new(client, opts, &base)?;
+    let total = steps.len();
+    for (i, (s, hit)) in steps.iter().zip(hits).enumerate() {
+        events(Event::StepStarted {
+            index: i + 1,
+            total,
+            text: &s.text,
+        });
+        let step_started = Instant::now();
+        let downloaded_before = runner.downloaded;
+        let mut r = match hit {
+            Some(result) => {
+                let mut r = StepReport::new(i, s, StepStatus::Cached);
+                if let Some(layer) = result.layer {
+                    r.layer_bytes = Some(runner.adopt_stored_layer(layer).await?);
+                }
+                r
+            }
+            None => {
+                let mut r = StepReport::new(i, s, StepStatus::Executed);
+                let executed = runner.execute(s, events).await?;
+                if executed.layer.is_some() {
+                    let spent = step_started.elapsed().saturating_sub(executed.command_time);
+                    r.snapshot_seconds = Some(spent.as_secs_f64());
+                }
+                r.layer_bytes = executed.layer.map(|(_, size)| size);
+                r.uploaded_bytes = executed.uploaded;
+                let result = StepResult {
+                    layer: executed.layer.map(|(d, _)| d),
+                    config: s.config_after.to_json(),
+                    provenance: provenance(s, step_started.elapsed()),
+                };
+                client
+                    .record_step(&s.key.digest, &result)
+                    .await
+                    .map_err(BuildError::cache("recording the step result"))?;
+                r
+            }
+        };
+        runner.history.push(HistoryEntry {
+            created_by: s.text.clone(),
+            empty_layer: r.layer_bytes.is_none(),
+        });
+        r.downloaded_bytes = runner.downloaded - downloaded_before;
+        r.seconds = step_started.elapsed().as_secs_f64();
+        report.uploaded_bytes += r.uploaded_bytes;
+        events(Event::StepFinished(&r));
+        report.steps.push(r);
+    }
+
+    let config = steps
+        .last()
+        .map_or_else(|| base.config.clone(), |s| s.config_after.clone());
+    let layers: Vec<LayerRef> = runner.layers.iter().map(|l| l.oci.clone()).collect();
+    let (config_blob, manifest_blob) = encode_image(&config, &layers, &runner.history, opts.epoch);
+    if let Some(output) = &opts.output {
+        let written = output::write_output(
+            client,
+            &runner.layers,
+            output,
+            &config_blob.bytes,
+            &manifest_blob.bytes,
+        )
+        .await?;
+        report.output_bytes = written.layer_bytes;
+        runner.downloaded += written.downloaded;
+    }
+    if let Some(name) = &opts.tag {
+        report.uploaded_bytes += stored::keep_in_store(
+            client,
+            &runner.layers,
+            name,
+            &config_blob.bytes,
+            &manifest_blob.bytes,
+        )
+        .await?;
+    }
+    report.downloaded_bytes = runner.downloaded;
+    report.manifest_digest = Some(manifest_blob.digest);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Every step's key looked up, in as few round trips as the batch limit
+/// allows.
+async fn look_up(
+    client: &Client,
+    steps: &[Planned],
+) -> Result<Vec<Option<StepResult>>, BuildError> {
+    let keys: Vec<Digest> = steps.iter().map(|s| s.key.digest).collect();
+    let mut hits = Vec::with_capacity(keys.len());
+    for batch in keys.chunks(LOOKUP_BATCH) {
+        hits.extend(
+            client
+                .lookup_steps(batch)
+                .await
+                .map_err(BuildError::cache("looking up step keys"))?,
+        );
+    }
+    Ok(hits)
+}
+
+impl StepReport {
+    fn new(i: usize, s: &Planned, status: StepStatus) -> StepReport {
+        StepReport {
+            index: i + 1,
+            line: s.site.line,
+            instruction: s.text.clone(),
+            key: s.key.digest.to_string(),
+            status,
+            seconds: 0.0,
+            layer_bytes: None,
+            uploaded_bytes: 0,
+            downloaded_bytes: 0,
+            snapshot_seconds: None,
+        }
+    }
+}

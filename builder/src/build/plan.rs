@@ -1,0 +1,212 @@
+//! The plan: every step expanded and keyed before anything runs. Keys
+//! depend only on the Dockerfile, the build args, the context files and the
+//! parent key, never on results, so all of them can be looked up at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use strata_dockerfile::{AddSource, Dockerfile, Instruction, Network, Scope};
+use strata_proto::Digest;
+use strata_proto::v1::Provenance;
+
+use super::base::Base;
+use super::error::{BuildError, Site};
+use crate::context::{BuildContext, CopyEntry, digest_entries};
+use crate::image::RuntimeConfig;
+use crate::key::{StepKey, step_key};
+
+/// One step once planned: expanded, keyed, with the config it leaves.
+pub(crate) struct Planned {
+    pub site: Site,
+    pub text: String,
+    pub instruction: Instruction,
+    pub key: StepKey,
+    pub parent: Digest,
+    pub config_before: RuntimeConfig,
+    pub config_after: RuntimeConfig,
+    pub args: BTreeMap<String, String>,
+    /// For COPY and ADD: the context entries selected.
+    pub copy: Option<Vec<CopyEntry>>,
+}
+
+/// The variables a step sees: the image's env over the ARGs in scope.
+struct StepScope<'a> {
+    config: &'a RuntimeConfig,
+    args: &'a BTreeMap<String, String>,
+}
+
+impl Scope for StepScope<'_> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.config
+            .env_value(name)
+            .or_else(|| self.args.get(name).map(String::as_str))
+    }
+}
+
+/// Expands and keys every step; refuses a host-network step the user did
+/// not allow.
+pub(crate) fn plan(
+    df: &Dockerfile,
+    context: &BuildContext,
+    build_args: &[(String, String)],
+    allow_host_network: bool,
+    base: &Base,
+) -> Result<Vec<Planned>, BuildError> {
+    let build_args_map: BTreeMap<String, String> = build_args.iter().cloned().collect();
+    let globals: BTreeMap<String, String> =
+        df.global_scope(&build_args.to_vec())?.into_iter().collect();
+    let mut config = base.config.clone();
+    let mut args: BTreeMap<String, String> = BTreeMap::new();
+    let mut parent = base.key.digest;
+    let mut planned = Vec::new();
+    for step in &df.steps {
+        let site = Site {
+            file: df.file_name.clone(),
+            line: step.line,
+        };
+        let instruction = df.expand_step(
+            step,
+            &StepScope {
+                config: &config,
+                args: &args,
+            },
+        )?;
+        check_network(&instruction, allow_host_network, &site)?;
+        let copy = select_copy_sources(&instruction, context, &config, &site)?;
+        let files = copy
+            .as_deref()
+            .map(digest_entries)
+            .transpose()
+            .map_err(|e| site.error(format!("{}: {e}", instruction_name(&instruction))))?;
+        let key = step_key(
+            &parent,
+            &instruction,
+            &config,
+            &args_in_scope(&args),
+            files.as_ref(),
+        );
+        let config_before = config.clone();
+        config.apply(&instruction);
+        if let Instruction::Arg(decls) = &instruction {
+            for a in decls {
+                let value = build_args_map
+                    .get(&a.name)
+                    .cloned()
+                    .or_else(|| a.default.clone())
+                    .or_else(|| globals.get(&a.name).cloned());
+                if let Some(v) = value {
+                    args.insert(a.name.clone(), v);
+                }
+            }
+        }
+        let next_parent = key.digest;
+        planned.push(Planned {
+            site,
+            text: step.source_text.clone(),
+            parent,
+            key,
+            config_before,
+            config_after: config.clone(),
+            args: args.clone(),
+            instruction,
+            copy,
+        });
+        parent = next_parent;
+    }
+    Ok(planned)
+}
+
+fn instruction_name(instruction: &Instruction) -> &'static str {
+    match instruction {
+        Instruction::Add { .. } => "ADD",
+        _ => "COPY",
+    }
+}
+
+/// Network is opt-in twice: the Dockerfile asks, the user allows.
+fn check_network(
+    instruction: &Instruction,
+    allow_host_network: bool,
+    site: &Site,
+) -> Result<(), BuildError> {
+    if let Instruction::Run {
+        network: Network::Host,
+        ..
+    } = instruction
+        && !allow_host_network
+    {
+        return Err(site.error(
+            "RUN --network=host needs --allow-host-network: the step would not be hermetic",
+        ));
+    }
+    Ok(())
+}
+
+/// The context entries a COPY or ADD takes (`None` for other steps).
+fn select_copy_sources(
+    instruction: &Instruction,
+    context: &BuildContext,
+    config: &RuntimeConfig,
+    site: &Site,
+) -> Result<Option<Vec<CopyEntry>>, BuildError> {
+    let (name, sources, dest, chmod) = match instruction {
+        Instruction::Copy {
+            sources,
+            dest,
+            chmod,
+            ..
+        } => ("COPY", sources.clone(), dest, chmod),
+        Instruction::Add {
+            sources,
+            dest,
+            chmod,
+            ..
+        } => {
+            let mut paths = Vec::new();
+            for s in sources {
+                match s {
+                    AddSource::Path(p) => paths.push(p.clone()),
+                    AddSource::Url(u) => {
+                        return Err(site.error(format!(
+                            "ADD {u}: fetching URLs is not supported yet (the build has no network); download it into the context and COPY it"
+                        )));
+                    }
+                }
+            }
+            ("ADD", paths, dest, chmod)
+        }
+        _ => return Ok(None),
+    };
+    context
+        .select(&sources, dest, config.cwd(), *chmod)
+        .map(Some)
+        .map_err(|e| site.error(format!("{name}: {e}")))
+}
+
+fn args_in_scope(args: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    args.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// What made a step's result: recorded with it, so a reader can decide
+/// whether to trust it and a miss can be explained.
+pub(crate) fn provenance(s: &Planned, took: Duration) -> Provenance {
+    let network = match s.instruction {
+        Instruction::Run {
+            network: Network::Host,
+            ..
+        } => "host",
+        _ => "none",
+    };
+    Provenance {
+        builder: concat!("strata ", env!("CARGO_PKG_VERSION")).into(),
+        instruction: s.text.clone(),
+        parent_key: s.parent.to_vec(),
+        network: network.into(),
+        hermetic: network == "none",
+        key_inputs: s.key.inputs.clone(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        duration_seconds: took.as_secs_f64(),
+    }
+}

@@ -1,0 +1,236 @@
+//! The state of a running build — its layers so far, and the working root
+//! file system once a step needs one — and how a missed step is executed:
+//! run (or copy), snapshot as a deterministic layer, store.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use strata_client::{Client, Progress};
+use strata_layer::{
+    ApplyOptions, Change, IdMap, WriteOptions, apply_layer, copy_changes, write_layer,
+};
+use strata_proto::{Digest, oci_digest};
+use strata_sandbox::IdMapping;
+
+use super::base::{Base, BuiltLayer, LayerSource};
+use super::copy::{chown_ids, copy_items};
+use super::error::BuildError;
+use super::plan::Planned;
+use super::run_step::layer_idmap;
+use super::{BuildOptions, Event};
+use crate::image::{HistoryEntry, LayerRef, MEDIA_TYPE_LAYER};
+use strata_dockerfile::Instruction;
+
+/// What executing one missed step produced.
+pub(crate) struct Executed {
+    /// The stored layer (manifest digest) and its size, if the step has one.
+    pub layer: Option<(Digest, u64)>,
+    pub uploaded: u64,
+    /// How long the step's own command ran (zero but for RUN).
+    pub command_time: Duration,
+}
+
+pub(crate) struct Runner<'a> {
+    pub(super) client: &'a Client,
+    pub(super) opts: &'a BuildOptions,
+    pub(super) scratch: tempfile::TempDir,
+    pub(super) ids: IdMapping,
+    pub(super) layer_ids: IdMap,
+    pub layers: Vec<BuiltLayer>,
+    pub history: Vec<HistoryEntry>,
+    /// The working rootfs and how many of `layers` it holds.
+    rootfs: Option<(PathBuf, usize)>,
+    pub downloaded: u64,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(
+        client: &'a Client,
+        opts: &'a BuildOptions,
+        base: &Base,
+    ) -> Result<Self, BuildError> {
+        std::fs::create_dir_all(&opts.scratch)
+            .map_err(BuildError::io("creating the scratch directory"))?;
+        let scratch = tempfile::Builder::new()
+            .prefix("strata-build-")
+            .tempdir_in(&opts.scratch)
+            .map_err(BuildError::io("creating the scratch directory"))?;
+        let ids = IdMapping::detect().map_err(BuildError::sandbox("choosing the sandbox's ids"))?;
+        let layer_ids = layer_idmap(&ids)?;
+        Ok(Runner {
+            client,
+            opts,
+            scratch,
+            ids,
+            layer_ids,
+            layers: base.layers.clone(),
+            history: base.history.clone(),
+            rootfs: None,
+            downloaded: 0,
+        })
+    }
+
+    /// Takes a cached layer: only its manifest is fetched (for the OCI
+    /// digest and size), never its bytes.
+    pub async fn adopt_stored_layer(&mut self, digest: Digest) -> Result<u64, BuildError> {
+        let manifest = self
+            .client
+            .get_manifest(&digest)
+            .await
+            .map_err(BuildError::cache("fetching a layer's manifest"))?;
+        let size = manifest.total_length();
+        self.layers.push(BuiltLayer {
+            oci: LayerRef {
+                sha256: manifest.oci_digest(),
+                size,
+            },
+            source: LayerSource::Store(digest),
+        });
+        Ok(size)
+    }
+
+    /// Makes the working rootfs hold every layer so far, downloading what
+    /// it lacks.
+    async fn materialise(&mut self) -> Result<PathBuf, BuildError> {
+        let (root, have) = match self.rootfs.take() {
+            Some(r) => r,
+            None => {
+                let root = self.scratch.path().join("rootfs");
+                std::fs::create_dir_all(&root).map_err(BuildError::io("creating the rootfs"))?;
+                (root, 0)
+            }
+        };
+        let pending = self.layers[have..].to_vec();
+        for layer in pending {
+            let path = match &layer.source {
+                LayerSource::File(p) => p.clone(),
+                LayerSource::Store(d) => self.download_layer(d).await?,
+            };
+            self.apply(&path, &root)?;
+        }
+        let n = self.layers.len();
+        self.rootfs = Some((root.clone(), n));
+        Ok(root)
+    }
+
+    async fn download_layer(&mut self, digest: &Digest) -> Result<PathBuf, BuildError> {
+        let tmp = self.scratch.path().join("download.tar");
+        let file = File::create(&tmp).map_err(BuildError::io("creating a download file"))?;
+        let (report, mut w) = self
+            .client
+            .pull(digest, BufWriter::new(file), &Progress::new())
+            .await
+            .map_err(BuildError::cache("downloading a parent layer"))?;
+        w.flush()
+            .map_err(BuildError::io("writing a downloaded layer"))?;
+        self.downloaded += report.total_bytes;
+        Ok(tmp)
+    }
+
+    fn apply(&self, layer_tar: &Path, root: &Path) -> Result<(), BuildError> {
+        let file = File::open(layer_tar).map_err(BuildError::io(format!(
+            "opening layer {}",
+            layer_tar.display()
+        )))?;
+        apply_layer(
+            std::io::BufReader::new(file),
+            root,
+            &self.layer_ids,
+            &ApplyOptions {
+                skip_device_nodes: true,
+            },
+        )
+        .map_err(BuildError::layer("applying a layer"))?;
+        Ok(())
+    }
+
+    /// Runs one missed step, snapshots and stores its layer.
+    pub async fn execute(
+        &mut self,
+        s: &Planned,
+        events: &mut (dyn FnMut(Event<'_>) + Send),
+    ) -> Result<Executed, BuildError> {
+        let mut command_time = Duration::ZERO;
+        let changes = match &s.instruction {
+            Instruction::Run { command, network } => {
+                let root = self.materialise().await?;
+                let (changes, took) = self.run_step(s, command, *network, &root, events)?;
+                command_time = took;
+                changes
+            }
+            Instruction::Copy { chown, .. } | Instruction::Add { chown, .. } => {
+                let root = self.materialise().await?;
+                let owner = chown_ids(chown.as_deref(), &root).map_err(|e| s.site.error(e))?;
+                let items = copy_items(s.copy.as_deref().unwrap_or_default(), owner)
+                    .map_err(|e| s.site.error(e))?;
+                copy_changes(&items, &root).map_err(|e| s.site.error(format!("COPY: {e}")))?
+            }
+            _ => {
+                return Ok(Executed {
+                    layer: None,
+                    uploaded: 0,
+                    command_time,
+                });
+            }
+        };
+        let (digest, size, uploaded) = self.store_layer(s, &changes).await?;
+        Ok(Executed {
+            layer: Some((digest, size)),
+            uploaded,
+            command_time,
+        })
+    }
+
+    /// Writes the changes as a layer tar, pushes it, and adds it to the
+    /// image. Returns its store digest, size and the bytes uploaded.
+    async fn store_layer(
+        &mut self,
+        s: &Planned,
+        changes: &[Change],
+    ) -> Result<(Digest, u64, u64), BuildError> {
+        let tar_path = self
+            .scratch
+            .path()
+            .join(format!("layer-{}.tar", self.layers.len()));
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tar_path)
+            .map_err(BuildError::io("creating the layer file"))?;
+        let mut w = BufWriter::new(&mut file);
+        let summary = write_layer(
+            changes,
+            &mut w,
+            &WriteOptions {
+                epoch: self.opts.epoch,
+                preserve_hardlinks: true,
+            },
+        )
+        .map_err(|e| s.site.error(format!("snapshotting the step: {e}")))?;
+        w.flush()
+            .map_err(BuildError::io("writing the layer file"))?;
+        drop(w);
+        file.rewind()
+            .map_err(BuildError::io("rewinding the layer"))?;
+        let pushed = self
+            .client
+            .push_file(file, MEDIA_TYPE_LAYER, &Progress::new())
+            .await
+            .map_err(BuildError::cache("storing the layer"))?;
+        // The working rootfs does not hold this layer yet: the next step
+        // that needs a file system applies it (`materialise`), and a last
+        // step never pays for it.
+        self.layers.push(BuiltLayer {
+            oci: LayerRef {
+                sha256: oci_digest(&pushed.sha256),
+                size: summary.bytes,
+            },
+            source: LayerSource::File(tar_path),
+        });
+        Ok((pushed.digest, summary.bytes, pushed.sent_bytes))
+    }
+}
