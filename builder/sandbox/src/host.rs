@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::idmap::IdMapping;
-use super::wire::{self, Message};
+use super::wire::{CommandExit, Message, WireError};
 use super::{
     ExitKind, Job, REEXEC_ARG, RootfsSpec, RunOutcome, RunSpec, SandboxError, SetupError, Stream,
 };
@@ -154,7 +154,7 @@ struct Report {
 enum Event {
     Output(Stream, Vec<u8>),
     Control(Message),
-    ControlBroken(io::Error),
+    ControlBroken(WireError),
 }
 
 /// Starts stage 1 for `job`, serves it until it exits, and reports.
@@ -176,7 +176,7 @@ fn execute(
         readers,
     } = start_stage1(&exe)?;
     // A stage 1 that died before reading the job shows in its exit status.
-    let _ = wire::job_message(job).write_to(&mut ctrl);
+    let _ = Message::Job(Box::new(job.clone())).write_to(&mut ctrl);
 
     let mut deadline = timeout.map(|t| started + t);
     let mut report = Report {
@@ -198,7 +198,7 @@ fn execute(
                         // Stage 1 kills the step and still reports, once
                         // every process of it is gone.
                         report.timed_out = timeout;
-                        let _ = Message::new("kill").write_to(&mut ctrl);
+                        let _ = Message::Kill.write_to(&mut ctrl);
                         deadline = Some(Instant::now() + KILL_GRACE);
                     } else {
                         kill_stage1(&mut child);
@@ -215,31 +215,34 @@ fn execute(
         };
         match event {
             Event::Output(stream, bytes) => out(stream, &bytes),
-            Event::Control(msg) => match msg.tag.as_str() {
-                "unshared" => match job.ids.write_for(child.id()) {
+            Event::Control(msg) => match msg {
+                Message::WriteMapping => match job.ids.write_for(child.id()) {
                     Ok(()) => {
                         // If stage 1 is gone, its exit status says why.
-                        let _ = Message::new("mapped").write_to(&mut ctrl);
+                        let _ = Message::MappingWritten.write_to(&mut ctrl);
                     }
                     Err(e) => {
                         map_error = Some(e);
                         kill_stage1(&mut child);
                     }
                 },
-                "mountpoint" => {
-                    if let Ok(p) = msg.fields().string() {
-                        report.mountpoints.push(p);
-                    }
+                Message::MountPointCreated(path) => report.mountpoints.push(path),
+                Message::SetupFailed(e) => {
+                    report.setup_error.get_or_insert(e);
                 }
-                "error" => {
-                    report.setup_error.get_or_insert(wire::parse_error(&msg));
-                }
-                "exit" => report.exit = Some(parse_exit(&msg)?),
-                "probe-ok" => report.probe_ok = true,
-                other => {
+                Message::Exited(exit) => report.exit = Some(exit_kind(exit)),
+                Message::ProbeSucceeded => report.probe_ok = true,
+                other @ (Message::Job(_)
+                | Message::MappingWritten
+                | Message::Ready
+                | Message::Go
+                | Message::Kill) => {
                     report
                         .setup_error
-                        .get_or_insert(SetupError::protocol(format!("unexpected `{other}`")));
+                        .get_or_insert(SetupError::protocol(format!(
+                            "unexpected `{}`",
+                            other.tag()
+                        )));
                     kill_stage1(&mut child);
                 }
             },
@@ -345,7 +348,7 @@ fn spawn_control_reader(mut ctrl: UnixStream, tx: SyncSender<Event>) -> JoinHand
                 Ok(None) => return,
                 // Stage 1 exited without reading all we sent (e.g. a binary
                 // that is no helper): an end, which its exit status explains.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
+                Err(WireError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => return,
                 Err(e) => Event::ControlBroken(e),
             };
             let broken = matches!(event, Event::ControlBroken(_));
@@ -364,12 +367,9 @@ fn kill_stage1(child: &mut Child) {
     let _ = child.kill();
 }
 
-fn parse_exit(msg: &Message) -> Result<ExitKind, SandboxError> {
-    let mut f = msg.fields();
-    let kind = f.string()?;
-    let n: i32 = f.number()?;
-    Ok(match kind.as_str() {
-        "signal" => ExitKind::Signal(n),
-        _ => ExitKind::Code(n),
-    })
+fn exit_kind(exit: CommandExit) -> ExitKind {
+    match exit {
+        CommandExit::Code(n) => ExitKind::Code(n),
+        CommandExit::Signal(n) => ExitKind::Signal(n),
+    }
 }

@@ -41,20 +41,22 @@
 //! # Re-exec protocol
 //!
 //! Stage 1's stdin is a Unix socket to the host; stage 2's stdin a socket to
-//! stage 1. Both carry framed messages (see `wire.rs`): a tag and byte-string
-//! fields, netstring-encoded, the `job` tagged with a protocol version so a
-//! stale helper is refused by name.
+//! stage 1. Both carry framed messages, the variants of one enum
+//! (`wire::Message`), encoded and decoded only in `wire.rs`: a tag and
+//! byte-string fields, netstring-encoded, the `Job` tagged with a protocol
+//! version so a stale helper is refused by name.
 //!
 //! ```text
-//! host → stage 1   job(version, host pid, spec, id maps)
-//! stage 1 → host   unshared                   only if the host writes the maps
-//! host → stage 1   mapped                     after writing /proc/PID/{uid,gid}_map
-//! stage 1 → 2      job                        (same bytes)
-//! stage 2 → 1 → host  mountpoint(path)…       created mount points
-//! stage 2 → 1      ready          1 → 2  go   stage 1 is alive: exec
-//! stage 1 → host   exit(code|signal, n)       after stage 2 and all its processes are gone
-//! host → stage 1   kill                       time limit reached (any time)
-//! any stage → host error(kind, fields…)       a SetupError, instead of the above
+//! host → stage 1   Job(version, host pid, spec, id maps)
+//! stage 1 → host   WriteMapping               only if the host writes the maps
+//! host → stage 1   MappingWritten             after writing /proc/PID/{uid,gid}_map
+//! stage 1 → 2      Job                        (the same job)
+//! stage 2 → 1 → host  MountPointCreated(path)…  created mount points
+//! stage 2 → 1      Ready          1 → 2  Go   stage 1 is alive: exec
+//! stage 1 → host   Exited(Code|Signal)        after stage 2 and all its processes are gone
+//! stage 1 → host   ProbeSucceeded             instead of the above, for the overlay probe
+//! host → stage 1   Kill                       time limit reached (any time)
+//! any stage → host SetupFailed(SetupError)    instead of the above
 //! ```
 //!
 //! Stdout and stderr of both stages are the command's; the stages never write
@@ -323,7 +325,7 @@ impl SetupError {
     }
 }
 
-/// Everything a stage needs to know, sent by the host as the `job` message.
+/// Everything a stage needs to know, sent by the host as `wire::Message::Job`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Job {
     spec: RunSpec,

@@ -17,12 +17,13 @@ use std::process::{Child, Command, Stdio};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Uid};
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use super::idmap::{IdMapping, MapWriter};
-use super::wire::{self, Message};
-use super::{Network, REEXEC_ARG, SETUP_FAILED_EXIT, SetupError, mounts, sys};
+use super::wire::{CommandExit, Message, WireError};
+use super::{Job, Network, REEXEC_ARG, SETUP_FAILED_EXIT, SetupError, mounts, sys};
 
 pub(super) fn main() -> ! {
     let Ok(mut ctrl) = control_socket() else {
@@ -32,7 +33,7 @@ pub(super) fn main() -> ! {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             // The host may be gone already; the exit code still says it.
-            let _ = wire::error_message(&e).write_to(&mut ctrl);
+            let _ = Message::SetupFailed(e).write_to(&mut ctrl);
             std::process::exit(SETUP_FAILED_EXIT)
         }
     }
@@ -45,11 +46,15 @@ pub(super) fn control_socket() -> io::Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
-pub(super) fn read_job(ctrl: &mut UnixStream) -> Result<super::Job, SetupError> {
-    let msg = Message::read_from(ctrl)
-        .map_err(SetupError::protocol)?
-        .ok_or_else(|| SetupError::protocol("no job received"))?;
-    wire::parse_job(&msg)
+pub(super) fn read_job(ctrl: &mut UnixStream) -> Result<Job, SetupError> {
+    match Message::read_from(ctrl).map_err(SetupError::protocol)? {
+        Some(Message::Job(job)) => Ok(*job),
+        Some(other) => Err(SetupError::protocol(format!(
+            "expected `job`, got `{}`",
+            other.tag()
+        ))),
+        None => Err(SetupError::protocol("no job received")),
+    }
 }
 
 fn run(ctrl: &mut UnixStream) -> Result<(), SetupError> {
@@ -73,16 +78,15 @@ fn run(ctrl: &mut UnixStream) -> Result<(), SetupError> {
     }
     mounts::mount_rootfs(&mounts::staged_paths(&job.spec.rootfs))?;
     if job.probe {
-        return send(ctrl, &Message::new("probe-ok"));
+        return send(ctrl, &Message::ProbeSucceeded);
     }
     let (mut to_stage2, stage2_end) =
         UnixStream::pair().map_err(|e| SetupError::step("cannot create the stage 2 socket", e))?;
     let mut child = spawn_stage2(stage2_end)?;
-    let stage2 = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let supervised = wire::job_message(&job)
+    let supervised = Message::Job(Box::new(job))
         .write_to(&mut to_stage2)
         .map_err(|e| SetupError::step("cannot send the job to stage 2", e))
-        .and_then(|()| supervise(ctrl, &mut to_stage2, stage2));
+        .and_then(|()| supervise(ctrl, &mut to_stage2, &mut child));
     if supervised.is_err() {
         // The child is not reaped yet, so its pid cannot have been reused.
         let _ = child.kill();
@@ -92,11 +96,11 @@ fn run(ctrl: &mut UnixStream) -> Result<(), SetupError> {
         .map_err(|e| SetupError::step("cannot wait for stage 2", e))?;
     supervised?;
     let exit = match (status.code(), status.signal()) {
-        (Some(code), _) => Message::new("exit").with("code").with(code.to_string()),
-        (None, Some(sig)) => Message::new("exit").with("signal").with(sig.to_string()),
-        (None, None) => Message::new("exit").with("code").with("-1"),
+        (Some(code), _) => CommandExit::Code(code),
+        (None, Some(sig)) => CommandExit::Signal(sig),
+        (None, None) => CommandExit::Code(-1),
     };
-    send(ctrl, &exit)
+    send(ctrl, &Message::Exited(exit))
 }
 
 /// Nothing but stdin, stdout and stderr may pass to stage 2 and the step.
@@ -173,19 +177,21 @@ fn create_other_namespaces(network: Network) -> Result<(), SetupError> {
 }
 
 /// Single mappings are written by stage 1 itself; others by the host, which
-/// stage 1 asks with `unshared` and waits for with `mapped`.
+/// stage 1 asks with [`Message::WriteMapping`] and waits for
+/// [`Message::MappingWritten`].
 fn map_ids(ctrl: &mut UnixStream, ids: &IdMapping) -> Result<(), SetupError> {
     if ids.writer() == MapWriter::Child {
         return ids
             .write_own()
             .map_err(|e| SetupError::step("cannot map ids", e));
     }
-    send(ctrl, &Message::new("unshared"))?;
+    send(ctrl, &Message::WriteMapping)?;
     match Message::read_from(ctrl).map_err(SetupError::protocol)? {
-        Some(m) if m.tag == "mapped" => Ok(()),
+        Some(Message::MappingWritten) => Ok(()),
         Some(m) => Err(SetupError::protocol(format!(
-            "expected `mapped`, got `{}`",
-            m.tag
+            "expected `{}`, got `{}`",
+            Message::MappingWritten.tag(),
+            m.tag()
         ))),
         None => Err(SetupError::step(
             "cannot map ids",
@@ -226,23 +232,25 @@ fn spawn_stage2(socket: UnixStream) -> Result<Child, SetupError> {
 }
 
 /// Serves stage 2 until it exits, without reaping it: forwards its reports
-/// to the host (answering `ready` with `go`), and SIGKILLs it when the host
-/// says `kill` (its time limit) or is gone (its end of the socket closed).
+/// to the host (answering [`Message::Ready`] with [`Message::Go`]), and
+/// SIGKILLs it when the host says [`Message::Kill`] (its time limit) or is
+/// gone (its end of the socket closed).
 /// Stage 2 is PID 1 of the step, so that ends every process of the step, and
 /// the kernel completes its exit only once they are all gone: the host
 /// hears of the end no earlier. Unlike the parent-death signal, this also
 /// reaches a command that dropped it by executing a setuid program.
 ///
 /// One thread, polling: after `unshare(CLONE_NEWPID)` the kernel refuses to
-/// create threads in this process. Stage 2 cannot be reaped (so its pid
-/// cannot be reused) before this returns.
+/// create threads in this process. Stage 2 is not reaped (so its pid cannot
+/// be reused) before this returns: only its caller waits for `child`.
 fn supervise(
     host: &mut UnixStream,
     stage2: &mut UnixStream,
-    stage2_pid: Pid,
+    child: &mut Child,
 ) -> Result<(), SetupError> {
-    let exited =
-        sys::pidfd_open(stage2_pid).map_err(|e| SetupError::step("cannot watch stage 2", e))?;
+    // Polls readable once stage 2 has exited, reaped or not. Close-on-exec.
+    let exited = pidfd_open(Pid::from_child(child), PidfdFlags::empty())
+        .map_err(|e| SetupError::step("cannot watch stage 2", io::Error::from(e)))?;
     let mut reports_open = true;
     let mut host_open = true;
     loop {
@@ -269,7 +277,8 @@ fn supervise(
             // stream or an error all mean stop.
             let _ = Message::read_from(host);
             host_open = false;
-            let _ = kill(stage2_pid, Signal::SIGKILL);
+            // Not reaped yet: the pid is still stage 2's.
+            let _ = child.kill();
         }
         if has_exited {
             // Reports stage 2 wrote before dying are still buffered.
@@ -287,18 +296,25 @@ fn relay_one(host: &mut UnixStream, stage2: &mut UnixStream) -> Result<bool, Set
     let msg = match Message::read_from(stage2) {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(false),
+        Err(WireError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(false),
         Err(e) => return Err(SetupError::protocol(format!("from stage 2: {e}"))),
     };
-    match msg.tag.as_str() {
-        "ready" => {
+    match msg {
+        Message::Ready => {
             // If stage 2 died meanwhile, its exit status tells the host.
-            let _ = Message::new("go").write_to(stage2);
+            let _ = Message::Go.write_to(stage2);
         }
-        "mountpoint" | "error" => send(host, &msg)?,
-        other => {
+        Message::MountPointCreated(_) | Message::SetupFailed(_) => send(host, &msg)?,
+        Message::Job(_)
+        | Message::WriteMapping
+        | Message::MappingWritten
+        | Message::Go
+        | Message::ProbeSucceeded
+        | Message::Exited(_)
+        | Message::Kill => {
             return Err(SetupError::protocol(format!(
-                "unexpected `{other}` from stage 2"
+                "unexpected `{}` from stage 2",
+                msg.tag()
             )));
         }
     }

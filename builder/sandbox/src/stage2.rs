@@ -8,6 +8,7 @@
 //! descriptor or a host environment variable reach the command.
 
 use std::convert::Infallible;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -16,11 +17,16 @@ use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
+use rustix::io::Errno;
+use rustix::thread::{
+    CapabilitySet, capabilities, clear_ambient_capability_set, remove_capability_from_bounding_set,
+    set_capabilities,
+};
 
 use super::idmap::{IdMapping, MapWriter};
 use super::stage1::{control_socket, keep_descriptors_private, read_job};
 use super::user::{self, Identity};
-use super::wire::{self, Message};
+use super::wire::Message;
 use super::{DEFAULT_PATH, Job, Network, RunSpec, SETUP_FAILED_EXIT, SetupError, mounts, sys};
 
 /// Exit code when the command cannot be found or executed (as a shell's).
@@ -29,22 +35,20 @@ const COMMAND_FAILED_EXIT: i32 = 127;
 /// Docker's default capabilities for a container's root: enough for package
 /// managers (chown, setuid, mknod, raw sockets for ping), not for mounts,
 /// module loading or tracing other processes.
-const DEFAULT_CAPS: [u32; 14] = [
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    3,  // CAP_FOWNER
-    4,  // CAP_FSETID
-    5,  // CAP_KILL
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
-    8,  // CAP_SETPCAP
-    10, // CAP_NET_BIND_SERVICE
-    13, // CAP_NET_RAW
-    18, // CAP_SYS_CHROOT
-    27, // CAP_MKNOD
-    29, // CAP_AUDIT_WRITE
-    31, // CAP_SETFCAP
-];
+const DEFAULT_CAPS: CapabilitySet = CapabilitySet::CHOWN
+    .union(CapabilitySet::DAC_OVERRIDE)
+    .union(CapabilitySet::FOWNER)
+    .union(CapabilitySet::FSETID)
+    .union(CapabilitySet::KILL)
+    .union(CapabilitySet::SETGID)
+    .union(CapabilitySet::SETUID)
+    .union(CapabilitySet::SETPCAP)
+    .union(CapabilitySet::NET_BIND_SERVICE)
+    .union(CapabilitySet::NET_RAW)
+    .union(CapabilitySet::SYS_CHROOT)
+    .union(CapabilitySet::MKNOD)
+    .union(CapabilitySet::AUDIT_WRITE)
+    .union(CapabilitySet::SETFCAP);
 
 pub(super) fn main() -> ! {
     let Ok(mut ctrl) = control_socket() else {
@@ -54,13 +58,13 @@ pub(super) fn main() -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let _ = wire::error_message(&err).write_to(&mut ctrl);
     let code = match err {
         SetupError::CommandNotFound { .. } | SetupError::CommandNotExecutable { .. } => {
             COMMAND_FAILED_EXIT
         }
         _ => SETUP_FAILED_EXIT,
     };
+    let _ = Message::SetupFailed(err).write_to(&mut ctrl);
     std::process::exit(code)
 }
 
@@ -75,8 +79,8 @@ fn run(ctrl: &mut UnixStream) -> Result<Infallible, SetupError> {
     if job.spec.network == Network::Host {
         mounts::bind_host_network_files(root, &mut created)?;
     }
-    for path in &created {
-        send(ctrl, &Message::new("mountpoint").with(path))?;
+    for path in created {
+        send(ctrl, &Message::MountPointCreated(path))?;
     }
     set_hostname(&job.spec.hostname)?;
     if job.spec.network == Network::None {
@@ -93,9 +97,9 @@ fn run(ctrl: &mut UnixStream) -> Result<Infallible, SetupError> {
     // Changing credentials cleared the parent-death signal: arm it again,
     // then make sure stage 1 is still there to deliver it.
     die_with_stage1()?;
-    send(ctrl, &Message::new("ready"))?;
+    send(ctrl, &Message::Ready)?;
     match Message::read_from(ctrl) {
-        Ok(Some(m)) if m.tag == "go" => {}
+        Ok(Some(Message::Go)) => {}
         _ => std::process::exit(SETUP_FAILED_EXIT),
     }
     exec_command(&job.spec.argv, &program, env)
@@ -221,9 +225,28 @@ fn find_command(argv: &[String], env: &[(String, String)]) -> Result<PathBuf, Se
         })
 }
 
+/// Drops every capability not in [`DEFAULT_CAPS`] from the bounding set
+/// (which caps what an exec'd root process gets), clears the ambient set,
+/// and clears the inheritable set (which the bounding set does not limit for
+/// root).
 fn restrict_capabilities() -> Result<(), SetupError> {
-    sys::limit_capabilities(&DEFAULT_CAPS)
-        .map_err(|e| SetupError::step("cannot limit capabilities", e))
+    let failed = |e: Errno| SetupError::step("cannot limit capabilities", io::Error::from(e));
+    for bit in 0..u64::BITS {
+        let cap = CapabilitySet::from_bits_retain(1 << bit);
+        if DEFAULT_CAPS.contains(cap) {
+            continue;
+        }
+        match remove_capability_from_bounding_set(cap) {
+            Ok(()) => {}
+            // Past the kernel's last capability: we are done.
+            Err(e) if e == Errno::INVAL => break,
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    clear_ambient_capability_set().map_err(failed)?;
+    let mut sets = capabilities(None).map_err(failed)?;
+    sets.inheritable = CapabilitySet::empty();
+    set_capabilities(None, sets).map_err(failed)
 }
 
 /// Groups first (setgroups needs CAP_SETGID, which setuid to non-root

@@ -1,119 +1,85 @@
-//! The few kernel calls the sandbox needs that neither std nor nix offers as
-//! safe functions: bringing a network interface up (the `SIOCSIFFLAGS`
-//! ioctl), limiting the capabilities a step's command starts with
-//! (`PR_CAPBSET_DROP`, `capset`), keeping stray descriptors from being
-//! inherited (`close_range`), and watching a child's exit (`pidfd_open`). Everything unsafe in the sandbox lives
-//! here, each block with the reason it is sound.
+//! The two kernel calls the sandbox needs that neither std, nix nor rustix
+//! offers as safe functions: bringing a network interface up (the
+//! `SIOCGIFFLAGS`/`SIOCSIFFLAGS` ioctls; rustix and nix expose ioctls only as
+//! `unsafe`) and keeping stray descriptors from being inherited
+//! (`close_range`, which neither wraps). Everything unsafe in the sandbox
+//! lives here, each block with the reason it is sound; this module must not
+//! grow a call that a safe wrapper covers.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::mem::offset_of;
 use std::net::UdpSocket;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+/// `struct ifreq` of `<net/if.h>` as the interface flag ioctls use it: the
+/// name, then `ifr_flags` (the one member of the `ifr_ifru` union they read
+/// and write), padded to the size of the whole struct, which is what the
+/// kernel copies in and out. Unlike `libc::ifreq` it has no union, so it is
+/// built and read without `unsafe`.
+#[repr(C)]
+struct IfreqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    rest: [u8; size_of::<libc::ifreq>() - libc::IFNAMSIZ - size_of::<libc::c_short>()],
+}
+
+// The layout the kernel expects: same size as `struct ifreq`, flags where the
+// union starts.
+const _: () = assert!(size_of::<IfreqFlags>() == size_of::<libc::ifreq>());
+const _: () = assert!(offset_of!(IfreqFlags, flags) == offset_of!(libc::ifreq, ifr_ifru));
 
 /// Sets `IFF_UP` on the interface `name` of the current network namespace.
 pub(super) fn set_interface_up(name: &str) -> io::Result<()> {
-    // Any socket serves as the handle for interface ioctls; a UDP socket
-    // bound to the wildcard needs no route, so it works before `lo` is up.
-    let sock = UdpSocket::bind(("0.0.0.0", 0))?;
-    // SAFETY: `ifreq` is a plain C struct (a name array and a union of
-    // integers and addresses) for which all-zero bytes are a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
-    if bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+    let mut req = IfreqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        rest: [0; size_of::<libc::ifreq>() - libc::IFNAMSIZ - size_of::<libc::c_short>()],
+    };
+    // The last byte stays NUL: the kernel reads the name as a C string.
+    if bytes.len() >= req.name.len() || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("bad interface name {name:?}"),
         ));
     }
-    for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: `sock` is an open socket for the whole call and `req` a valid,
-    // NUL-terminated `ifreq` the kernel fills in (SIOCGIFFLAGS writes only
-    // `ifr_flags` inside the struct).
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS just initialised the `ifru_flags` member of the
-    // union, so reading and updating it is reading an initialised integer.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // Any socket serves as the handle for interface ioctls; a UDP socket
+    // bound to the wildcard needs no route, so it works before `lo` is up.
+    let sock = UdpSocket::bind(("0.0.0.0", 0))?;
+    interface_flags_ioctl(sock.as_fd(), FlagsIoctl::Get, &mut req)?;
+    req.flags |= libc::IFF_UP as libc::c_short;
+    interface_flags_ioctl(sock.as_fd(), FlagsIoctl::Set, &mut req)
 }
 
-/// Drops every capability not in `keep` from the bounding set (which caps
-/// what an exec'd root process gets), clears the ambient set, and clears the
-/// inheritable set (which the bounding set does not limit for root).
-pub(super) fn limit_capabilities(keep: &[u32]) -> io::Result<()> {
-    for cap in 0..64u32 {
-        if keep.contains(&cap) {
-            continue;
-        }
-        // SAFETY: PR_CAPBSET_DROP takes an integer and touches no memory of
-        // ours.
-        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
-        if r != 0 {
-            let err = io::Error::last_os_error();
-            // EINVAL: past the kernel's last capability; we are done.
-            if err.raw_os_error() == Some(libc::EINVAL) {
-                break;
-            }
-            return Err(err);
-        }
-    }
-    // SAFETY: integer arguments only, no memory of ours.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
+/// The only two ioctls [`interface_flags_ioctl`] may issue: an enum, so its
+/// safety argument cannot be handed another request.
+#[derive(Clone, Copy)]
+enum FlagsIoctl {
+    /// `SIOCGIFFLAGS`: fills in `ifr_flags`.
+    Get,
+    /// `SIOCSIFFLAGS`: reads `ifr_name` and `ifr_flags`.
+    Set,
+}
+
+/// `ioctl(sock, SIOCGIFFLAGS or SIOCSIFFLAGS, req)`.
+fn interface_flags_ioctl(
+    sock: BorrowedFd<'_>,
+    op: FlagsIoctl,
+    req: &mut IfreqFlags,
+) -> io::Result<()> {
+    let request = match op {
+        FlagsIoctl::Get => libc::SIOCGIFFLAGS,
+        FlagsIoctl::Set => libc::SIOCSIFFLAGS,
     };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    clear_inheritable()
-}
-
-/// `struct __user_cap_header_struct` of `<linux/capability.h>`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct`; version 3 takes two of them (64 bits).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-fn clear_inheritable() -> io::Result<()> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: `header` and `data` are the layout capget(2) expects for
-    // version 3 (a header and two data structs), alive for the call.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    for d in &mut data {
-        d.inheritable = 0;
-    }
-    // SAFETY: as above; capset(2) only reads them.
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+    // SAFETY: `sock` is an open socket for the whole call (borrowed), and
+    // `req` points to a live, exclusively borrowed buffer with the size and
+    // layout of `struct ifreq` (checked at compile time above) and a
+    // NUL-terminated name. These two requests access only that struct:
+    // SIOCGIFFLAGS writes the short at `ifr_flags`, a plain integer for
+    // which any value is valid; SIOCSIFFLAGS only reads it.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, std::ptr::from_mut(req)) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -122,10 +88,14 @@ fn clear_inheritable() -> io::Result<()> {
 /// Marks every descriptor from `first` on close-on-exec, so that a
 /// descriptor leaked to us by mistake (say, a host directory handle) never
 /// reaches the step's command. Needs Linux 5.11, as `userxattr` does.
+///
+/// Neither nix nor rustix wraps `close_range(2)`; doing the same safely would
+/// mean listing `/proc/self/fd` and borrowing each raw number, which is no
+/// less unsafe.
 pub(super) fn set_cloexec_from(first: u32) -> io::Result<()> {
-    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets descriptor
-    // flags; it reads and writes no memory of ours. Descriptors that Rust
-    // objects own stay open and valid.
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC closes nothing and
+    // reads or writes no memory of ours: it only sets the close-on-exec flag,
+    // so every descriptor that Rust objects own stays open and valid.
     let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
@@ -140,16 +110,15 @@ pub(super) fn set_cloexec_from(first: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// A descriptor that polls readable once process `pid` (our child) has
-/// exited, reaped or not. Close-on-exec. Needs Linux 5.3.
-pub(super) fn pidfd_open(pid: nix::unistd::Pid) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes two integers and touches no memory of ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interface_name_that_does_not_fit_is_refused_before_any_ioctl() {
+        let err = set_interface_up("a-name-longer-than-ifnamsiz").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = set_interface_up("l\0o").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
-    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
-    // SAFETY: the kernel just created this descriptor for us; nothing else
-    // owns or closes it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
