@@ -36,6 +36,10 @@ pub struct CopyEntry {
     pub kind: EntryKind,
     /// Permission bits (`0o7777`), after `--chmod`.
     pub mode: u32,
+    /// A file named as the whole destination (`COPY f /usr/local/bin`, no
+    /// trailing `/`): if that is a directory in the image when the step
+    /// runs, the file lands inside it, as Docker does.
+    pub into_existing_dir: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +122,10 @@ impl BuildContext {
         chmod: Option<u32>,
     ) -> Result<Vec<CopyEntry>, ContextError> {
         let dest_abs = crate::image::resolve_path(cwd, dest);
-        let into_dir = dest.ends_with('/') || sources.len() > 1;
+        // `dest/`, `.` and `dir/.` name a directory (Docker keeps the slash
+        // of both when it resolves the destination against WORKDIR).
+        let into_dir =
+            dest.ends_with('/') || dest == "." || dest.ends_with("/.") || sources.len() > 1;
         let mut out = Vec::new();
         for source in sources {
             let matches = self.expand_source(source)?;
@@ -140,7 +147,9 @@ impl BuildContext {
                     } else {
                         dest_abs.clone()
                     };
-                    out.push(entry(&host, target, &meta, chmod)?);
+                    let mut selected = entry(&host, target, &meta, chmod)?;
+                    selected.into_existing_dir = !into_dir;
+                    out.push(selected);
                 }
             }
         }
@@ -275,6 +284,7 @@ fn entry(
         dest,
         kind,
         mode,
+        into_existing_dir: false,
     })
 }
 
@@ -411,6 +421,57 @@ mod tests {
 
     fn dests(entries: &[CopyEntry]) -> Vec<&str> {
         entries.iter().map(|e| e.dest.as_str()).collect()
+    }
+
+    /// Docker's destination rules, one row each: sources, destination as
+    /// written, WORKDIR, then where each entry lands and whether a file may
+    /// still land inside an existing image directory when the step runs.
+    #[test]
+    fn copy_destination_rules_follow_docker() {
+        let (_d, ctx) = context(
+            &[("f", "f"), ("g.txt", "g"), ("h.txt", "h"), ("dir/x", "x")],
+            "",
+        );
+        type Row<'a> = (&'a [&'a str], &'a str, &'a str, &'a [(&'a str, bool)]);
+        let rows: &[Row] = &[
+            // A file to a path without a slash: that path is its name...
+            (&["f"], "/dst", "/", &[("/dst", true)]),
+            // ...unless the image has a directory there at run time.
+            (&["f"], "/usr/local/bin", "/", &[("/usr/local/bin", true)]),
+            // A trailing slash, `.` or `dir/.` name a directory.
+            (&["f"], "/dst/", "/", &[("/dst/f", false)]),
+            (&["f"], ".", "/app", &[("/app/f", false)]),
+            (&["f"], "./", "/app", &[("/app/f", false)]),
+            (&["f"], "sub/.", "/app", &[("/app/sub/f", false)]),
+            // Relative destinations resolve against WORKDIR, `..` included.
+            (&["f"], "../x", "/app", &[("/x", true)]),
+            (&["f"], "y", "/app", &[("/app/y", true)]),
+            // Several sources, or a glob, go into the destination.
+            (
+                &["g.txt", "h.txt"],
+                "/dst/",
+                "/",
+                &[("/dst/g.txt", false), ("/dst/h.txt", false)],
+            ),
+            (
+                &["*.txt"],
+                "/dst",
+                "/",
+                &[("/dst/g.txt", false), ("/dst/h.txt", false)],
+            ),
+            // A directory contributes its contents, not itself.
+            (&["dir"], "/opt", "/", &[("/opt", false), ("/opt/x", false)]),
+            (&["dir/"], "/opt/", "/", &[("/opt", false), ("/opt/x", false)]),
+        ];
+        for (sources, dest, cwd, expected) in rows {
+            let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+            let entries = ctx.select(&sources, dest, cwd, None).unwrap();
+            let got: Vec<(&str, bool)> = entries
+                .iter()
+                .map(|e| (e.dest.as_str(), e.into_existing_dir))
+                .collect();
+            assert_eq!(&got, expected, "COPY {sources:?} {dest} (WORKDIR {cwd})");
+        }
     }
 
     #[test]

@@ -29,9 +29,6 @@ pub struct RuntimeConfig {
     pub exposed_ports: Vec<String>,
 }
 
-/// The `PATH` a step runs with when the image sets none (Docker's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 impl RuntimeConfig {
     /// The value of environment variable `name`, if set.
     pub fn env_value(&self, name: &str) -> Option<&str> {

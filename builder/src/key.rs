@@ -16,7 +16,9 @@ use strata_dockerfile::{Command, Instruction, Network};
 
 /// Bumped whenever the encoding below or the meaning of a step's result
 /// changes: old cache entries then simply stop matching.
-pub const KEY_VERSION: &str = "strata-step-key-v1";
+/// v2: COPY of a file onto an existing image directory lands inside it, and
+/// WORKDIR creates its directory.
+pub const KEY_VERSION: &str = "strata-step-key-v2";
 
 /// A step key and the text it hashes.
 #[derive(Clone, Debug, PartialEq, Eq)]

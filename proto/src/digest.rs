@@ -20,8 +20,6 @@ pub enum DigestError {
 }
 
 impl Digest {
-    pub const LEN: usize = 32;
-
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Digest(*blake3::hash(bytes).as_bytes())

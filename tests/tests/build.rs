@@ -602,3 +602,43 @@ fn a_base_layer_with_an_escaping_path_is_refused_and_writes_nothing_outside() {
     );
     assert!(!victim.exists(), "the layer wrote outside the rootfs");
 }
+
+/// The most common Dockerfile patterns place files where Docker places
+/// them: `COPY f .` under WORKDIR goes into it, a file copied onto an
+/// existing directory lands inside it, and WORKDIR creates its directory
+/// (owned by USER) in the image itself — which a runtime without runc's
+/// mkdir (umoci unpack + chroot) depends on.
+#[test]
+fn copy_into_workdir_and_onto_existing_directories_behaves_as_docker_does() {
+    need("umoci", "umoci");
+    let ctx = context(
+        r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /usr/local/bin
+WORKDIR /app
+COPY data.txt .
+COPY data.txt /usr/local/bin
+RUN test -f /app/data.txt && test -f /usr/local/bin/data.txt
+USER 1000:1001
+WORKDIR /home/user/work
+"#,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("image");
+    build_json(cache.path(), ctx.path(), &["--output", &oci_output(&layout, "v1")]);
+    let bundle = out.path().join("bundle");
+    let rootfs = umoci_unpack(&layout, "v1", &bundle);
+    use std::os::unix::fs::MetadataExt;
+    assert!(rootfs.join("app").is_dir(), "/app is not a directory");
+    assert_eq!(std::fs::read(rootfs.join("app/data.txt")).unwrap(), b"data v1\n");
+    assert!(rootfs.join("usr/local/bin").is_dir());
+    assert_eq!(
+        std::fs::read(rootfs.join("usr/local/bin/data.txt")).unwrap(),
+        b"data v1\n"
+    );
+    let work = std::fs::metadata(rootfs.join("home/user/work")).unwrap();
+    assert!(work.is_dir(), "WORKDIR did not create its directory");
+    assert_eq!((work.uid(), work.gid()), (1000, 1001));
+}

@@ -84,16 +84,3 @@ impl Change {
         }
     }
 }
-
-impl NodeKind {
-    /// A short noun for messages: "directory", "regular file", ...
-    pub fn noun(&self) -> &'static str {
-        match self {
-            NodeKind::Dir => "directory",
-            NodeKind::File { .. } => "regular file",
-            NodeKind::Symlink { .. } => "symlink",
-            NodeKind::Hardlink { .. } => "hard link",
-            NodeKind::Fifo => "fifo",
-        }
-    }
-}

@@ -62,6 +62,11 @@ pub struct CopyItem {
     /// already selected every entry (honouring `.dockerignore`, say) passes
     /// each one with `false`.
     pub recursive: bool,
+    /// For a non-directory source: if `dest` is an existing directory in
+    /// the image (symlinks followed inside the image), the source lands
+    /// inside it under its own file name — Docker's rule for
+    /// `COPY hello.c /usr/local/bin`, whose destination has no trailing `/`.
+    pub into_existing_dir: bool,
 }
 
 /// The changeset of a COPY/ADD step applied on top of the image whose
@@ -80,11 +85,58 @@ pub fn copy_changes(items: &[CopyItem], image_root: &Path) -> Result<Vec<Change>
             }
             continue;
         }
+        if !source.is_dir()
+            && item.into_existing_dir
+            && let Some(existing) = existing_image_dir(image_root, &item.dest)?
+            && let Some(name) = item.source.file_name()
+        {
+            let inside = existing
+                .join(name)
+                .map_err(|problem| LayerError::InvalidPath {
+                    path: format!("{existing}/{}", name.to_string_lossy()),
+                    problem,
+                })?;
+            add_source(item, &item.source, &inside, &mut changes)?;
+            continue;
+        }
         let dest = resolve_parents(image_root, &item.dest)?;
         add_missing_parents(image_root, &dest, &mut changes)?;
         add_source(item, &item.source, &dest, &mut changes)?;
     }
     Ok(changes.into_values().collect())
+}
+
+/// The directories a `WORKDIR` creates: each component of `dir` the image
+/// lacks (symlinks resolved inside the image), mode 0755, owned by `owner`
+/// (the step's `USER`, as BuildKit does). Empty when the directory exists.
+pub fn workdir_changes(
+    image_root: &Path,
+    dir: &LayerPath,
+    owner: (u32, u32),
+) -> Result<Vec<Change>, LayerError> {
+    let resolved = layer_path_of(&resolve_in_image(image_root, dir, dir)?, dir)?;
+    if resolved.is_root() {
+        return Ok(Vec::new());
+    }
+    let mut chain = resolved.ancestors();
+    chain.push(resolved.clone());
+    let mut changes = Vec::new();
+    for path in chain {
+        match read_node(&image_root.join(path.as_path()))? {
+            Some(node) if node.is_dir() => {}
+            Some(_) => return Err(not_a_directory(dir, path, "non-directory in the image")),
+            None => {
+                let node = Node {
+                    kind: NodeKind::Dir,
+                    mode: PARENT_DIR_MODE,
+                    uid: owner.0,
+                    gid: owner.1,
+                };
+                changes.push(Change::add(path, node));
+            }
+        }
+    }
+    Ok(changes)
 }
 
 /// `copy_changes`, written as a layer with every mtime `epoch`.
@@ -349,6 +401,7 @@ mod tests {
             chown: None,
             chmod: None,
             recursive: true,
+            into_existing_dir: false,
         }
     }
 
@@ -459,6 +512,72 @@ mod tests {
             describe(&to_lib),
             ["+ /usr/lib/run file \"#!/bin/sh\" 755 0:0"]
         );
+    }
+
+    #[test]
+    fn a_file_onto_an_existing_directory_lands_inside_it_only_when_asked() {
+        let (ctx, image) = (context(), image());
+        let main = ctx.path().join("app/main.py");
+        let inside = |dest: &str| CopyItem {
+            into_existing_dir: true,
+            ..item(&main, dest)
+        };
+        // `COPY main.py /srv`: /srv is a directory, so the file goes in it,
+        // and the directory keeps its metadata (0700).
+        let to_srv = copy_changes(&[inside("/srv")], image.path()).unwrap();
+        assert_eq!(
+            describe(&to_srv),
+            ["+ /srv/main.py file \"print()\" 644 0:0"]
+        );
+        // Through a symlink inside the image, never the host's /lib.
+        let to_lib = copy_changes(&[inside("/lib")], image.path()).unwrap();
+        assert_eq!(
+            describe(&to_lib),
+            ["+ /usr/lib/main.py file \"print()\" 644 0:0"]
+        );
+        // A missing destination is the file's new name.
+        let to_new = copy_changes(&[inside("/srv/app.py")], image.path()).unwrap();
+        assert_eq!(
+            describe(&to_new),
+            ["+ /srv/app.py file \"print()\" 644 0:0"]
+        );
+        // Without the flag, the caller decided the name: nothing is looked up.
+        let plain = copy_changes(&[item(&main, "/tmp")], image.path()).unwrap();
+        assert_eq!(describe(&plain), ["+ /tmp file \"print()\" 644 0:0"]);
+    }
+
+    #[test]
+    fn workdir_creates_only_what_the_image_lacks_owned_by_the_user() {
+        let image = image();
+        let path = |p: &str| LayerPath::from_image_path(Path::new(p)).unwrap();
+        let made = workdir_changes(image.path(), &path("/srv/app/data"), (1000, 1000)).unwrap();
+        assert_eq!(
+            describe(&made),
+            [
+                "+ /srv/app dir 755 1000:1000",
+                "+ /srv/app/data dir 755 1000:1000"
+            ]
+        );
+        assert!(
+            workdir_changes(image.path(), &path("/tmp"), (0, 0))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            workdir_changes(image.path(), &path("/"), (0, 0))
+                .unwrap()
+                .is_empty()
+        );
+        // Symlinks resolve inside the image: `/lib/x` is `/usr/lib/x`, and
+        // `/up` (`../../..`) stops at the image root.
+        let via_link = workdir_changes(image.path(), &path("/lib/x"), (0, 0)).unwrap();
+        assert_eq!(describe(&via_link), ["+ /usr/lib/x dir 755 0:0"]);
+        let escaping = workdir_changes(image.path(), &path("/up/etc"), (0, 0)).unwrap();
+        assert_eq!(describe(&escaping), ["+ /etc dir 755 0:0"]);
+        // A file in the way is an error naming it.
+        write(image.path(), "srv/file", b"x", 0o644);
+        let err = workdir_changes(image.path(), &path("/srv/file/sub"), (0, 0)).unwrap_err();
+        assert!(err.to_string().contains("/srv/file"), "{err}");
     }
 
     #[test]

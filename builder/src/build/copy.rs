@@ -30,7 +30,7 @@ pub(crate) fn chown_ids(chown: Option<&str>, root: &Path) -> Result<Option<(u32,
     };
     strata_sandbox::resolve_owner(spec, &read("passwd"), &read("group"))
         .map(Some)
-        .map_err(|e| format!("COPY --chown={spec}: {e}"))
+        .map_err(|e| format!("{spec}: {e}"))
 }
 
 /// One layer-crate copy item per selected entry (the selection already
@@ -52,6 +52,7 @@ pub(crate) fn copy_items(
                     _ => Some(e.mode),
                 },
                 recursive: false,
+                into_existing_dir: e.into_existing_dir,
             })
         })
         .collect()

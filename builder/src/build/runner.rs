@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use strata_client::{Client, Progress};
 use strata_layer::{
-    ApplyOptions, Change, IdMap, WriteOptions, apply_layer, copy_changes, write_layer,
+    ApplyOptions, Change, IdMap, LayerPath, WriteOptions, apply_layer, copy_changes,
+    workdir_changes, write_layer,
 };
 use strata_proto::{Digest, oci_digest};
 use strata_sandbox::IdMapping;
@@ -160,9 +161,22 @@ impl<'a> Runner<'a> {
                 command_time = took;
                 changes
             }
+            Instruction::Workdir(_) => {
+                let root = self.materialise().await?;
+                let changes = workdir(s, &root)?;
+                if changes.is_empty() {
+                    return Ok(Executed {
+                        layer: None,
+                        uploaded: 0,
+                        command_time,
+                    });
+                }
+                changes
+            }
             Instruction::Copy { chown, .. } | Instruction::Add { chown, .. } => {
                 let root = self.materialise().await?;
-                let owner = chown_ids(chown.as_deref(), &root).map_err(|e| s.site.error(e))?;
+                let owner = chown_ids(chown.as_deref(), &root)
+                    .map_err(|e| s.site.error(format!("COPY --chown={e}")))?;
                 let items = copy_items(s.copy.as_deref().unwrap_or_default(), owner)
                     .map_err(|e| s.site.error(e))?;
                 copy_changes(&items, &root).map_err(|e| s.site.error(format!("COPY: {e}")))?
@@ -233,4 +247,17 @@ impl<'a> Runner<'a> {
         });
         Ok((pushed.digest, summary.bytes, pushed.sent_bytes))
     }
+}
+
+/// The directories `WORKDIR` must create, owned by the step's `USER` (as
+/// BuildKit does); none when the directory exists.
+fn workdir(s: &Planned, root: &Path) -> Result<Vec<Change>, BuildError> {
+    let dir = s.config_after.cwd();
+    let path = LayerPath::from_image_path(Path::new(dir))
+        .map_err(|p| s.site.error(format!("WORKDIR {dir}: {p}")))?;
+    let user = &s.config_before.user;
+    let owner = chown_ids((!user.is_empty()).then_some(user.as_str()), root)
+        .map_err(|e| s.site.error(format!("WORKDIR {dir}: {e}")))?
+        .unwrap_or((0, 0));
+    workdir_changes(root, &path, owner).map_err(|e| s.site.error(format!("WORKDIR {dir}: {e}")))
 }
