@@ -1,8 +1,10 @@
 //! The sled index: chunk → location, manifest digest → manifest, step key →
-//! step result, tag name → object digest, and the per-segment watermarks that say how far each segment has been indexed.
+//! step result, tag name → object digest, chunks found rotten, and the
+//! per-segment watermarks that say how far each segment has been indexed.
 //!
-//! Everything here can be rebuilt from the segments: the index is a cache of
-//! their contents, written only after the records it points to are on disk.
+//! Nearly everything here can be rebuilt from the segments: the index is a
+//! cache of their contents, written only after the records it points to are
+//! on disk. The exceptions, which a rebuild keeps, are named below.
 
 use strata_proto::{Codec, Digest};
 
@@ -18,6 +20,14 @@ pub const SCHEMA_KEY: &[u8] = b"schema";
 /// rest of the index it cannot be rebuilt from the segments (refused results
 /// are never written), so a rebuild keeps it.
 pub const DIVERGENCES_KEY: &[u8] = b"divergences";
+
+/// Meta-tree keys of the recovery figures (u64, little-endian): damaged
+/// stretches stepped over and their bytes, counted once each since the last
+/// rebuild (which counts afresh), and bytes of torn tail cut off, which a
+/// rebuild keeps since those bytes are in no segment any more.
+pub const SKIPPED_RECORDS_KEY: &[u8] = b"recovery_skipped_records";
+pub const SKIPPED_BYTES_KEY: &[u8] = b"recovery_skipped_bytes";
+pub const TAIL_BYTES_CUT_KEY: &[u8] = b"recovery_tail_bytes_cut";
 
 /// What the index knows of a stored chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,7 +15,16 @@
 //!   (so a cache hit never dangles); the first result under a step key
 //!   stands, and a later one with another outcome is refused and counted;
 //! - every append goes through one writer thread, which commits whatever is
-//!   queued as one group: one write, one sync, one index batch.
+//!   queued as one group: one write, one sync, one index batch;
+//! - rot is an error, never data, and it repairs itself: a chunk found
+//!   rotten (on read or by [`Store::scrub`]) leaves the index — on the writer
+//!   thread, like every other index change — so `FindMissing` reports it
+//!   and the next push of the same content stores it again, while reads of
+//!   it keep failing as corrupt until then;
+//! - recovery loses at most the damaged records: a scan steps over bytes it
+//!   cannot read to the next record that provably starts, cuts only a tail
+//!   nothing valid follows (and only off the last segment, copied aside
+//!   first), and counts what it stepped over in [`StoreStats`].
 //!
 //! All methods except [`Store::put_chunks`], [`Store::put_manifest`] and
 //! [`Store::record_step`] block
@@ -43,7 +52,7 @@ pub use record::HEADER_LEN as RECORD_HEADER_LEN;
 
 use index::ChunkEntry;
 use record::RecordKind;
-use segment::Segments;
+use segment::{ReadError, Segments};
 use writer::{Job, PendingRecord, Writer};
 
 /// When segment writes are synced to disk.
@@ -152,6 +161,19 @@ pub struct StoreStats {
     pub segment_bytes: u64,
     pub step_results: u64,
     pub step_divergences: u64,
+    /// Damaged stretches of the segments that recovery stepped over (each
+    /// usually one record), counted once each: since the index was last
+    /// rebuilt, which counts afresh over every segment.
+    pub recovery_skipped_records: u64,
+    /// Bytes in those stretches.
+    pub recovery_skipped_bytes: u64,
+    /// Bytes of torn tail ever cut off the last segment (and copied aside to
+    /// `NNNNNNNN.tail-OFFSET`). Kept across index rebuilds: the bytes are no
+    /// longer in any segment to be counted again.
+    pub recovery_tail_bytes_cut: u64,
+    /// Chunks found rotten and dropped from the index that no push has
+    /// stored again yet: data lost until some client re-pushes it.
+    pub rotten_chunks: u64,
 }
 
 /// What recording a step result did.
@@ -169,16 +191,24 @@ pub struct RebuildReport {
     pub records_scanned: u64,
     pub chunks_indexed: u64,
     pub manifests_indexed: u64,
-    /// Bytes of torn or invalid tail cut from the last segment.
+    /// Bytes of torn tail cut from the last segment (copied aside first).
     pub bytes_truncated: u64,
-    /// Complete records skipped because their checksum failed (rot).
-    pub corrupt_skipped: u64,
+    /// Damaged stretches stepped over, each usually one record; a sealed
+    /// segment's unreadable end counts as one.
+    pub skipped_records: u64,
+    /// Bytes in those stretches.
+    pub skipped_bytes: u64,
 }
 
 /// What a scrub found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubReport {
+    /// Chunks read back and verified (those the index holds).
     pub chunks_checked: u64,
+    /// Chunks and manifests that are not intact: those found rotten now
+    /// (chunks among them are dropped from the index, so a push heals
+    /// them), then chunks found rotten earlier that no push has healed yet,
+    /// then manifests.
     pub corrupt: Vec<Digest>,
 }
 
@@ -195,6 +225,10 @@ struct Counters {
     segment_bytes: AtomicU64,
     steps: AtomicU64,
     divergences: AtomicU64,
+    skipped_records: AtomicU64,
+    skipped_bytes: AtomicU64,
+    tail_bytes_cut: AtomicU64,
+    rotten_chunks: AtomicU64,
 }
 
 /// State shared by the store handles and the writer thread.
@@ -209,6 +243,9 @@ struct Shared {
     steps: sled::Tree,
     /// Tag name → object digest.
     tags: sled::Tree,
+    /// Digest → the index entry a chunk had when it was found rotten and
+    /// dropped; an entry leaves when the chunk is stored again (healed).
+    rotten: sled::Tree,
     meta: sled::Tree,
     segments: Segments,
     counters: Counters,
@@ -281,6 +318,7 @@ impl Store {
             by_content: db.open_tree("by_content")?,
             steps: db.open_tree("steps")?,
             tags: db.open_tree("tags")?,
+            rotten: db.open_tree("rotten")?,
             meta: db.open_tree("meta")?,
             db,
             segments,
@@ -299,12 +337,14 @@ impl Store {
             shared.clear_index()?;
         }
         let report = shared.recover()?;
-        if report.records_scanned > 0 || report.bytes_truncated > 0 {
+        if report.records_scanned > 0 || report.bytes_truncated > 0 || report.skipped_records > 0 {
             tracing::info!(
                 records = report.records_scanned,
                 chunks = report.chunks_indexed,
                 manifests = report.manifests_indexed,
                 truncated = report.bytes_truncated,
+                skipped_records = report.skipped_records,
+                skipped_bytes = report.skipped_bytes,
                 "indexed segment tail"
             );
         }
@@ -372,49 +412,81 @@ impl Store {
     }
 
     /// Reads a chunk's stored bytes, checking them against the record's CRC
-    /// and digest; rot on disk is a [`StoreError::Corrupt`], never data.
+    /// and digest; rot on disk is a [`StoreError::Corrupt`], never data. A
+    /// chunk proven rotten leaves the index before this returns (the
+    /// writer thread drops it), so a `FindMissing` after the error reports
+    /// it and a push heals it. Blocks, and waits for the writer
+    /// when it drops a chunk: never call it from an async task.
     pub fn read_chunk(&self, digest: &Digest) -> Result<StoredChunk, StoreError> {
         let shared = self.shared();
-        let entry = shared
-            .chunks
-            .get(index::digest_key(digest))?
-            .ok_or(StoreError::ChunkNotFound(*digest))?;
-        let entry = ChunkEntry::decode(&entry).ok_or_else(|| StoreError::Corrupt {
-            what: "index entry of chunk",
-            digest: *digest,
-            detail: "undecodable index entry; rebuild the index".into(),
-        })?;
-        let corrupt = |detail: String| StoreError::Corrupt {
-            what: "chunk",
-            digest: *digest,
-            detail,
-        };
-        let rec = shared
-            .segments
-            .read(entry.location, entry.stored_len)
-            .map_err(|e| {
-                corrupt(format!(
-                    "segment {} offset {}: {e}",
-                    entry.location.segment, entry.location.offset
-                ))
-            })?;
-        let h = rec.header;
-        if h.kind != RecordKind::Chunk
-            || h.digest != *digest
-            || h.raw_len != entry.raw_len
-            || h.codec != entry.codec
-        {
-            return Err(corrupt(format!(
-                "record at segment {} offset {} does not match the index",
-                entry.location.segment, entry.location.offset
-            )));
+        match shared.chunks.get(index::digest_key(digest))? {
+            Some(entry) => self.read_indexed_chunk(digest, &entry),
+            None => Err(shared.missing_chunk_error(digest)?),
         }
-        Ok(StoredChunk {
+    }
+
+    /// Reads the chunk the index entry `raw_entry` points at; drops it from
+    /// the index when the bytes there prove it rotten.
+    fn read_indexed_chunk(
+        &self,
+        digest: &Digest,
+        raw_entry: &[u8],
+    ) -> Result<StoredChunk, StoreError> {
+        match self.shared().read_chunk_at(digest, raw_entry) {
+            Ok(chunk) => Ok(chunk),
+            Err(ChunkReadError::Rotten(detail)) => {
+                let dropped = self.drop_rotten_chunk(digest, raw_entry);
+                Err(StoreError::Corrupt {
+                    what: "chunk",
+                    digest: *digest,
+                    detail: if dropped {
+                        format!("{detail}; dropped from the index: push it again to heal it")
+                    } else {
+                        detail
+                    },
+                })
+            }
+            Err(ChunkReadError::Unreadable(detail)) => Err(StoreError::Corrupt {
+                what: "chunk",
+                digest: *digest,
+                detail,
+            }),
+        }
+    }
+
+    /// Asks the writer thread (the one place the index changes) to drop
+    /// `digest` from the index if it still has the entry `raw_entry` that
+    /// was found rotten, and waits for it. Returns whether it was dropped
+    /// (false too if the store is shutting down: the next read finds the rot
+    /// again).
+    fn drop_rotten_chunk(&self, digest: &Digest, raw_entry: &[u8]) -> bool {
+        let Some(tx) = self.inner.writer_tx.as_ref() else {
+            return false;
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = Job::DropRotten {
             digest: *digest,
-            codec: h.codec,
-            raw_len: h.raw_len,
-            data: Bytes::from(rec.buf).slice(record::HEADER_LEN..),
-        })
+            entry: raw_entry.to_vec(),
+            reply,
+        };
+        // Reads run on blocking threads (see the module docs), where waiting
+        // for the writer is allowed; waiting makes the drop visible to the
+        // next request of the client that got the error.
+        if tx.blocking_send(job).is_err() {
+            return false;
+        }
+        match rx.blocking_recv() {
+            Ok(Ok(dropped)) => dropped,
+            Ok(Err(e)) => {
+                tracing::error!(
+                    digest = %digest,
+                    error = %e,
+                    "could not drop a rotten chunk from the index"
+                );
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Checks that every chunk `manifest` names is held with the claimed length.
@@ -603,6 +675,10 @@ impl Store {
             segment_bytes: c.segment_bytes.load(Ordering::Relaxed),
             step_results: c.steps.load(Ordering::Relaxed),
             step_divergences: c.divergences.load(Ordering::Relaxed),
+            recovery_skipped_records: c.skipped_records.load(Ordering::Relaxed),
+            recovery_skipped_bytes: c.skipped_bytes.load(Ordering::Relaxed),
+            recovery_tail_bytes_cut: c.tail_bytes_cut.load(Ordering::Relaxed),
+            rotten_chunks: c.rotten_chunks.load(Ordering::Relaxed),
         }
     }
 
@@ -613,23 +689,45 @@ impl Store {
     }
 
     /// Reads and verifies every chunk and manifest; blocks for as long as
-    /// that takes.
+    /// that takes. Rotten chunks leave the index as on a read, so the next
+    /// push of their content heals them.
     pub fn scrub(&self) -> Result<ScrubReport, StoreError> {
         let mut report = ScrubReport::default();
         let mut decoder =
             ChunkDecoder::new().map_err(|e| StoreError::io("creating a zstd decoder", e))?;
         for item in self.shared().chunks.iter() {
-            let (key, _) = item?;
+            let (key, entry) = item?;
             let Ok(digest) = Digest::from_slice(&key) else {
                 continue;
             };
             report.chunks_checked += 1;
-            let ok = self.read_chunk(&digest).is_ok_and(|c| {
-                decoder
-                    .decode_verified(&digest, c.codec, c.raw_len, &c.data)
-                    .is_ok()
-            });
-            if !ok {
+            let intact = match self.read_indexed_chunk(&digest, &entry) {
+                // The record passed its CRC; the content must still decode
+                // to its digest (a scrub is the one read that checks it).
+                Ok(c) => match decoder.decode_verified(&digest, c.codec, c.raw_len, &c.data) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(
+                            digest = %digest,
+                            error = %e,
+                            "stored chunk does not decode to its digest"
+                        );
+                        self.drop_rotten_chunk(&digest, &entry);
+                        false
+                    }
+                },
+                Err(_) => false,
+            };
+            if !intact {
+                report.corrupt.push(digest);
+            }
+        }
+        let found_now: HashSet<Digest> = report.corrupt.iter().copied().collect();
+        for item in self.shared().rotten.iter() {
+            let (key, _) = item?;
+            if let Ok(digest) = Digest::from_slice(&key)
+                && !found_now.contains(&digest)
+            {
                 report.corrupt.push(digest);
             }
         }
@@ -653,16 +751,25 @@ impl Store {
 }
 
 impl Shared {
+    /// Empties the index for a rebuild, keeping what the segments cannot
+    /// tell again: the divergence count, the bytes of tail ever cut, and the
+    /// chunks found rotten (a rebuild that finds an intact copy of one
+    /// clears it; see [`Shared::forget_healed`]).
     fn clear_index(&self) -> Result<(), StoreError> {
-        let divergences = self.meta.get(index::DIVERGENCES_KEY)?;
+        let kept: Vec<_> = [index::DIVERGENCES_KEY, index::TAIL_BYTES_CUT_KEY]
+            .into_iter()
+            .map(|key| Ok((key, self.meta.get(key)?)))
+            .collect::<Result<_, StoreError>>()?;
         self.chunks.clear()?;
         self.manifests.clear()?;
         self.by_content.clear()?;
         self.steps.clear()?;
         self.tags.clear()?;
         self.meta.clear()?;
-        if let Some(d) = divergences {
-            self.meta.insert(index::DIVERGENCES_KEY, d)?;
+        for (key, value) in kept {
+            if let Some(v) = value {
+                self.meta.insert(key, v)?;
+            }
         }
         self.meta.insert(
             index::SCHEMA_KEY,
@@ -671,8 +778,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Indexes every segment from its watermark to its end; cuts a torn tail
-    /// off the last segment. Must not run concurrently with the writer.
+    /// Indexes every segment from its watermark to its end, stepping over
+    /// damage; cuts a torn tail off the last segment. Must not run
+    /// concurrently with the writer.
     fn recover(&self) -> Result<RebuildReport, StoreError> {
         let mut report = RebuildReport::default();
         let ids = self
@@ -726,34 +834,135 @@ impl Shared {
             self.by_content.apply_batch(by_content)?;
             self.steps.apply_batch(steps)?;
             self.tags.apply_batch(tags)?;
-            report.corrupt_skipped += scanned.corrupt_skipped;
-            let end = scanned.valid_end;
-            if end < scanned.len {
+
+            let mut found = RecoveryFigures::default();
+            for skip in &scanned.skipped {
+                tracing::warn!(
+                    segment = id,
+                    offset = skip.offset,
+                    bytes = skip.bytes,
+                    damage = %skip.damage,
+                    "stepped over damaged bytes in a segment; the records after them are kept"
+                );
+                found.skipped_records += 1;
+                found.skipped_bytes += skip.bytes;
+            }
+            let tail = scanned.tail_bytes();
+            // How far this segment has been looked at: all of it, once the
+            // tail is cut or (in a sealed segment) counted as skipped.
+            let mut examined = scanned.len;
+            if tail > 0 {
                 if i + 1 == ids.len() {
-                    let aside = self.segments.quarantine_tail(id, end).map_err(|e| {
-                        StoreError::io(format!("cutting the tail of segment {id}"), e)
-                    })?;
+                    let aside = self
+                        .segments
+                        .quarantine_tail(id, scanned.valid_end)
+                        .map_err(|e| {
+                            StoreError::io(format!("cutting the tail of segment {id}"), e)
+                        })?;
                     tracing::warn!(
                         segment = id,
-                        valid = end,
-                        len = scanned.len,
+                        offset = scanned.valid_end,
+                        bytes = tail,
                         moved_to = %aside.display(),
-                        "cut a torn tail off the last segment"
+                        "cut a torn tail off the last segment; nothing valid followed it"
                     );
-                    report.bytes_truncated += scanned.len - end;
+                    found.tail_bytes_cut += tail;
+                    examined = scanned.valid_end;
                 } else {
-                    tracing::error!(
+                    tracing::warn!(
                         segment = id,
-                        valid = end,
-                        len = scanned.len,
-                        "sealed segment has unreadable bytes after its last valid record; they are ignored"
+                        offset = scanned.valid_end,
+                        bytes = tail,
+                        "sealed segment ends in bytes no valid record follows; they are ignored"
                     );
+                    found.skipped_records += 1;
+                    found.skipped_bytes += tail;
                 }
             }
-            self.meta
-                .insert(index::watermark_key(id), &end.to_le_bytes())?;
+            report.skipped_records += found.skipped_records;
+            report.skipped_bytes += found.skipped_bytes;
+            report.bytes_truncated += found.tail_bytes_cut;
+            // One batch: the figures count each damaged stretch exactly once
+            // only if they move together with the watermark past it.
+            let mut meta = found.add_to(&self.meta)?;
+            meta.insert(&index::watermark_key(id), &examined.to_le_bytes());
+            self.meta.apply_batch(meta)?;
         }
+        self.forget_healed()?;
         Ok(report)
+    }
+
+    /// Removes from the rotten list every chunk the index holds again.
+    fn forget_healed(&self) -> Result<(), StoreError> {
+        for item in self.rotten.iter() {
+            let (key, _) = item?;
+            if self.chunks.contains_key(&key)? {
+                self.rotten.remove(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Why a chunk the index does not hold cannot be read: it was never
+    /// stored, or it was found rotten and not pushed again since.
+    fn missing_chunk_error(&self, digest: &Digest) -> Result<StoreError, StoreError> {
+        let Some(entry) = self.rotten.get(index::digest_key(digest))? else {
+            return Ok(StoreError::ChunkNotFound(*digest));
+        };
+        let at = ChunkEntry::decode(&entry).map_or(String::new(), |e| {
+            format!(
+                " at segment {} offset {}",
+                e.location.segment, e.location.offset
+            )
+        });
+        Ok(StoreError::Corrupt {
+            what: "chunk",
+            digest: *digest,
+            detail: format!(
+                "found rotten{at} and dropped from the index; push it again to heal it"
+            ),
+        })
+    }
+
+    /// Reads and checks the chunk an index entry points at.
+    fn read_chunk_at(
+        &self,
+        digest: &Digest,
+        raw_entry: &[u8],
+    ) -> Result<StoredChunk, ChunkReadError> {
+        let entry = ChunkEntry::decode(raw_entry)
+            .ok_or_else(|| ChunkReadError::Rotten("undecodable index entry".into()))?;
+        let at = format!(
+            "segment {} offset {}",
+            entry.location.segment, entry.location.offset
+        );
+        let rec = self
+            .segments
+            .read(entry.location, entry.stored_len)
+            .map_err(|e| match e {
+                // An I/O error may pass (a full file table, say): it proves
+                // nothing about the bytes, so the chunk stays indexed.
+                ReadError::Io(_) => ChunkReadError::Unreadable(format!("{at}: {e}")),
+                ReadError::Invalid(_) | ReadError::Truncated => {
+                    ChunkReadError::Rotten(format!("{at}: {e}"))
+                }
+            })?;
+        let h = rec.header;
+        if h.kind != RecordKind::Chunk
+            || h.digest != *digest
+            || h.raw_len != entry.raw_len
+            || h.codec != entry.codec
+        {
+            return Err(ChunkReadError::Rotten(format!(
+                "record at {at} does not match the index"
+            )));
+        }
+        Ok(StoredChunk {
+            digest: *digest,
+            codec: h.codec,
+            raw_len: h.raw_len,
+            data: Bytes::from(rec.buf).slice(record::HEADER_LEN..),
+        })
     }
 
     /// Recomputes the counters from the index and the segment files.
@@ -795,13 +1004,63 @@ impl Shared {
         c.segments.store(segs, Ordering::Relaxed);
         c.segment_bytes.store(seg_bytes, Ordering::Relaxed);
         c.steps.store(self.steps.len() as u64, Ordering::Relaxed);
-        let divergences = self
-            .meta
-            .get(index::DIVERGENCES_KEY)?
-            .and_then(|v| index::decode_u64(&v))
-            .unwrap_or(0);
-        c.divergences.store(divergences, Ordering::Relaxed);
+        let meta_figure = |key: &[u8]| -> Result<u64, StoreError> {
+            Ok(self
+                .meta
+                .get(key)?
+                .and_then(|v| index::decode_u64(&v))
+                .unwrap_or(0))
+        };
+        c.divergences
+            .store(meta_figure(index::DIVERGENCES_KEY)?, Ordering::Relaxed);
+        c.skipped_records
+            .store(meta_figure(index::SKIPPED_RECORDS_KEY)?, Ordering::Relaxed);
+        c.skipped_bytes
+            .store(meta_figure(index::SKIPPED_BYTES_KEY)?, Ordering::Relaxed);
+        c.tail_bytes_cut
+            .store(meta_figure(index::TAIL_BYTES_CUT_KEY)?, Ordering::Relaxed);
+        c.rotten_chunks
+            .store(self.rotten.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Why a chunk the index names could not be read.
+enum ChunkReadError {
+    /// The bytes on disk (or the index entry) prove it damaged.
+    Rotten(String),
+    /// Reading failed in a way that proves nothing about the bytes.
+    Unreadable(String),
+}
+
+/// What one recovery scan stepped over or cut, added to the running
+/// figures in the meta tree.
+#[derive(Default)]
+struct RecoveryFigures {
+    skipped_records: u64,
+    skipped_bytes: u64,
+    tail_bytes_cut: u64,
+}
+
+impl RecoveryFigures {
+    /// A meta batch setting each figure to its stored value plus this one.
+    fn add_to(&self, meta: &sled::Tree) -> Result<sled::Batch, StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, n) in [
+            (index::SKIPPED_RECORDS_KEY, self.skipped_records),
+            (index::SKIPPED_BYTES_KEY, self.skipped_bytes),
+            (index::TAIL_BYTES_CUT_KEY, self.tail_bytes_cut),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let before = meta
+                .get(key)?
+                .and_then(|v| index::decode_u64(&v))
+                .unwrap_or(0);
+            batch.insert(key, &(before + n).to_le_bytes());
+        }
+        Ok(batch)
     }
 }
 

@@ -1,9 +1,11 @@
 //! The on-disk record: one self-describing entry of a segment file.
 //!
 //! Every record carries its kind, codec, both lengths, the digest of its
-//! decoded content and a CRC-32C over header and payload, so the index can be
-//! rebuilt from the segments alone and a torn or rotten record is recognised
-//! without trusting anything else.
+//! decoded content and a CRC-32 (IEEE, as `crc32fast` computes it) over
+//! header and payload, so the index can be rebuilt from the segments alone
+//! and a torn or rotten record is recognised without trusting anything else.
+//! CRC-32 catches every error burst of up to 32 bits, so any one flipped
+//! byte, in the header or the payload, fails the check.
 //!
 //! Header layout (52 bytes, integers little-endian):
 //!
@@ -21,14 +23,54 @@
 //! | 48     | 4    | CRC-32 of bytes 0..48 followed by the payload      |
 //!
 //! The payload (stored length bytes) follows the header directly.
+//!
+//! ## Finding records again after damage
+//!
+//! A scan walks a segment record by record, each record's lengths giving
+//! the next boundary. When the bytes at a boundary are not a valid record (a
+//! flipped bit, a hole of zeros a crash left, a torn write), the scan
+//! searches forward byte by byte for the next offset where a record provably
+//! starts and steps over what lies between, so damage costs the damaged
+//! record and not everything after it.
+//!
+//! The header has no checksum of its own — its two reserved bytes are too
+//! few for one, and adding one would change the format every existing
+//! segment is written in — so a header met by searching cannot, by itself,
+//! be told from payload bytes that happen to contain `SRC1`. The search
+//! therefore accepts an offset only when the *whole record* there checks out
+//! ([`check_found_record`]):
+//!
+//! 1. the magic, a known kind and codec, zero reserved bytes, lengths within
+//!    the kind's limits, and a payload that fits in the segment;
+//! 2. the CRC-32 over header and payload;
+//! 3. the content against its name: a chunk decodes to its raw length and
+//!    BLAKE3 digest, a manifest's bytes hash to its digest, a step result
+//!    decodes, a tag's payload is a valid tag name.
+//!
+//! Bytes that are not a record pass 1 and 2 by chance at about one offset
+//! in 2^90 (32 bits of magic, 29 of kind, codec and reserved bytes, 32 of
+//! CRC): a false positive from noise is not a practical possibility. A
+//! record *copied* into another record's payload (a segment file pushed as
+//! part of a layer, say) does pass 1 and 2, which is why 3 re-checks the
+//! content cryptographically where the record is content-addressed: such a
+//! copy, if found, holds exactly the bytes its digest names, so indexing it
+//! serves nothing wrong. What remains is a step result or tag deliberately
+//! forged inside a chunk's payload (they name no content to check), and it
+//! could only ever be reached if the header of the very record holding it
+//! rots; once step results and tags are signed (DESIGN.md, Trust), clients
+//! refuse such a forgery anyway.
+//!
+//! Records met at a boundary the previous record gave are checked with 1
+//! and 2 only, as they always were: a boundary is not a guess.
 
-use strata_proto::{Codec, Digest};
+use strata_proto::{Codec, Digest, StepResult};
 
 pub const HEADER_LEN: usize = 52;
 
 /// Longest tag name.
 pub const MAX_TAG_BYTES: u32 = 255;
-const MAGIC: &[u8; 4] = b"SRC1";
+/// The first four bytes of every record.
+pub const MAGIC: &[u8; 4] = b"SRC1";
 
 /// What a record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,6 +126,10 @@ pub enum RecordError {
     TooLong(u32),
     #[error("checksum mismatch: header says {expected:08x}, content gives {found:08x}")]
     Checksum { expected: u32, found: u32 },
+    #[error("reserved header bytes are not zero")]
+    Reserved,
+    #[error("record content does not match its header: {0}")]
+    Content(String),
 }
 
 /// Appends one whole record (header and payload) to `out`.
@@ -162,6 +208,66 @@ pub fn check_crc(
     }
 }
 
+/// Parses a header met by searching rather than at a known boundary: on top
+/// of [`parse_header`], the reserved bytes must be zero and a record other
+/// than a chunk must be stored raw (its two lengths equal), as the writer
+/// always writes them. Cheap enough to run at every `SRC1` a search meets,
+/// before any payload is read.
+pub fn parse_found_header(b: &[u8; HEADER_LEN]) -> Result<RecordHeader, RecordError> {
+    let header = parse_header(b)?;
+    if b[6..8] != [0, 0] {
+        return Err(RecordError::Reserved);
+    }
+    if header.kind != RecordKind::Chunk
+        && (header.codec != Codec::Raw || header.raw_len != header.stored_len)
+    {
+        return Err(RecordError::Content(format!(
+            "a {:?} record is stored raw, with equal lengths",
+            header.kind
+        )));
+    }
+    Ok(header)
+}
+
+/// Proves a record met by searching: its CRC, then its content against its
+/// name (see the module docs, "Finding records again after damage").
+pub fn check_found_record(
+    header_bytes: &[u8],
+    header: &RecordHeader,
+    payload: &[u8],
+) -> Result<(), RecordError> {
+    check_crc(header_bytes, header, payload)?;
+    let content = |why: String| Err(RecordError::Content(why));
+    match header.kind {
+        RecordKind::Chunk => {
+            let verified = strata_proto::with_thread_decoder(|d| {
+                d.decode_verified(&header.digest, header.codec, header.raw_len, payload)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| RecordError::Content(format!("no zstd decoder: {e}")))?;
+            verified.map_err(RecordError::Content)
+        }
+        RecordKind::Manifest => {
+            let found = Digest::of(payload);
+            if found == header.digest {
+                Ok(())
+            } else {
+                content(format!("manifest hashes to {found}, not {}", header.digest))
+            }
+        }
+        RecordKind::Step => StepResult::decode(payload)
+            .map(|_| ())
+            .map_err(|e| RecordError::Content(e.to_string())),
+        RecordKind::Tag => match std::str::from_utf8(payload) {
+            Ok(name) => {
+                super::check_tag_name(name).map_err(|e| RecordError::Content(e.to_string()))
+            }
+            Err(_) => content("tag name is not UTF-8".into()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +308,65 @@ mod tests {
                     .is_some_and(|payload| check_crc(&bad, &h, payload).is_ok())
             });
             assert!(!accepted, "flip at byte {i} went unnoticed");
+        }
+    }
+
+    fn header_of(r: &[u8]) -> [u8; HEADER_LEN] {
+        r[..HEADER_LEN].try_into().unwrap()
+    }
+
+    #[test]
+    fn a_real_record_passes_the_checks_for_a_found_one() {
+        let r = record(b"found again");
+        let h = parse_found_header(&header_of(&r)).unwrap();
+        check_found_record(&r, &h, &r[HEADER_LEN..]).unwrap();
+    }
+
+    #[test]
+    fn a_record_with_a_valid_crc_but_a_wrong_digest_is_not_taken_when_found() {
+        let payload = b"these bytes are not what the digest names";
+        let mut r = Vec::new();
+        append_record(
+            &mut r,
+            RecordKind::Chunk,
+            &Digest::of(b"something else"),
+            Codec::Raw,
+            payload.len() as u32,
+            payload,
+        );
+        let h = parse_found_header(&header_of(&r)).unwrap();
+        check_crc(&r, &h, &r[HEADER_LEN..]).unwrap();
+        assert!(matches!(
+            check_found_record(&r, &h, &r[HEADER_LEN..]),
+            Err(RecordError::Content(_))
+        ));
+    }
+
+    #[test]
+    fn a_found_header_with_reserved_bytes_set_is_refused() {
+        let mut r = record(b"x");
+        r[7] = 1;
+        assert_eq!(
+            parse_found_header(&header_of(&r)),
+            Err(RecordError::Reserved)
+        );
+    }
+
+    #[test]
+    fn a_found_tag_must_carry_a_valid_tag_name() {
+        let target = Digest::of(b"object");
+        for (name, ok) in [(&b"app:v1"[..], true), (b"/etc/passwd", false)] {
+            let mut r = Vec::new();
+            append_record(
+                &mut r,
+                RecordKind::Tag,
+                &target,
+                Codec::Raw,
+                name.len() as u32,
+                name,
+            );
+            let h = parse_found_header(&header_of(&r)).unwrap();
+            assert_eq!(check_found_record(&r, &h, &r[HEADER_LEN..]).is_ok(), ok);
         }
     }
 }

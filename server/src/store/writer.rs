@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::collections::HashMap;
 
@@ -56,6 +56,15 @@ pub enum Job {
     },
     Rebuild {
         reply: oneshot::Sender<Result<RebuildReport, StoreError>>,
+    },
+    /// Drop chunk `digest` from the index, if its entry there is still
+    /// `entry` (the one found rotten), and remember it as rotten; replies
+    /// whether it was dropped. The entry check makes a late or repeated
+    /// report harmless: it never drops a copy stored since.
+    DropRotten {
+        digest: Digest,
+        entry: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
 }
 
@@ -108,6 +117,15 @@ impl Writer {
                         self.commit_and_reply(std::mem::take(&mut puts));
                         let _ = reply.send(self.rebuild());
                     }
+                    Job::DropRotten {
+                        digest,
+                        entry,
+                        reply,
+                    } => {
+                        // Jobs take effect in queue order.
+                        self.commit_and_reply(std::mem::take(&mut puts));
+                        let _ = reply.send(self.drop_rotten(&digest, &entry));
+                    }
                 }
                 if puts.len() < MAX_GROUP_JOBS {
                     next = rx.try_recv().ok();
@@ -158,6 +176,9 @@ impl Writer {
         let (mut new_chunks, mut new_raw, mut new_stored) = (0u64, 0u64, 0u64);
         let (mut new_manifests, mut new_logical) = (0u64, 0u64);
         let mut watermarks: Vec<(u32, u64)> = Vec::new();
+        // Chunks stored again while some are known rotten may heal them.
+        let healing = !shared.rotten.is_empty();
+        let mut stored_chunks: Vec<Digest> = Vec::new();
         self.buf.clear();
 
         for records in jobs {
@@ -257,6 +278,9 @@ impl Writer {
                         new_chunks += 1;
                         new_raw += u64::from(c.raw_len);
                         new_stored += c.data.len() as u64;
+                        if healing {
+                            stored_chunks.push(digest);
+                        }
                     }
                     PendingRecord::Manifest {
                         encoded,
@@ -290,6 +314,12 @@ impl Writer {
         watermarks.push((self.segment, self.len));
         // The records are durable: now, and only now, the index may point at them.
         shared.chunks.apply_batch(chunk_entries)?;
+        for digest in stored_chunks {
+            if shared.rotten.remove(index::digest_key(&digest))?.is_some() {
+                sub(&shared.counters.rotten_chunks, 1);
+                tracing::info!(digest = %digest, "a rotten chunk was stored again: healed");
+            }
+        }
         shared.manifests.apply_batch(manifest_entries)?;
         shared.by_content.apply_batch(content_entries)?;
         shared.steps.apply_batch(step_entries)?;
@@ -354,6 +384,36 @@ impl Writer {
         Ok(())
     }
 
+    /// Drops a chunk found rotten from the index (see [`Job::DropRotten`]).
+    /// It is marked rotten before it is unindexed, so a reader in between
+    /// sees it as corrupt, never as plainly absent.
+    fn drop_rotten(&self, digest: &Digest, entry: &[u8]) -> Result<bool, StoreError> {
+        let shared = &self.shared;
+        let key = index::digest_key(digest);
+        if shared.chunks.get(key)?.as_deref() != Some(entry) {
+            return Ok(false);
+        }
+        if shared.rotten.insert(key, entry)?.is_none() {
+            shared
+                .counters
+                .rotten_chunks
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        shared.chunks.remove(key)?;
+        // The counters count decodable entries only (see `recount`).
+        if let Some(e) = ChunkEntry::decode(entry) {
+            let c = &shared.counters;
+            sub(&c.chunks, 1);
+            sub(&c.chunk_bytes, u64::from(e.raw_len));
+            sub(&c.stored_bytes, u64::from(e.stored_len));
+        }
+        tracing::warn!(
+            digest = %digest,
+            "dropped a rotten chunk from the index; the next push of its content heals it"
+        );
+        Ok(true)
+    }
+
     fn rebuild(&mut self) -> Result<RebuildReport, StoreError> {
         let shared = self.shared.clone();
         shared.clear_index()?;
@@ -375,4 +435,11 @@ fn open(shared: &Shared, id: u32) -> Result<(File, u64), StoreError> {
             e,
         )
     })
+}
+
+/// Lowers a counter, never below zero.
+fn sub(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
 }
