@@ -39,7 +39,7 @@ mod writer;
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -755,17 +755,28 @@ impl Shared {
     /// tell again: the divergence count, the bytes of tail ever cut, and the
     /// chunks found rotten (a rebuild that finds an intact copy of one
     /// clears it; see [`Shared::forget_healed`]).
+    /// The trees a rebuild derives again from the segments. `rotten` is not
+    /// among them: a chunk found rotten stays refused until it is stored
+    /// again, whatever its record says.
+    fn rebuilt_trees(&self) -> [&sled::Tree; 6] {
+        [
+            &self.chunks,
+            &self.manifests,
+            &self.by_content,
+            &self.steps,
+            &self.tags,
+            &self.meta,
+        ]
+    }
+
     fn clear_index(&self) -> Result<(), StoreError> {
         let kept: Vec<_> = [index::DIVERGENCES_KEY, index::TAIL_BYTES_CUT_KEY]
             .into_iter()
             .map(|key| Ok((key, self.meta.get(key)?)))
             .collect::<Result<_, StoreError>>()?;
-        self.chunks.clear()?;
-        self.manifests.clear()?;
-        self.by_content.clear()?;
-        self.steps.clear()?;
-        self.tags.clear()?;
-        self.meta.clear()?;
+        for tree in self.rebuilt_trees() {
+            tree.clear()?;
+        }
         for (key, value) in kept {
             if let Some(v) = value {
                 self.meta.insert(key, v)?;
@@ -1095,7 +1106,3 @@ fn decode_stored_step(key: &Digest, bytes: &[u8]) -> Result<StepResult, StoreErr
     })
 }
 
-/// The path of the data directory's segment folder (for tests and tools).
-pub fn segments_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("segments")
-}
