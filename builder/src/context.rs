@@ -461,7 +461,12 @@ mod tests {
             ),
             // A directory contributes its contents, not itself.
             (&["dir"], "/opt", "/", &[("/opt", false), ("/opt/x", false)]),
-            (&["dir/"], "/opt/", "/", &[("/opt", false), ("/opt/x", false)]),
+            (
+                &["dir/"],
+                "/opt/",
+                "/",
+                &[("/opt", false), ("/opt/x", false)],
+            ),
         ];
         for (sources, dest, cwd, expected) in rows {
             let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();

@@ -168,6 +168,22 @@ pub fn platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
+/// The platform ARGs BuildKit defines for every build (`TARGETARCH`,
+/// `BUILDPLATFORM`, ...): usable in `FROM` lines as they are, and inside a
+/// stage once declared with a bare `ARG NAME`. Strata builds for the host,
+/// so target and build platform are one.
+pub fn platform_args() -> Vec<(String, String)> {
+    let (os, arch) = platform();
+    let mut args = Vec::new();
+    for side in ["TARGET", "BUILD"] {
+        args.push((format!("{side}PLATFORM"), format!("{os}/{arch}")));
+        args.push((format!("{side}OS"), os.to_owned()));
+        args.push((format!("{side}ARCH"), arch.to_owned()));
+        args.push((format!("{side}VARIANT"), String::new()));
+    }
+    args
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))

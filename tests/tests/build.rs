@@ -627,12 +627,19 @@ WORKDIR /home/user/work
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("image");
-    build_json(cache.path(), ctx.path(), &["--output", &oci_output(&layout, "v1")]);
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
     let bundle = out.path().join("bundle");
     let rootfs = umoci_unpack(&layout, "v1", &bundle);
     use std::os::unix::fs::MetadataExt;
     assert!(rootfs.join("app").is_dir(), "/app is not a directory");
-    assert_eq!(std::fs::read(rootfs.join("app/data.txt")).unwrap(), b"data v1\n");
+    assert_eq!(
+        std::fs::read(rootfs.join("app/data.txt")).unwrap(),
+        b"data v1\n"
+    );
     assert!(rootfs.join("usr/local/bin").is_dir());
     assert_eq!(
         std::fs::read(rootfs.join("usr/local/bin/data.txt")).unwrap(),
@@ -641,4 +648,49 @@ WORKDIR /home/user/work
     let work = std::fs::metadata(rootfs.join("home/user/work")).unwrap();
     assert!(work.is_dir(), "WORKDIR did not create its directory");
     assert_eq!((work.uid(), work.gid()), (1000, 1001));
+}
+
+/// BuildKit's platform ARGs have values: in `FROM` lines as they are, and
+/// in a stage once declared with a bare `ARG`.
+#[test]
+fn platform_args_are_set_as_buildkit_sets_them() {
+    need("umoci", "umoci");
+    let ctx = context(
+        r#"FROM oci:${BUILDOS}-does-not-exist-${TARGETARCH}
+"#,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(cache.path(), ctx.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    assert!(
+        stderr.contains(&format!("linux-does-not-exist-{arch}")),
+        "FROM did not see the platform ARGs: {stderr}"
+    );
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        r#"FROM scratch
+ARG TARGETARCH
+ARG TARGETPLATFORM
+ARG BUILDPLATFORM
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "echo \"$TARGETARCH $TARGETPLATFORM $BUILDPLATFORM\" > /platform"]
+"#,
+    )
+    .unwrap();
+    let layout = cache.path().join("image");
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
+    let rootfs = umoci_unpack(&layout, "v1", &cache.path().join("bundle"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("platform")).unwrap(),
+        format!("{arch} linux/{arch} linux/{arch}\n")
+    );
 }

@@ -39,7 +39,7 @@ pub use error::BuildError;
 pub use stored::MEDIA_TYPE_STORED_IMAGE;
 
 use crate::context::BuildContext;
-use crate::image::{HistoryEntry, LayerRef, encode_image};
+use crate::image::{HistoryEntry, LayerRef, encode_image, platform_args};
 use base::resolve_base;
 use plan::{Planned, plan, provenance};
 use runner::Runner;
@@ -139,12 +139,14 @@ pub async fn build(
     let file_name = opts.dockerfile.display().to_string();
     let df = strata_dockerfile::parse(&file_name, &text)?;
     let context = BuildContext::open(&opts.context)?;
-    let globals = df.global_scope(&opts.build_args)?;
+    // Declared global ARGs shadow the platform ones (the last match wins).
+    let globals = [platform_args(), df.global_scope(&opts.build_args)?].concat();
     let base = resolve_base(client, &df, &globals).await?;
     let steps = plan(
         &df,
         &context,
         &opts.build_args,
+        &globals,
         opts.allow_host_network,
         &base,
     )?;

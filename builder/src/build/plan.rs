@@ -44,17 +44,20 @@ impl Scope for StepScope<'_> {
 }
 
 /// Expands and keys every step; refuses a host-network step the user did
-/// not allow.
+/// not allow. `globals` are the ARGs in scope before `FROM` (the platform
+/// ones included): a bare `ARG NAME` in the stage takes its value from
+/// there, as Docker's does.
 pub(crate) fn plan(
     df: &Dockerfile,
     context: &BuildContext,
     build_args: &[(String, String)],
+    globals: &[(String, String)],
     allow_host_network: bool,
     base: &Base,
 ) -> Result<Vec<Planned>, BuildError> {
     let build_args_map: BTreeMap<String, String> = build_args.iter().cloned().collect();
-    let globals: BTreeMap<String, String> =
-        df.global_scope(&build_args.to_vec())?.into_iter().collect();
+    // In order, so a declared global shadows a platform ARG of its name.
+    let globals: BTreeMap<String, String> = globals.iter().cloned().collect();
     let mut config = base.config.clone();
     let mut args: BTreeMap<String, String> = BTreeMap::new();
     let mut parent = base.key.digest;
