@@ -580,6 +580,20 @@ async fn strata_serve_with_rebuild_index_steps_over_a_damaged_header_and_serves_
     assert!(log.contains("stepped over damaged bytes"), "{log}");
     assert!(log.contains(&format!("offset={}", record.offset)), "{log}");
     assert!(log.contains(&format!("bytes={}", record.len)), "{log}");
+    // `strata stat` shows the operator what was stepped over.
+    let stat = strata_tests::strata(dir.path())
+        .args(["stat", "--json", "--server", &server.url])
+        .output()
+        .unwrap();
+    assert!(
+        stat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stat.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&stat.stdout).unwrap();
+    assert_eq!(figures["recovery_skipped_records"], 1, "{figures}");
+    assert_eq!(figures["recovery_skipped_bytes"], record.len, "{figures}");
+    assert_eq!(figures["recovery_tail_bytes_cut"], 0, "{figures}");
 
     // Pushing the object again restores it.
     let again = client

@@ -35,6 +35,10 @@ impl Admin for AdminService {
             segment_bytes: s.segment_bytes,
             step_results: s.step_results,
             step_divergences: s.step_divergences,
+            recovery_skipped_records: s.recovery_skipped_records,
+            recovery_skipped_bytes: s.recovery_skipped_bytes,
+            recovery_tail_bytes_cut: s.recovery_tail_bytes_cut,
+            rotten_chunks: s.rotten_chunks,
         }))
     }
 

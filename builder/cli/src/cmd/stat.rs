@@ -79,6 +79,12 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             "stored_bytes": s.stored_bytes,
             "segments": s.segments,
             "segment_bytes": s.segment_bytes,
+            "step_results": s.step_results,
+            "step_divergences": s.step_divergences,
+            "recovery_skipped_records": s.recovery_skipped_records,
+            "recovery_skipped_bytes": s.recovery_skipped_bytes,
+            "recovery_tail_bytes_cut": s.recovery_tail_bytes_cut,
+            "rotten_chunks": s.rotten_chunks,
             "dedup_ratio": dedup,
             "compression_ratio": compression,
         });
@@ -110,6 +116,26 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             s.segments,
             human_bytes(s.segment_bytes)
         )?;
+        writeln!(
+            out,
+            "step results       {} ({} divergent refused)",
+            s.step_results, s.step_divergences
+        )?;
+        // Damage is news: shown only when there is some.
+        if s.recovery_skipped_records + s.recovery_tail_bytes_cut + s.rotten_chunks > 0 {
+            writeln!(
+                out,
+                "damage skipped     {} stretches ({}), torn tail cut {}",
+                s.recovery_skipped_records,
+                human_bytes(s.recovery_skipped_bytes),
+                human_bytes(s.recovery_tail_bytes_cut)
+            )?;
+            writeln!(
+                out,
+                "rotten chunks      {} (a push of their content heals them)",
+                s.rotten_chunks
+            )?;
+        }
     }
     Ok(())
 }
