@@ -1,5 +1,5 @@
 //! The client's errors, in the user's terms: unreachable server, unknown
-//! digest, integrity failure, refused request, local I/O.
+//! digest, integrity failure, stalled server, refused request, local I/O.
 
 use tonic::{Code, Status};
 
@@ -13,6 +13,11 @@ pub enum ClientError {
     NotFound(String),
     #[error("integrity error: {0}")]
     Integrity(String),
+    #[error("the server sent nothing for {after:?} during {what}: it is stalled")]
+    Timeout {
+        what: &'static str,
+        after: std::time::Duration,
+    },
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
     #[error("the server refused {what}: {message}")]

@@ -58,6 +58,11 @@ pub struct ClientConfig {
     pub download_window_bytes: usize,
     /// Download requests in flight at once.
     pub downloads_in_flight: usize,
+    /// Longest a pull waits on the server for one answer: the manifest, the
+    /// start of a chunk download, its next message. A server silent for
+    /// longer is stalled; the pull fails with [`ClientError::Timeout`]
+    /// instead of hanging. Bounds each wait, not the whole pull.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -70,6 +75,7 @@ impl Default for ClientConfig {
             max_message_bytes: 64 << 20,
             download_window_bytes: 8 << 20,
             downloads_in_flight: 4,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -92,6 +98,11 @@ impl ClientConfig {
                 "upload streams and downloads in flight must be at least 1".into(),
             ));
         }
+        if self.idle_timeout.is_zero() {
+            return Err(ClientError::Config(
+                "the idle timeout must not be zero".into(),
+            ));
+        }
         // A message must hold at least one chunk of the largest size.
         let largest_chunk = self.chunking.max_size as usize + 1024;
         if self.max_message_bytes < largest_chunk || self.message_bytes > self.max_message_bytes {
@@ -102,6 +113,18 @@ impl ClientConfig {
         }
         Ok(())
     }
+}
+
+/// Waits at most `limit` for the server's answer to `what`: a stalled
+/// server must not hang the client.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(limit, answer)
+        .await
+        .map_err(|_| ClientError::Timeout { what, after: limit })
 }
 
 /// A connection to one cache server; cheap to clone, usable from many tasks.
@@ -176,13 +199,12 @@ impl Client {
 
     /// The manifest of object `digest`, checked to hash to that digest.
     pub async fn get_manifest(&self, digest: &Digest) -> Result<Manifest, ClientError> {
-        let response = self
-            .manifests
-            .clone()
-            .get_manifest(GetManifestRequest {
-                digest: digest.to_vec(),
-            })
-            .await
+        let mut manifests = self.manifests.clone();
+        let call = manifests.get_manifest(GetManifestRequest {
+            digest: digest.to_vec(),
+        });
+        let response = within(self.config.idle_timeout, "get manifest", call)
+            .await?
             .map_err(|s| ClientError::from_status("get manifest", s))?
             .into_inner();
         let wire = response

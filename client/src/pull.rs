@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -18,7 +19,7 @@ use strata_proto::{ChunkRef, Codec, Digest, with_thread_decoder};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::{Client, ClientError, Progress};
+use crate::{Client, ClientError, Progress, within};
 
 /// What one pull did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,7 +80,7 @@ impl Client {
             received_bytes: 0,
         };
         let mut fetched = futures_util::stream::iter(windows)
-            .map(|w| fetch_window(self.content.clone(), w))
+            .map(|w| fetch_window(self.content.clone(), w, self.config.idle_timeout))
             .buffered(self.config.downloads_in_flight);
         let mut failure = None;
         while let Some(window) = fetched.next().await {
@@ -177,10 +178,12 @@ fn split_windows(chunks: &[ChunkRef], window_bytes: usize) -> Vec<Vec<ChunkRef>>
 }
 
 /// Fetches the distinct chunks of one window and returns its bytes in
-/// manifest order, every chunk verified.
+/// manifest order, every chunk verified. Each wait on the server is bounded
+/// by `idle`.
 async fn fetch_window(
     mut content: ContentStoreClient<Channel>,
     window: Vec<ChunkRef>,
+    idle: Duration,
 ) -> Result<Window, ClientError> {
     let mut wanted: Vec<Digest> = Vec::with_capacity(window.len());
     let mut position: HashMap<Digest, usize> = HashMap::with_capacity(window.len());
@@ -190,17 +193,16 @@ async fn fetch_window(
             wanted.len() - 1
         });
     }
-    let mut stream = content
-        .get_chunks(GetChunksRequest {
-            digests: wanted.iter().map(Digest::to_vec).collect(),
-        })
-        .await
+    let call = content.get_chunks(GetChunksRequest {
+        digests: wanted.iter().map(Digest::to_vec).collect(),
+    });
+    let mut stream = within(idle, "download chunks", call)
+        .await?
         .map_err(|s| ClientError::from_status("download chunks", s))?
         .into_inner();
     let mut received: Vec<Chunk> = Vec::with_capacity(wanted.len());
-    while let Some(message) = stream
-        .try_next()
-        .await
+    while let Some(message) = within(idle, "download chunks", stream.try_next())
+        .await?
         .map_err(|s| ClientError::from_status("download chunks", s))?
     {
         received.extend(message.chunks);

@@ -213,7 +213,16 @@ impl Client {
         let outcome = uploads.finish().await?;
         report.sent_bytes = sent_bytes;
         report.stored_chunks = outcome.chunks_stored;
-        report.reused_chunks = report.chunks - outcome.chunks_received;
+        // The server's count is not trusted to be sane.
+        report.reused_chunks = report
+            .chunks
+            .checked_sub(outcome.chunks_received)
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "the server says it received {} chunks of a push that has {}",
+                    outcome.chunks_received, report.chunks
+                ))
+            })?;
         let sha256 = match stream_sha {
             Some(task) => task
                 .await

@@ -324,3 +324,5 @@ pub async fn serve_store(store: Store) -> TestServer {
         task: Some(task),
     }
 }
+
+pub mod hostile;
