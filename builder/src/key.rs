@@ -106,11 +106,14 @@ fn canonical_instruction(i: &Instruction) -> String {
     let mode = |m: &Option<u32>| m.map_or("-".to_string(), |m| format!("{m:o}"));
     match i {
         Instruction::Run { command: c, .. } => format!("RUN {}", command(c)),
+        // `--from` enters the key as the source stage's key (the `files`
+        // line), not as its name: renaming a stage moves no key.
         Instruction::Copy {
             sources,
             dest,
             chown,
             chmod,
+            from: _,
         } => format!(
             "COPY sources={} dest={} chown={} chmod={}",
             serde_json::to_string(sources).unwrap_or_default(),

@@ -694,3 +694,96 @@ RUN ["/bin/busybox", "sh", "-c", "echo \"$TARGETARCH $TARGETPLATFORM $BUILDPLATF
         format!("{arch} linux/{arch} linux/{arch}\n")
     );
 }
+
+/// A multi-stage build: a stage FROM another, `COPY --from` by name and by
+/// number, `--target`, and a failing stage nothing needs that is never run.
+#[test]
+fn multi_stage_builds_only_what_the_target_needs() {
+    need("umoci", "umoci");
+    let ctx = context(
+        r#"FROM scratch AS tools
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+
+FROM tools AS build
+WORKDIR /src
+COPY data.txt .
+RUN mkdir -p /out/lib && tr a-z A-Z < data.txt > /out/DATA && ln -s DATA /out/link
+
+FROM tools AS broken
+RUN exit 3
+
+FROM scratch
+COPY --from=build /out /app/
+COPY --from=0 /bin/busybox /bin/sh
+COPY --from=build /out/link /single
+"#,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("image");
+    let report = build_json(cache.path(), ctx.path(), &["--output", &oci_output(&layout, "v1")]);
+    // tools (2 steps) + build (3) + the final stage (3); `broken` is never run.
+    assert_eq!(statuses(&report).len(), 8, "{report}");
+    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
+    assert_eq!(std::fs::read(rootfs.join("app/DATA")).unwrap(), b"DATA V1\n");
+    assert!(rootfs.join("app/lib").is_dir());
+    assert_eq!(
+        std::fs::read_link(rootfs.join("app/link")).unwrap(),
+        Path::new("DATA"),
+        "a symlink inside a copied directory stays a symlink"
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("single")).unwrap(),
+        b"DATA V1\n",
+        "a symlink named as the source is followed inside the stage"
+    );
+    assert!(rootfs.join("bin/sh").is_file());
+    assert!(!rootfs.join("src").exists(), "the build stage's files leaked");
+
+    // All cached the second time, across stages.
+    let again = build_json(cache.path(), ctx.path(), &[]);
+    assert!(statuses(&again).iter().all(|s| s == "cached"), "{again}");
+
+    // --target builds that stage (and what it needs) only.
+    let tools = build_json(cache.path(), ctx.path(), &["--target", "tools"]);
+    assert_eq!(statuses(&tools).len(), 2);
+    let broken = build(cache.path(), ctx.path(), &["--target", "broken"]);
+    assert_eq!(broken.status.code(), Some(3));
+    let missing = build(cache.path(), ctx.path(), &["--target", "nope"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("--target nope") && stderr.contains("stages: tools, build, broken, 3"),
+        "{stderr}"
+    );
+}
+
+/// `COPY --from` reads inside the stage: a symlink there pointing at `/`
+/// or climbing out with `..` stays inside the stage's file system, never
+/// the host's.
+#[test]
+fn copy_from_a_stage_never_reads_outside_it() {
+    need("umoci", "umoci");
+    let ctx = context(
+        r#"FROM scratch AS evil
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox mkdir -p /etc && echo inside > /etc/hostname && /bin/busybox ln -s ../../../../etc /up && /bin/busybox ln -s /etc /abs"]
+
+FROM scratch
+COPY --from=evil /up/hostname /via-dotdot
+COPY --from=evil /abs/hostname /via-absolute
+"#,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("image");
+    build_json(cache.path(), ctx.path(), &["--output", &oci_output(&layout, "v1")]);
+    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
+    for name in ["via-dotdot", "via-absolute"] {
+        assert_eq!(
+            std::fs::read(rootfs.join(name)).unwrap(),
+            b"inside\n",
+            "{name} read the host's /etc/hostname"
+        );
+    }
+}

@@ -29,6 +29,9 @@ pub enum Instruction {
         dest: String,
         chown: Option<String>,
         chmod: Option<u32>,
+        /// `--from=STAGE|INDEX|IMAGE`: copy from an earlier stage's (or an
+        /// image's) file system instead of the build context.
+        from: Option<String>,
     },
     /// `ADD [--chown=..] [--chmod=..] [--checksum=sha256:..] src... dest`.
     Add {
@@ -203,11 +206,16 @@ impl Instruction {
                 dest,
                 chown,
                 chmod,
+                from,
             } => Instruction::Copy {
                 sources: ex.paths(sources.iter().map(String::as_str))?,
                 dest: ex.non_empty(dest, "destination")?,
                 chown: ex.chown(chown.as_deref())?,
                 chmod: *chmod,
+                from: from
+                    .as_deref()
+                    .map(|f| ex.non_empty(f, "--from"))
+                    .transpose()?,
             },
             Instruction::Add {
                 sources,

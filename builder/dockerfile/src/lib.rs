@@ -4,9 +4,10 @@
 //!
 //! # The supported subset
 //!
-//! - One stage: optional `ARG`s, then one `FROM` (`scratch`,
-//!   `oci:DIR[:TAG]`, or `NAME[:TAG]` of an image kept in the store;
-//!   `AS name` accepted), then the steps. A second `FROM` is an error.
+//! - Stages: optional `ARG`s, then one or more stages, each a `FROM`
+//!   (`scratch`, `oci:DIR[:TAG]`, `NAME[:TAG]` of an image kept in the
+//!   store, or an earlier stage's name; `AS name`, unique) and its steps.
+//!   `COPY --from=STAGE|INDEX` copies from an earlier stage.
 //! - Instructions `FROM`, `RUN`, `COPY`, `ADD`, `ENV`, `ARG`, `WORKDIR`,
 //!   `USER`, `LABEL`, `CMD`, `ENTRYPOINT`, `EXPOSE`, in any case. Anything
 //!   else (`VOLUME`, `SHELL`, `HEALTHCHECK`, ...) is an error.
@@ -17,7 +18,8 @@
 //!   `ENTRYPOINT`; JSON-array form for `COPY` and `ADD` too.
 //! - Flags: `RUN --network=none|host|default` (`default` means `none`:
 //!   steps have no network unless they ask); `COPY`/`ADD`
-//!   `--chown=user[:group]` and `--chmod=OCTAL`; `ADD --checksum=sha256:HEX`,
+//!   `--chown=user[:group]` and `--chmod=OCTAL`; `COPY --from=...`;
+//!   `ADD --checksum=sha256:HEX`,
 //!   required when a source is an `http(s)://` URL.
 //! - Variables: `$NAME`, `${NAME}`, `${NAME:-word}`, `${NAME-word}`,
 //!   `${NAME:+word}`, `${NAME+word}`, escaped `\$`, single and double quotes
@@ -25,8 +27,7 @@
 //!   `LABEL`, `EXPOSE` and `--chown`; never in `RUN`, `CMD`, `ENTRYPOINT`
 //!   (the shell expands those) nor in `--chmod`, `--checksum`, `--network`.
 //!
-//! Not supported, each a clear error: multi-stage builds (`COPY --from`, a
-//! second `FROM`), `FROM --platform`, heredocs (`RUN <<EOF`), other flags
+//! Not supported, each a clear error: `FROM --platform`, heredocs (`RUN <<EOF`), other flags
 //! (`--mount`, `--link`, ...), `EXPOSE` port ranges, substitutions other
 //! than the ones listed.
 //!
@@ -39,7 +40,7 @@
 //!
 //! 1. `let globals = dockerfile.global_scope(&build_args)?` — the `ARG`s
 //!    before `FROM`, with `--build-arg` values overriding their defaults;
-//! 2. `let base = dockerfile.base_image(&globals)?`;
+//! 2. `let base = dockerfile.base_image(stage_index, &globals)?`;
 //! 3. for each step, `let instruction = dockerfile.expand_step(step,
 //!    &scope)?`, then update `scope` from it: an `ENV` sets its pairs; an
 //!    `ARG` sets its name to the build arg, else its default, else the global
@@ -82,20 +83,31 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// A parsed Dockerfile: one base image and the steps on top of it.
+/// A parsed Dockerfile: its stages, each a base image and the steps on top
+/// of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dockerfile {
     /// The name errors are reported under.
     pub file_name: String,
     /// The escape character: `\`, or a backtick after an `escape` directive.
     pub escape: char,
-    /// `ARG`s before `FROM`, in file order; usable in `FROM`.
+    /// `ARG`s before the first `FROM`, in file order; usable in every `FROM`.
     pub global_args: Vec<GlobalArg>,
-    /// The `FROM` line.
+    /// The stages in file order; never empty. The last is the default target.
+    pub stages: Vec<Stage>,
+}
+
+/// One stage: a `FROM` line and the instructions up to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
     pub from: FromInstruction,
-    /// The instructions after `FROM`, in file order.
     pub steps: Vec<Step>,
 }
+
+/// What a `FROM` or `COPY --from` names once expanded, when it is not an
+/// image: an earlier stage, by its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageRef(pub usize);
 
 /// One `ARG` declared before `FROM` (an `ARG A B` line gives two).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +137,8 @@ pub enum BaseImage {
     OciLayout(LayoutRef),
     /// `FROM NAME[:TAG]`: a named image (kept in the store under that name).
     Named(ImageRef),
+    /// `FROM name` of an earlier stage.
+    Stage(StageRef),
 }
 
 /// One instruction after `FROM`.
@@ -146,8 +160,7 @@ pub fn parse(file_name: &str, text: &str) -> Result<Dockerfile, ParseError> {
         file_name,
         escape: lexed.escape,
         global_args: Vec::new(),
-        from: None,
-        steps: Vec::new(),
+        stages: Vec::new(),
     };
     for line in &lexed.lines {
         assembler
@@ -181,16 +194,69 @@ impl Dockerfile {
         Ok(scope)
     }
 
-    /// Expands the `FROM` image in `scope` (normally
-    /// [`global_scope`](Self::global_scope)) and says what it names.
-    pub fn base_image(&self, scope: &dyn Scope) -> Result<BaseImage, ParseError> {
-        let reference = expand(&self.from.image, self.escape, scope).map_err(|e| {
+    /// Expands stage `index`'s `FROM` image in `scope` (normally
+    /// [`global_scope`](Self::global_scope)) and says what it names: an
+    /// earlier stage (by name, as Docker resolves it first), or an image.
+    pub fn base_image(&self, index: usize, scope: &dyn Scope) -> Result<BaseImage, ParseError> {
+        let from = &self.stages[index].from;
+        let reference = expand(&from.image, self.escape, scope).map_err(|e| {
             self.error(
-                self.from.line,
-                format!("FROM: cannot expand `{}`: {e}", self.from.image),
+                from.line,
+                format!("FROM: cannot expand `{}`: {e}", from.image),
             )
         })?;
-        parse_base_image(&reference).map_err(|message| self.error(self.from.line, message))
+        if let Some(stage) = self.stage_named(&reference, index) {
+            return Ok(BaseImage::Stage(stage));
+        }
+        parse_base_image(&reference).map_err(|message| self.error(from.line, message))
+    }
+
+    /// The stage a `COPY --from` in stage `index` names: an earlier stage's
+    /// name or its number (`--from=0`), else `None` (an image).
+    pub fn copy_source_stage(&self, reference: &str, index: usize) -> Option<StageRef> {
+        if let Ok(n) = reference.parse::<usize>() {
+            return (n < index).then_some(StageRef(n));
+        }
+        self.stage_named(reference, index)
+    }
+
+    /// The index of the stage named `name` (case-insensitively, as Docker
+    /// matches), among those before stage `before`.
+    pub fn stage_named(&self, name: &str, before: usize) -> Option<StageRef> {
+        let name = name.to_ascii_lowercase();
+        self.stages[..before]
+            .iter()
+            .position(|s| s.from.stage_name.as_deref() == Some(name.as_str()))
+            .map(StageRef)
+    }
+
+    /// The stage `--target` names (by name, or by number), or the last.
+    pub fn target_stage(&self, target: Option<&str>) -> Result<usize, String> {
+        let Some(target) = target else {
+            return Ok(self.stages.len() - 1);
+        };
+        let named = self
+            .stage_named(target, self.stages.len())
+            .map(|s| s.0)
+            .or_else(|| {
+                target
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n < self.stages.len())
+            });
+        named.ok_or_else(|| {
+            let names: Vec<String> = self
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.from.stage_name.clone().unwrap_or_else(|| i.to_string()))
+                .collect();
+            format!(
+                "--target {target}: {} has no such stage (stages: {})",
+                self.file_name,
+                names.join(", ")
+            )
+        })
     }
 
     /// `step`'s instruction with its words expanded in `scope` (the build
@@ -215,14 +281,13 @@ fn error_at(file: &str, line: usize, message: String) -> ParseError {
     }
 }
 
-/// Collects lines into a [`Dockerfile`], enforcing the order: ARGs, one
-/// FROM, then steps.
+/// Collects lines into a [`Dockerfile`], enforcing the order: ARGs, then
+/// stages, each a FROM and its steps.
 struct Assembler<'a> {
     file_name: &'a str,
     escape: char,
     global_args: Vec<GlobalArg>,
-    from: Option<FromInstruction>,
-    steps: Vec<Step>,
+    stages: Vec<Stage>,
 }
 
 impl Assembler<'_> {
@@ -231,14 +296,31 @@ impl Assembler<'_> {
         self.check_order(keyword)?;
         match parser::parse_instruction(keyword, args, self.escape)? {
             Parsed::From { image, stage_name } => {
-                if !image.contains('$') {
+                let names_a_stage = self.stages.iter().any(|s| {
+                    s.from.stage_name.as_deref() == Some(image.to_ascii_lowercase().as_str())
+                });
+                if !image.contains('$') && !names_a_stage {
                     parse_base_image(&expand_literal(&image, self.escape)?)?;
                 }
-                self.from = Some(FromInstruction {
-                    line,
-                    source_text: text.to_owned(),
-                    image,
-                    stage_name,
+                if let Some(name) = &stage_name
+                    && let Some(first) = self
+                        .stages
+                        .iter()
+                        .find(|s| s.from.stage_name.as_ref() == Some(name))
+                {
+                    return Err(format!(
+                        "FROM: the stage name `{name}` is already used on line {}",
+                        first.from.line
+                    ));
+                }
+                self.stages.push(Stage {
+                    from: FromInstruction {
+                        line,
+                        source_text: text.to_owned(),
+                        image,
+                        stage_name,
+                    },
+                    steps: Vec::new(),
                 });
             }
             Parsed::Instruction(instruction) => {
@@ -251,35 +333,33 @@ impl Assembler<'_> {
         Ok(())
     }
 
-    /// Only ARG may come before FROM, and FROM only once.
+    /// Only ARG may come before the first FROM.
     fn check_order(&self, keyword: Keyword) -> Result<(), String> {
-        match (&self.from, keyword) {
-            (Some(first), Keyword::From) => Err(format!(
-                "multi-stage builds are not supported yet (found a second FROM; the first is on line {})",
-                first.line
-            )),
-            (None, Keyword::From | Keyword::Arg) | (Some(_), _) => Ok(()),
-            (None, other) => Err(format!(
+        match (self.stages.is_empty(), keyword) {
+            (true, Keyword::From | Keyword::Arg) | (false, _) => Ok(()),
+            (true, other) => Err(format!(
                 "expected FROM before {other}: a Dockerfile must start with FROM (only ARG may come before it)"
             )),
         }
     }
 
     fn push(&mut self, line: usize, text: &str, instruction: Instruction) {
-        match (&self.from, instruction) {
+        match (self.stages.last_mut(), instruction) {
             (None, Instruction::Arg(args)) => self
                 .global_args
                 .extend(args.into_iter().map(|arg| GlobalArg { line, arg })),
-            (_, instruction) => self.steps.push(Step {
+            (Some(stage), instruction) => stage.steps.push(Step {
                 line,
                 source_text: text.to_owned(),
                 instruction,
             }),
+            // check_order lets only ARG through before the first FROM.
+            (None, _) => {}
         }
     }
 
     fn finish(self, line_count: usize) -> Result<Dockerfile, ParseError> {
-        let Some(from) = self.from else {
+        if self.stages.is_empty() {
             let (line, found) = match self.global_args.last() {
                 Some(last) => (last.line, "found only ARG instructions"),
                 None => (line_count.max(1), "found no instructions"),
@@ -294,8 +374,7 @@ impl Assembler<'_> {
             file_name: self.file_name.to_owned(),
             escape: self.escape,
             global_args: self.global_args,
-            from,
-            steps: self.steps,
+            stages: self.stages,
         })
     }
 }

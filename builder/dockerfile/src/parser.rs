@@ -102,7 +102,7 @@ impl Keyword {
     fn allowed_flags(self) -> &'static [&'static str] {
         match self {
             Keyword::Run => &["network"],
-            Keyword::Copy => &["chown", "chmod"],
+            Keyword::Copy => &["chown", "chmod", "from"],
             Keyword::Add => &["chown", "chmod", "checksum"],
             _ => &[],
         }
@@ -200,9 +200,6 @@ impl Flags {
 /// Docker flags we know and refuse on purpose, with the reason.
 fn unsupported_flag(keyword: Keyword, name: &str) -> Option<String> {
     match (keyword, name) {
-        (Keyword::Copy, "from") => Some(
-            "COPY --from is not supported: multi-stage builds are not supported yet".to_owned(),
-        ),
         (Keyword::From, "platform") => Some(
             "FROM --platform is not supported: images are built for the host platform".to_owned(),
         ),
@@ -320,6 +317,7 @@ fn parse_copy(flags: &Flags, rest: &str, escape: char) -> Result<Instruction, St
         dest,
         chown: flags.get("chown").map(str::to_owned),
         chmod: parse_chmod(Keyword::Copy, flags)?,
+        from: flags.get("from").map(str::to_owned),
     })
 }
 

@@ -23,8 +23,13 @@ fn parse_err(text: &str) -> String {
 /// The single step of `FROM scratch` followed by `step`.
 fn only_step(step: &str) -> Instruction {
     let dockerfile = parse_ok(&format!("FROM scratch\n{step}\n"));
-    assert_eq!(dockerfile.steps.len(), 1, "{:?}", dockerfile.steps);
-    dockerfile.steps[0].instruction.clone()
+    assert_eq!(
+        dockerfile.stages[0].steps.len(),
+        1,
+        "{:?}",
+        dockerfile.stages[0].steps
+    );
+    dockerfile.stages[0].steps[0].instruction.clone()
 }
 
 /// The error for `FROM scratch` followed by `step` (so it is on line 2).
@@ -43,7 +48,7 @@ fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 fn expanded_step(step: &str, pairs: &[(&str, &str)]) -> Result<Instruction, String> {
     let dockerfile = parse_ok(&format!("FROM scratch\n{step}\n"));
     dockerfile
-        .expand_step(&dockerfile.steps[0], &vars(pairs))
+        .expand_step(&dockerfile.stages[0].steps[0], &vars(pairs))
         .map_err(|e| e.to_string())
 }
 
@@ -69,7 +74,7 @@ fn exec(argv: &[&str]) -> Command {
 fn base(text: &str) -> Result<BaseImage, String> {
     let dockerfile = parse("Dockerfile", text).map_err(|e| e.to_string())?;
     dockerfile
-        .base_image(&EmptyScope)
+        .base_image(0, &EmptyScope)
         .map_err(|e| e.to_string())
 }
 
@@ -78,10 +83,10 @@ fn base(text: &str) -> Result<BaseImage, String> {
 #[test]
 fn from_scratch_alone_is_a_dockerfile_without_steps() {
     let dockerfile = parse_ok("FROM scratch\n");
-    assert_eq!(dockerfile.from.line, 1);
-    assert_eq!(dockerfile.from.source_text, "FROM scratch");
-    assert_eq!(dockerfile.from.stage_name, None);
-    assert!(dockerfile.steps.is_empty());
+    assert_eq!(dockerfile.stages[0].from.line, 1);
+    assert_eq!(dockerfile.stages[0].from.source_text, "FROM scratch");
+    assert_eq!(dockerfile.stages[0].from.stage_name, None);
+    assert!(dockerfile.stages[0].steps.is_empty());
     assert_eq!(dockerfile.escape, '\\');
     assert_eq!(base("FROM scratch").unwrap(), BaseImage::Scratch);
 }
@@ -113,8 +118,11 @@ fn from_stored_name_takes_an_optional_tag() {
 #[test]
 fn from_accepts_as_name_in_any_case() {
     let dockerfile = parse_ok("from alpine:3 As Build\n");
-    assert_eq!(dockerfile.from.image, "alpine:3");
-    assert_eq!(dockerfile.from.stage_name.as_deref(), Some("build"));
+    assert_eq!(dockerfile.stages[0].from.image, "alpine:3");
+    assert_eq!(
+        dockerfile.stages[0].from.stage_name.as_deref(),
+        Some("build")
+    );
 }
 
 #[test]
@@ -160,10 +168,39 @@ fn from_image_references_are_validated() {
 }
 
 #[test]
-fn second_from_is_refused_as_multi_stage() {
+fn stages_are_named_referenced_and_targeted() {
+    let df = parse_ok(
+        "FROM scratch AS Build\nRUN make\nFROM build AS test\nRUN check\nFROM scratch\n\
+         COPY --from=build /out /app\nCOPY --from=0 /out /app2\nCOPY --from=oci:/img /x /y\n",
+    );
+    assert_eq!(df.stages.len(), 3);
+    assert_eq!(df.stages[0].from.stage_name.as_deref(), Some("build"));
+    assert_eq!(df.stages[2].steps.len(), 3);
+    // FROM of an earlier stage's name (any case) is that stage.
     assert_eq!(
-        parse_err("FROM scratch AS a\nRUN true\nFROM scratch\n"),
-        "Dockerfile:3: multi-stage builds are not supported yet (found a second FROM; the first is on line 1)"
+        df.base_image(1, &EmptyScope).unwrap(),
+        BaseImage::Stage(StageRef(0))
+    );
+    assert_eq!(df.copy_source_stage("BUILD", 2), Some(StageRef(0)));
+    assert_eq!(df.copy_source_stage("0", 2), Some(StageRef(0)));
+    // Only earlier stages count; anything else is an image.
+    assert_eq!(df.copy_source_stage("2", 2), None);
+    assert_eq!(df.copy_source_stage("test", 1), None);
+    assert_eq!(df.copy_source_stage("oci:/img", 2), None);
+    assert_eq!(df.target_stage(None), Ok(2));
+    assert_eq!(df.target_stage(Some("test")), Ok(1));
+    assert_eq!(df.target_stage(Some("0")), Ok(0));
+    assert_eq!(
+        df.target_stage(Some("nope")).unwrap_err(),
+        "--target nope: Dockerfile has no such stage (stages: build, test, 2)"
+    );
+}
+
+#[test]
+fn a_stage_name_is_used_once() {
+    assert_eq!(
+        parse_err("FROM scratch AS a\nRUN true\nFROM scratch AS A\n"),
+        "Dockerfile:3: FROM: the stage name `a` is already used on line 1"
     );
 }
 
@@ -174,7 +211,7 @@ fn global_args_feed_the_from_line_and_build_args_override_them() {
     );
     assert_eq!(dockerfile.global_args.len(), 3);
     assert_eq!(dockerfile.global_args[2].line, 3);
-    assert_eq!(dockerfile.from.image, "${BASE}:${TAG:-stable}");
+    assert_eq!(dockerfile.stages[0].from.image, "${BASE}:${TAG:-stable}");
 
     let defaults = dockerfile.global_scope(&EmptyScope).unwrap();
     assert_eq!(
@@ -182,7 +219,7 @@ fn global_args_feed_the_from_line_and_build_args_override_them() {
         vars(&[("REGISTRY", "team"), ("BASE", "team/base")])
     );
     assert_eq!(
-        dockerfile.base_image(&defaults).unwrap(),
+        dockerfile.base_image(0, &defaults).unwrap(),
         BaseImage::Named(ImageRef::parse("team/base:stable").unwrap())
     );
 
@@ -198,7 +235,7 @@ fn global_args_feed_the_from_line_and_build_args_override_them() {
         vars(&[("REGISTRY", "ops"), ("BASE", "ops/base"), ("TAG", "v2")])
     );
     assert_eq!(
-        dockerfile.base_image(&overridden).unwrap(),
+        dockerfile.base_image(0, &overridden).unwrap(),
         BaseImage::Named(ImageRef::parse("ops/base:v2").unwrap())
     );
 }
@@ -207,13 +244,16 @@ fn global_args_feed_the_from_line_and_build_args_override_them() {
 fn from_with_a_variable_is_validated_when_expanded() {
     let dockerfile = parse_ok("ARG BASE\n\nFROM $BASE\n");
     assert_eq!(
-        dockerfile.base_image(&EmptyScope).unwrap_err().to_string(),
+        dockerfile
+            .base_image(0, &EmptyScope)
+            .unwrap_err()
+            .to_string(),
         "Dockerfile:3: FROM: invalid image reference ``: the name is empty \
          (expected scratch, oci:DIR[:TAG] or NAME[:TAG])"
     );
     assert_eq!(
         dockerfile
-            .base_image(&vars(&[("BASE", "oci:/imgs:v1")]))
+            .base_image(0, &vars(&[("BASE", "oci:/imgs:v1")]))
             .unwrap(),
         BaseImage::OciLayout(LayoutRef::parse("oci:/imgs:v1").unwrap())
     );
@@ -503,7 +543,8 @@ fn copy_takes_sources_and_a_destination() {
             sources: strings(&["a.txt", "dir/"]),
             dest: "/app/".to_owned(),
             chown: None,
-            chmod: None
+            chmod: None,
+            from: None,
         }
     );
 }
@@ -516,7 +557,8 @@ fn copy_json_form_allows_spaces_in_paths() {
             sources: strings(&["my file.txt"]),
             dest: "/app/my file.txt".to_owned(),
             chown: None,
-            chmod: None
+            chmod: None,
+            from: None,
         }
     );
 }
@@ -529,7 +571,8 @@ fn copy_flags_chown_and_chmod() {
             sources: strings(&["conf"]),
             dest: "/etc/app/".to_owned(),
             chown: Some("app:staff".to_owned()),
-            chmod: Some(0o640)
+            chmod: Some(0o640),
+            from: None,
         }
     );
     assert_eq!(
@@ -538,17 +581,15 @@ fn copy_flags_chown_and_chmod() {
             sources: strings(&["a"]),
             dest: "/b".to_owned(),
             chown: Some("1000".to_owned()),
-            chmod: None
+            chmod: None,
+            from: None,
         }
     );
 }
 
 #[test]
 fn copy_errors_are_exact() {
-    assert_eq!(
-        step_err("COPY --from=builder /out /app"),
-        "Dockerfile:2: COPY --from is not supported: multi-stage builds are not supported yet"
-    );
+    assert!(step_err("COPY --from= /out /app").contains("--from needs a value"));
     assert_eq!(
         step_err("COPY only-one"),
         "Dockerfile:2: COPY: expected at least one source and a destination, found 1 argument"
@@ -567,7 +608,7 @@ fn copy_errors_are_exact() {
     );
     assert_eq!(
         step_err("COPY --link a /b"),
-        "Dockerfile:2: COPY: unknown flag --link (supported: --chown, --chmod)"
+        "Dockerfile:2: COPY: unknown flag --link (supported: --chown, --chmod, --from)"
     );
     assert_eq!(
         step_err("COPY [\"a\", 1]"),
@@ -587,7 +628,8 @@ fn copy_words_are_expanded_and_unquoted() {
             sources: strings(&["config/*.conf"]),
             dest: "/etc/".to_owned(),
             chown: Some("app:app".to_owned()),
-            chmod: None
+            chmod: None,
+            from: None,
         }
     );
 }
@@ -738,7 +780,7 @@ fn later_steps_see_earlier_env_values_through_the_scope() {
     let dockerfile = parse_ok("FROM scratch\nENV DIR=/srv\nWORKDIR $DIR/app\n");
     let mut scope: Vec<(String, String)> = Vec::new();
     let mut workdir = None;
-    for step in &dockerfile.steps {
+    for step in &dockerfile.stages[0].steps {
         match dockerfile.expand_step(step, &scope).unwrap() {
             Instruction::Env(pairs) => scope.extend(pairs.into_iter().map(|p| (p.key, p.value))),
             Instruction::Workdir(path) => workdir = Some(path),
@@ -915,14 +957,14 @@ fn continuations_join_lines_and_keep_the_starting_line_number() {
                 \x20   && rm -rf /var/lib/apt/lists/*\n\
                 ENV A=1\n";
     let dockerfile = parse_ok(text);
-    assert_eq!(dockerfile.steps.len(), 2);
-    assert_eq!(dockerfile.steps[0].line, 2);
+    assert_eq!(dockerfile.stages[0].steps.len(), 2);
+    assert_eq!(dockerfile.stages[0].steps[0].line, 2);
     assert_eq!(
-        dockerfile.steps[0].source_text,
+        dockerfile.stages[0].steps[0].source_text,
         "RUN apt-get update &&     apt-get install -y curl     && rm -rf /var/lib/apt/lists/*"
     );
-    assert_eq!(dockerfile.steps[1].line, 7);
-    assert_eq!(dockerfile.steps[1].source_text, "ENV A=1");
+    assert_eq!(dockerfile.stages[0].steps[1].line, 7);
+    assert_eq!(dockerfile.stages[0].steps[1].source_text, "ENV A=1");
 }
 
 #[test]
@@ -944,7 +986,7 @@ fn backtick_escape_directive_for_windows_style_paths() {
                 ENV MSG=\"say `\"hi`\"\" PRICE=`$5\n";
     let dockerfile = parse_ok(text);
     assert_eq!(dockerfile.escape, '`');
-    let expanded: Vec<Instruction> = dockerfile
+    let expanded: Vec<Instruction> = dockerfile.stages[0]
         .steps
         .iter()
         .map(|step| dockerfile.expand_step(step, &EmptyScope).unwrap())
@@ -957,19 +999,20 @@ fn backtick_escape_directive_for_windows_style_paths() {
                 sources: strings(&["src\\"]),
                 dest: "C:\\dest\\".to_owned(),
                 chown: Some("app".to_owned()),
-                chmod: None
+                chmod: None,
+                from: None,
             },
             Instruction::Env(vec![kv("MSG", "say \"hi\""), kv("PRICE", "$5")])
         ]
     );
-    assert_eq!(dockerfile.steps[1].line, 4);
+    assert_eq!(dockerfile.stages[0].steps[1].line, 4);
 }
 
 #[test]
 fn escape_directive_with_backslash_is_the_default() {
     let dockerfile = parse_ok("# syntax=docker/dockerfile:1\n# escape=\\\nFROM scratch\n");
     assert_eq!(dockerfile.escape, '\\');
-    assert_eq!(dockerfile.from.line, 3);
+    assert_eq!(dockerfile.stages[0].from.line, 3);
 }
 
 #[test]
@@ -985,7 +1028,7 @@ fn expansion_errors_carry_file_and_line() {
     let dockerfile = parse_ok("FROM scratch\n\nCOPY ${SRC /dst\n");
     assert_eq!(
         dockerfile
-            .expand_step(&dockerfile.steps[0], &EmptyScope)
+            .expand_step(&dockerfile.stages[0].steps[0], &EmptyScope)
             .unwrap_err()
             .to_string(),
         "Dockerfile:3: COPY: cannot expand `${SRC`: missing } to close ${SRC"
@@ -1036,9 +1079,12 @@ CMD ["--listen", ":8080"]
 "#;
     let dockerfile = parse_ok(text);
     assert_eq!(dockerfile.global_args.len(), 2);
-    assert_eq!(dockerfile.from.line, 6);
-    assert_eq!(dockerfile.from.stage_name.as_deref(), Some("runtime"));
-    let lines: Vec<(usize, &str)> = dockerfile
+    assert_eq!(dockerfile.stages[0].from.line, 6);
+    assert_eq!(
+        dockerfile.stages[0].from.stage_name.as_deref(),
+        Some("runtime")
+    );
+    let lines: Vec<(usize, &str)> = dockerfile.stages[0]
         .steps
         .iter()
         .map(|s| (s.line, s.instruction.keyword()))
@@ -1062,14 +1108,14 @@ CMD ["--listen", ":8080"]
 
     let globals = dockerfile.global_scope(&EmptyScope).unwrap();
     assert_eq!(
-        dockerfile.base_image(&globals).unwrap(),
+        dockerfile.base_image(0, &globals).unwrap(),
         BaseImage::Named(ImageRef::parse("team/base:2024.1").unwrap())
     );
 
     // Walk the steps as the builder would, keeping ENV in scope.
     let mut scope = vars(&[("PATH", "/usr/bin")]);
     let mut expanded = Vec::new();
-    for step in &dockerfile.steps {
+    for step in &dockerfile.stages[0].steps {
         let instruction = dockerfile.expand_step(step, &scope).unwrap();
         if let Instruction::Env(pairs) = &instruction {
             scope.extend(pairs.iter().map(|p| (p.key.clone(), p.value.clone())));
@@ -1104,7 +1150,8 @@ CMD ["--listen", ":8080"]
             sources: strings(&["bin/"]),
             dest: "/srv/app/bin/".to_owned(),
             chown: Some("app:app".to_owned()),
-            chmod: Some(0o755)
+            chmod: Some(0o755),
+            from: None,
         }
     );
     assert_eq!(
@@ -1173,8 +1220,8 @@ fn parser_never_panics_on_arbitrary_input() {
             .collect();
         if let Ok(dockerfile) = parse("fuzz", &text) {
             let _ = dockerfile.global_scope(&EmptyScope);
-            let _ = dockerfile.base_image(&EmptyScope);
-            for step in &dockerfile.steps {
+            let _ = dockerfile.base_image(0, &EmptyScope);
+            for step in &dockerfile.stages[0].steps {
                 let _ = dockerfile.expand_step(step, &EmptyScope);
             }
         }

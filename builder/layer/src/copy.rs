@@ -314,6 +314,13 @@ fn existing_image_dir(
     Ok(is_dir.then_some(resolved))
 }
 
+/// `path` with every symlink in it, the last component included, resolved
+/// inside the image (as if the image root were `/`): where `COPY --from`
+/// reads a source without ever leaving the image.
+pub fn resolve_image_path(image_root: &Path, path: &LayerPath) -> Result<LayerPath, LayerError> {
+    layer_path_of(&resolve_in_image(image_root, path, path)?, path)
+}
+
 /// `dest` with the symlinks among its parents resolved inside the image.
 fn resolve_parents(image_root: &Path, dest: &LayerPath) -> Result<LayerPath, LayerError> {
     let Some(parent) = dest.parent() else {

@@ -56,7 +56,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use change::{Change, ChangeKind, Node, NodeKind};
-pub use copy::{CopyItem, copy_changes, workdir_changes, write_copy_layer};
+pub use copy::{CopyItem, copy_changes, resolve_image_path, workdir_changes, write_copy_layer};
 pub use diff::{diff_overlay, diff_trees};
 pub use extract::{ApplyOptions, ApplySummary, Skipped, apply_layer};
 pub use idmap::{IdKind, IdMap, IdMapError, IdRange};

@@ -37,18 +37,21 @@ pub(crate) enum LayerSource {
     Store(Digest),
 }
 
-/// Resolves the `FROM` line. The base's key is its manifest digest, so a
-/// moved layout or a retagged image keys by content, never by name.
-pub(crate) async fn resolve_base(
+/// Resolves a `FROM` image (not a stage). The base's key is its manifest
+/// digest, so a moved layout or a retagged image keys by content, never by
+/// name.
+pub(crate) async fn resolve_image(
     client: &Client,
     df: &Dockerfile,
-    globals: &[(String, String)],
+    stage: usize,
+    image: BaseImage,
 ) -> Result<Base, BuildError> {
     let site = Site {
         file: df.file_name.clone(),
-        line: df.from.line,
+        line: df.stages[stage].from.line,
     };
-    match df.base_image(&globals.to_vec())? {
+    match image {
+        BaseImage::Stage(_) => Err(site.error("FROM names a stage, not an image")),
         BaseImage::Scratch => Ok(Base {
             key: base_key("scratch"),
             config: RuntimeConfig::default(),

@@ -14,6 +14,10 @@ use crate::oci::OciError;
 pub enum BuildError {
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// The build was asked for something the Dockerfile does not have
+    /// (`--target` of no stage).
+    #[error("{0}")]
+    Usage(String),
     /// A step cannot be planned or run; `message` says why in the user's
     /// terms, at the Dockerfile line.
     #[error("{file}:{line}: {message}")]

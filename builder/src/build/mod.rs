@@ -24,6 +24,7 @@ mod output;
 mod plan;
 mod run_step;
 mod runner;
+mod stages;
 mod stored;
 
 use std::path::PathBuf;
@@ -39,10 +40,12 @@ pub use error::BuildError;
 pub use stored::MEDIA_TYPE_STORED_IMAGE;
 
 use crate::context::BuildContext;
-use crate::image::{HistoryEntry, LayerRef, encode_image, platform_args};
-use base::resolve_base;
-use plan::{Planned, plan, provenance};
+use crate::image::{HistoryEntry, LayerRef, RuntimeConfig, encode_image, platform_args};
+use base::{Base, resolve_image};
+use plan::{PlanBase, Planned, plan, provenance};
 use runner::Runner;
+use stages::needed_stages;
+use strata_dockerfile::{BaseImage, StageRef};
 
 /// What to build and how.
 #[derive(Clone, Debug)]
@@ -54,6 +57,9 @@ pub struct BuildOptions {
     pub output: Option<LayoutRef>,
     /// `--tag NAME[:TAG]`: keep the image in the store under this name.
     pub tag: Option<ImageRef>,
+    /// `--target STAGE`: the stage to build (name or number; default the
+    /// last). Only the stages it needs are built.
+    pub target: Option<String>,
     /// Plan only: compute keys, look them up, run and write nothing.
     pub dry_run: bool,
     /// mtime of every layer entry and the image's `created` (SOURCE_DATE_EPOCH).
@@ -139,18 +145,59 @@ pub async fn build(
     let file_name = opts.dockerfile.display().to_string();
     let df = strata_dockerfile::parse(&file_name, &text)?;
     let context = BuildContext::open(&opts.context)?;
+    let target = df
+        .target_stage(opts.target.as_deref())
+        .map_err(BuildError::Usage)?;
     // Declared global ARGs shadow the platform ones (the last match wins).
     let globals = [platform_args(), df.global_scope(&opts.build_args)?].concat();
-    let base = resolve_base(client, &df, &globals).await?;
-    let steps = plan(
-        &df,
-        &context,
-        &opts.build_args,
-        &globals,
-        opts.allow_host_network,
-        &base,
-    )?;
-    let hits = look_up(client, &steps).await?;
+    let needed = needed_stages(&df, target, &globals);
+
+    // Plan every needed stage; an image base is resolved once.
+    let mut stages: Vec<Option<StagePlan>> = (0..df.stages.len()).map(|_| None).collect();
+    for &index in &needed {
+        let stage_keys: Vec<Option<Digest>> = stages
+            .iter()
+            .map(|p| p.as_ref().map(StagePlan::final_key))
+            .collect();
+        let base = match df.base_image(index, &globals)? {
+            BaseImage::Stage(StageRef(j)) => StageBase::Stage(j),
+            image => StageBase::Image(Box::new(resolve_image(client, &df, index, image).await?)),
+        };
+        let (base_key, base_config) = match &base {
+            StageBase::Image(b) => (b.key.digest, b.config.clone()),
+            // needed_stages lists a stage after those it names.
+            StageBase::Stage(j) => match &stages[*j] {
+                Some(earlier) => (earlier.final_key(), earlier.final_config().clone()),
+                None => {
+                    return Err(BuildError::Usage(format!(
+                        "stage {index} builds on stage {j}, which was not planned"
+                    )));
+                }
+            },
+        };
+        let steps = plan(
+            &df,
+            index,
+            &context,
+            &opts.build_args,
+            &globals,
+            opts.allow_host_network,
+            PlanBase {
+                key: base_key,
+                config: &base_config,
+            },
+            &stage_keys,
+        )?;
+        stages[index] = Some(StagePlan {
+            base,
+            base_key,
+            base_config,
+            steps,
+        });
+    }
+    let order: Vec<&StagePlan> = needed.iter().filter_map(|&i| stages[i].as_ref()).collect();
+    let all_steps: Vec<&Planned> = order.iter().flat_map(|p| p.steps.iter()).collect();
+    let mut hits = look_up(client, &all_steps).await?.into_iter();
 
     let mut report = BuildReport {
         manifest_digest: None,
@@ -161,7 +208,7 @@ pub async fn build(
         output_bytes: 0,
     };
     if opts.dry_run {
-        for (i, (s, hit)) in steps.iter().zip(&hits).enumerate() {
+        for (i, (s, hit)) in all_steps.iter().zip(hits).enumerate() {
             let status = if hit.is_some() {
                 StepStatus::Cached
             } else {
@@ -175,59 +222,83 @@ pub async fn build(
         return Ok(report);
     }
 
-    let mut runner = Runner::new(client, opts, &base)?;
-    let total = steps.len();
-    for (i, (s, hit)) in steps.iter().zip(hits).enumerate() {
-        events(Event::StepStarted {
-            index: i + 1,
-            total,
-            text: &s.text,
-        });
-        let step_started = Instant::now();
-        let downloaded_before = runner.downloaded;
-        let mut r = match hit {
-            Some(result) => {
-                let mut r = StepReport::new(i, s, StepStatus::Cached);
-                if let Some(layer) = result.layer {
-                    r.layer_bytes = Some(runner.adopt_stored_layer(layer).await?);
-                }
-                r
-            }
-            None => {
-                let mut r = StepReport::new(i, s, StepStatus::Executed);
-                let executed = runner.execute(s, events).await?;
-                if executed.layer.is_some() {
-                    let spent = step_started.elapsed().saturating_sub(executed.command_time);
-                    r.snapshot_seconds = Some(spent.as_secs_f64());
-                }
-                r.layer_bytes = executed.layer.map(|(_, size)| size);
-                r.uploaded_bytes = executed.uploaded;
-                let result = StepResult {
-                    layer: executed.layer.map(|(d, _)| d),
-                    config: s.config_after.to_json(),
-                    provenance: provenance(s, step_started.elapsed()),
-                };
-                client
-                    .record_step(&s.key.digest, &result)
-                    .await
-                    .map_err(BuildError::cache("recording the step result"))?;
-                r
-            }
+    let total = all_steps.len();
+    let mut runners: Vec<Option<Runner>> = (0..df.stages.len()).map(|_| None).collect();
+    let mut index = 0;
+    let mut downloaded = 0;
+    for &stage in &needed {
+        let Some(plan) = stages[stage].as_ref() else {
+            continue;
         };
-        runner.history.push(HistoryEntry {
-            created_by: s.text.clone(),
-            empty_layer: r.layer_bytes.is_none(),
-        });
-        r.downloaded_bytes = runner.downloaded - downloaded_before;
-        r.seconds = step_started.elapsed().as_secs_f64();
-        report.uploaded_bytes += r.uploaded_bytes;
-        events(Event::StepFinished(&r));
-        report.steps.push(r);
+        let (layers, history) = match &plan.base {
+            StageBase::Image(b) => (b.layers.clone(), b.history.clone()),
+            StageBase::Stage(j) => match &runners[*j] {
+                Some(r) => (r.layers.clone(), r.history.clone()),
+                None => (Vec::new(), Vec::new()),
+            },
+        };
+        let mut runner = Runner::new(client, opts, layers, history)?;
+        for s in &plan.steps {
+            let hit = hits.next().flatten();
+            index += 1;
+            events(Event::StepStarted {
+                index,
+                total,
+                text: &s.text,
+            });
+            let step_started = Instant::now();
+            let downloaded_before = runner.downloaded;
+            let mut r = match hit {
+                Some(result) => {
+                    let mut r = StepReport::new(index - 1, s, StepStatus::Cached);
+                    if let Some(layer) = result.layer {
+                        r.layer_bytes = Some(runner.adopt_stored_layer(layer).await?);
+                    }
+                    r
+                }
+                None => {
+                    let mut r = StepReport::new(index - 1, s, StepStatus::Executed);
+                    let from_root = match s.copy_from.and_then(|j| runners[j].as_mut()) {
+                        Some(source) => Some(source.materialise().await?),
+                        None => None,
+                    };
+                    let executed = runner.execute(s, from_root.as_deref(), events).await?;
+                    if executed.layer.is_some() {
+                        let spent = step_started.elapsed().saturating_sub(executed.command_time);
+                        r.snapshot_seconds = Some(spent.as_secs_f64());
+                    }
+                    r.layer_bytes = executed.layer.map(|(_, size)| size);
+                    r.uploaded_bytes = executed.uploaded;
+                    let result = StepResult {
+                        layer: executed.layer.map(|(d, _)| d),
+                        config: s.config_after.to_json(),
+                        provenance: provenance(s, step_started.elapsed()),
+                    };
+                    client
+                        .record_step(&s.key.digest, &result)
+                        .await
+                        .map_err(BuildError::cache("recording the step result"))?;
+                    r
+                }
+            };
+            runner.history.push(HistoryEntry {
+                created_by: s.text.clone(),
+                empty_layer: r.layer_bytes.is_none(),
+            });
+            r.downloaded_bytes = runner.downloaded - downloaded_before;
+            r.seconds = step_started.elapsed().as_secs_f64();
+            report.uploaded_bytes += r.uploaded_bytes;
+            events(Event::StepFinished(&r));
+            report.steps.push(r);
+        }
+        downloaded += runner.downloaded;
+        runners[stage] = Some(runner);
     }
 
-    let config = steps
-        .last()
-        .map_or_else(|| base.config.clone(), |s| s.config_after.clone());
+    let (Some(plan), Some(runner)) = (stages[target].as_ref(), runners[target].as_mut()) else {
+        return Err(BuildError::Usage("the target stage was not built".into()));
+    };
+    let config = plan.final_config().clone();
     let layers: Vec<LayerRef> = runner.layers.iter().map(|l| l.oci.clone()).collect();
     let (config_blob, manifest_blob) = encode_image(&config, &layers, &runner.history, opts.epoch);
     if let Some(output) = &opts.output {
@@ -240,7 +311,7 @@ pub async fn build(
         )
         .await?;
         report.output_bytes = written.layer_bytes;
-        runner.downloaded += written.downloaded;
+        downloaded += written.downloaded;
     }
     if let Some(name) = &opts.tag {
         report.uploaded_bytes += stored::keep_in_store(
@@ -252,17 +323,45 @@ pub async fn build(
         )
         .await?;
     }
-    report.downloaded_bytes = runner.downloaded;
+    report.downloaded_bytes = downloaded;
     report.manifest_digest = Some(manifest_blob.digest);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What a stage starts from.
+enum StageBase {
+    Image(Box<Base>),
+    /// An earlier stage's result.
+    Stage(usize),
+}
+
+/// A planned stage.
+struct StagePlan {
+    base: StageBase,
+    base_key: Digest,
+    base_config: RuntimeConfig,
+    steps: Vec<Planned>,
+}
+
+impl StagePlan {
+    /// The key of the stage's result: its last step's, or its base's.
+    fn final_key(&self) -> Digest {
+        self.steps.last().map_or(self.base_key, |s| s.key.digest)
+    }
+
+    fn final_config(&self) -> &RuntimeConfig {
+        self.steps
+            .last()
+            .map_or(&self.base_config, |s| &s.config_after)
+    }
 }
 
 /// Every step's key looked up, in as few round trips as the batch limit
 /// allows.
 async fn look_up(
     client: &Client,
-    steps: &[Planned],
+    steps: &[&Planned],
 ) -> Result<Vec<Option<StepResult>>, BuildError> {
     let keys: Vec<Digest> = steps.iter().map(|s| s.key.digest).collect();
     let mut hits = Vec::with_capacity(keys.len());

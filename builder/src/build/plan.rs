@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_dockerfile::{AddSource, Dockerfile, Instruction, Network, Scope};
+use strata_dockerfile::{AddSource, Dockerfile, Instruction, Network, Scope, StageRef};
 use strata_proto::Digest;
 use strata_proto::v1::Provenance;
 
-use super::base::Base;
 use super::error::{BuildError, Site};
 use crate::context::{BuildContext, CopyEntry, digest_entries};
 use crate::image::RuntimeConfig;
@@ -25,8 +24,16 @@ pub(crate) struct Planned {
     pub config_before: RuntimeConfig,
     pub config_after: RuntimeConfig,
     pub args: BTreeMap<String, String>,
-    /// For COPY and ADD: the context entries selected.
+    /// For COPY and ADD from the context: the entries selected.
     pub copy: Option<Vec<CopyEntry>>,
+    /// For `COPY --from` of an earlier stage: its index.
+    pub copy_from: Option<usize>,
+}
+
+/// What a stage starts from, as the plan needs it: a key and a config.
+pub(crate) struct PlanBase<'a> {
+    pub key: Digest,
+    pub config: &'a RuntimeConfig,
 }
 
 /// The variables a step sees: the image's env over the ARGs in scope.
@@ -47,22 +54,28 @@ impl Scope for StepScope<'_> {
 /// not allow. `globals` are the ARGs in scope before `FROM` (the platform
 /// ones included): a bare `ARG NAME` in the stage takes its value from
 /// there, as Docker's does.
+///
+/// `stage_keys[j]` is the final key of earlier stage `j`, if it is planned:
+/// a `COPY --from` of it is keyed by that key.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     df: &Dockerfile,
+    stage: usize,
     context: &BuildContext,
     build_args: &[(String, String)],
     globals: &[(String, String)],
     allow_host_network: bool,
-    base: &Base,
+    base: PlanBase<'_>,
+    stage_keys: &[Option<Digest>],
 ) -> Result<Vec<Planned>, BuildError> {
     let build_args_map: BTreeMap<String, String> = build_args.iter().cloned().collect();
     // In order, so a declared global shadows a platform ARG of its name.
     let globals: BTreeMap<String, String> = globals.iter().cloned().collect();
     let mut config = base.config.clone();
     let mut args: BTreeMap<String, String> = BTreeMap::new();
-    let mut parent = base.key.digest;
+    let mut parent = base.key;
     let mut planned = Vec::new();
-    for step in &df.steps {
+    for step in &df.stages[stage].steps {
         let site = Site {
             file: df.file_name.clone(),
             line: step.line,
@@ -75,12 +88,22 @@ pub(crate) fn plan(
             },
         )?;
         check_network(&instruction, allow_host_network, &site)?;
-        let copy = select_copy_sources(&instruction, context, &config, &site)?;
-        let files = copy
-            .as_deref()
-            .map(digest_entries)
-            .transpose()
-            .map_err(|e| site.error(format!("{}: {e}", instruction_name(&instruction))))?;
+        let copy_from = copy_source_stage(df, stage, &instruction, stage_keys, &site)?;
+        let (copy, files) = match copy_from {
+            Some((_, key)) => (
+                None,
+                Some(Digest::of(format!("copy-from {key}").as_bytes())),
+            ),
+            None => {
+                let copy = select_copy_sources(&instruction, context, &config, &site)?;
+                let files = copy
+                    .as_deref()
+                    .map(digest_entries)
+                    .transpose()
+                    .map_err(|e| site.error(format!("{}: {e}", instruction_name(&instruction))))?;
+                (copy, files)
+            }
+        };
         let key = step_key(
             &parent,
             &instruction,
@@ -113,10 +136,39 @@ pub(crate) fn plan(
             args: args.clone(),
             instruction,
             copy,
+            copy_from: copy_from.map(|(index, _)| index),
         });
         parent = next_parent;
     }
     Ok(planned)
+}
+
+/// The earlier stage a `COPY --from` names, with its final key; an image
+/// there is refused for now.
+fn copy_source_stage(
+    df: &Dockerfile,
+    stage: usize,
+    instruction: &Instruction,
+    stage_keys: &[Option<Digest>],
+    site: &Site,
+) -> Result<Option<(usize, Digest)>, BuildError> {
+    let Instruction::Copy {
+        from: Some(from), ..
+    } = instruction
+    else {
+        return Ok(None);
+    };
+    let Some(StageRef(index)) = df.copy_source_stage(from, stage) else {
+        return Err(site.error(format!(
+            "COPY --from={from}: no earlier stage has that name or number (copying from an image is not supported yet)"
+        )));
+    };
+    match stage_keys.get(index).copied().flatten() {
+        Some(key) => Ok(Some((index, key))),
+        None => Err(site.error(format!(
+            "COPY --from={from}: stage {index} was not planned (a stage named through an ARG set inside a stage is not supported)"
+        ))),
+    }
 }
 
 fn instruction_name(instruction: &Instruction) -> &'static str {

@@ -15,8 +15,8 @@ use strata_layer::{
 use strata_proto::{Digest, oci_digest};
 use strata_sandbox::IdMapping;
 
-use super::base::{Base, BuiltLayer, LayerSource};
-use super::copy::{chown_ids, copy_items};
+use super::base::{BuiltLayer, LayerSource};
+use super::copy::{chown_ids, copy_items, stage_copy_items};
 use super::error::BuildError;
 use super::plan::Planned;
 use super::run_step::layer_idmap;
@@ -47,10 +47,12 @@ pub(crate) struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
+    /// A runner for a stage whose base has `layers` and `history`.
     pub fn new(
         client: &'a Client,
         opts: &'a BuildOptions,
-        base: &Base,
+        layers: Vec<BuiltLayer>,
+        history: Vec<HistoryEntry>,
     ) -> Result<Self, BuildError> {
         std::fs::create_dir_all(&opts.scratch)
             .map_err(BuildError::io("creating the scratch directory"))?;
@@ -66,8 +68,8 @@ impl<'a> Runner<'a> {
             scratch,
             ids,
             layer_ids,
-            layers: base.layers.clone(),
-            history: base.history.clone(),
+            layers,
+            history,
             rootfs: None,
             downloaded: 0,
         })
@@ -94,7 +96,7 @@ impl<'a> Runner<'a> {
 
     /// Makes the working rootfs hold every layer so far, downloading what
     /// it lacks.
-    async fn materialise(&mut self) -> Result<PathBuf, BuildError> {
+    pub async fn materialise(&mut self) -> Result<PathBuf, BuildError> {
         let (root, have) = match self.rootfs.take() {
             Some(r) => r,
             None => {
@@ -147,10 +149,12 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Runs one missed step, snapshots and stores its layer.
+    /// Runs one missed step, snapshots and stores its layer. `from_root` is
+    /// the file system of the stage a `COPY --from` reads.
     pub async fn execute(
         &mut self,
         s: &Planned,
+        from_root: Option<&Path>,
         events: &mut (dyn FnMut(Event<'_>) + Send),
     ) -> Result<Executed, BuildError> {
         let mut command_time = Duration::ZERO;
@@ -172,6 +176,31 @@ impl<'a> Runner<'a> {
                     });
                 }
                 changes
+            }
+            Instruction::Copy {
+                chown,
+                chmod,
+                sources,
+                dest,
+                from: Some(from),
+            } => {
+                let root = self.materialise().await?;
+                let owner = chown_ids(chown.as_deref(), &root)
+                    .map_err(|e| s.site.error(format!("COPY --chown={e}")))?;
+                let stage_root = from_root.ok_or_else(|| {
+                    s.site
+                        .error(format!("COPY --from={from}: no stage file system"))
+                })?;
+                let items = stage_copy_items(
+                    sources,
+                    dest,
+                    s.config_before.cwd(),
+                    stage_root,
+                    owner,
+                    *chmod,
+                )
+                .map_err(|e| s.site.error(format!("COPY --from={from}: {e}")))?;
+                copy_changes(&items, &root).map_err(|e| s.site.error(format!("COPY: {e}")))?
             }
             Instruction::Copy { chown, .. } | Instruction::Add { chown, .. } => {
                 let root = self.materialise().await?;

@@ -33,6 +33,10 @@ pub struct BuildArgs {
     /// same server. Names are lower-case, as Docker's are.
     #[arg(long, value_name = "NAME[:TAG]", value_parser = ImageRef::parse_tag_name)]
     tag: Option<ImageRef>,
+    /// The stage to build, by name or number (default: the last). Only the
+    /// stages it needs are built.
+    #[arg(long)]
+    target: Option<String>,
     /// Compute the keys, look them up and print the plan; run and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -77,6 +81,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         build_args,
         output: args.output,
         tag: args.tag,
+        target: args.target,
         dry_run: args.dry_run,
         epoch,
         step_timeout: Some(std::time::Duration::from_secs(args.step_timeout)),
