@@ -1,5 +1,6 @@
 //! The image being built, as the steps change it: the runtime config
-//! (env, workdir, user, cmd, entrypoint, labels, ports), the layers so far,
+//! (env, workdir, user, cmd, entrypoint, labels, ports, shell, volumes,
+//! stop signal, author), the layers so far,
 //! and the history — and its OCI encodings (config and manifest JSON).
 //!
 //! Everything here is deterministic: maps are sorted, times come from
@@ -27,6 +28,18 @@ pub struct RuntimeConfig {
     pub labels: BTreeMap<String, String>,
     /// `"80/tcp"` and the like.
     pub exposed_ports: Vec<String>,
+    /// `SHELL`: how shell-form commands run (empty: `/bin/sh -c`).
+    #[serde(default)]
+    pub shell: Vec<String>,
+    /// `VOLUME` paths, sorted, each once.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// `STOPSIGNAL`, empty when unset.
+    #[serde(default)]
+    pub stop_signal: String,
+    /// `MAINTAINER`: the image's author, empty when unset.
+    #[serde(default)]
+    pub author: String,
 }
 
 impl RuntimeConfig {
@@ -61,7 +74,8 @@ impl RuntimeConfig {
     }
 
     /// Applies a metadata instruction (ENV, WORKDIR, USER, LABEL, CMD,
-    /// ENTRYPOINT, EXPOSE); other instructions leave the config alone.
+    /// ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER); other
+    /// instructions leave the config alone.
     pub fn apply(&mut self, instruction: &Instruction) {
         match instruction {
             Instruction::Env(pairs) => {
@@ -76,9 +90,9 @@ impl RuntimeConfig {
                     self.labels.insert(kv.key.clone(), kv.value.clone());
                 }
             }
-            Instruction::Cmd(c) => self.cmd = command_argv(c),
+            Instruction::Cmd(c) => self.cmd = self.command_argv(c),
             Instruction::Entrypoint(c) => {
-                self.entrypoint = command_argv(c);
+                self.entrypoint = self.command_argv(c);
                 // Docker: setting ENTRYPOINT resets an inherited CMD.
                 self.cmd = None;
             }
@@ -90,10 +104,40 @@ impl RuntimeConfig {
                 }
                 self.exposed_ports.sort();
             }
+            Instruction::Shell(argv) => self.shell = argv.clone(),
+            Instruction::Volume(paths) => {
+                for p in paths {
+                    if !self.volumes.contains(p) {
+                        self.volumes.push(p.clone());
+                    }
+                }
+                self.volumes.sort();
+            }
+            Instruction::StopSignal(signal) => self.stop_signal = signal.clone(),
+            Instruction::Maintainer(name) => self.author = name.clone(),
             Instruction::Run { .. }
             | Instruction::Copy { .. }
             | Instruction::Add { .. }
             | Instruction::Arg(_) => {}
+        }
+    }
+
+    /// The argv of a command: exec form as is, shell form through the
+    /// `SHELL` in force (`/bin/sh -c` by default); an empty exec form
+    /// clears (`None`).
+    pub fn command_argv(&self, c: &Command) -> Option<Vec<String>> {
+        match c {
+            Command::Exec(argv) if argv.is_empty() => None,
+            Command::Exec(argv) => Some(argv.clone()),
+            Command::Shell(text) => {
+                let mut argv = if self.shell.is_empty() {
+                    vec!["/bin/sh".to_owned(), "-c".to_owned()]
+                } else {
+                    self.shell.clone()
+                };
+                argv.push(text.clone());
+                Some(argv)
+            }
         }
     }
 
@@ -104,16 +148,6 @@ impl RuntimeConfig {
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
-    }
-}
-
-/// The argv of a command: exec form as is, shell form through `/bin/sh -c`;
-/// an empty exec form clears (`None`).
-pub fn command_argv(c: &Command) -> Option<Vec<String>> {
-    match c {
-        Command::Exec(argv) if argv.is_empty() => None,
-        Command::Exec(argv) => Some(argv.clone()),
-        Command::Shell(s) => Some(vec!["/bin/sh".into(), "-c".into(), s.clone()]),
     }
 }
 
@@ -242,6 +276,22 @@ pub fn encode_image(
             .collect();
         runtime.insert("ExposedPorts".into(), serde_json::Value::Object(ports));
     }
+    if !config.volumes.is_empty() {
+        let volumes: serde_json::Map<String, serde_json::Value> = config
+            .volumes
+            .iter()
+            .map(|p| (p.clone(), serde_json::json!({})))
+            .collect();
+        runtime.insert("Volumes".into(), serde_json::Value::Object(volumes));
+    }
+    if !config.stop_signal.is_empty() {
+        runtime.insert("StopSignal".into(), serde_json::json!(config.stop_signal));
+    }
+    // Not in the OCI spec, but where Docker and BuildKit keep it, so an
+    // image built FROM this one inherits it.
+    if !config.shell.is_empty() {
+        runtime.insert("Shell".into(), serde_json::json!(config.shell));
+    }
     let history: Vec<serde_json::Value> = history
         .iter()
         .map(|h| {
@@ -252,7 +302,7 @@ pub fn encode_image(
             v
         })
         .collect();
-    let config_blob = Blob::json(&serde_json::json!({
+    let mut image = serde_json::json!({
         "created": created,
         "architecture": arch,
         "os": os,
@@ -262,7 +312,11 @@ pub fn encode_image(
             "diff_ids": layers.iter().map(|l| l.sha256.clone()).collect::<Vec<_>>(),
         },
         "history": history,
-    }));
+    });
+    if !config.author.is_empty() {
+        image["author"] = serde_json::json!(config.author);
+    }
+    let config_blob = Blob::json(&image);
     let manifest = Blob::json(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_MANIFEST,

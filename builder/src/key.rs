@@ -64,6 +64,14 @@ pub fn step_key(
         let _ = writeln!(t, "arg {}", quote(&format!("{k}={v}")));
     }
     let _ = writeln!(t, "workdir {}", quote(config.cwd()));
+    // The shell a shell-form RUN runs under changes what it does.
+    if !config.shell.is_empty() {
+        let _ = writeln!(
+            t,
+            "shell {}",
+            serde_json::to_string(&config.shell).unwrap_or_default()
+        );
+    }
     let _ = writeln!(t, "user {}", quote(&config.user));
     if let Instruction::Run { network, .. } = instruction {
         let _ = writeln!(
@@ -150,6 +158,15 @@ fn canonical_instruction(i: &Instruction) -> String {
         Instruction::Cmd(c) => format!("CMD {}", command(c)),
         Instruction::Entrypoint(c) => format!("ENTRYPOINT {}", command(c)),
         Instruction::Expose(p) => format!("EXPOSE {}", p.join(" ")),
+        Instruction::Shell(argv) => {
+            format!("SHELL {}", serde_json::to_string(argv).unwrap_or_default())
+        }
+        Instruction::Volume(paths) => format!(
+            "VOLUME {}",
+            serde_json::to_string(paths).unwrap_or_default()
+        ),
+        Instruction::StopSignal(signal) => format!("STOPSIGNAL {}", quote(signal)),
+        Instruction::Maintainer(name) => format!("MAINTAINER {}", quote(name)),
     }
 }
 

@@ -297,6 +297,18 @@ pub fn runtime_config_of(c: &Value) -> RuntimeConfig {
             })
             .unwrap_or_default(),
         exposed_ports: exposed,
+        shell: strings(&c["Shell"]).unwrap_or_default(),
+        volumes: {
+            let mut v: Vec<String> = c["Volumes"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        },
+        stop_signal: c["StopSignal"].as_str().unwrap_or_default().into(),
+        // The author is the image's, not inherited by images built on it.
+        author: String::new(),
     }
 }
 

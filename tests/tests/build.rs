@@ -722,11 +722,18 @@ COPY --from=build /out/link /single
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("image");
-    let report = build_json(cache.path(), ctx.path(), &["--output", &oci_output(&layout, "v1")]);
+    let report = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
     // tools (2 steps) + build (3) + the final stage (3); `broken` is never run.
     assert_eq!(statuses(&report).len(), 8, "{report}");
     let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
-    assert_eq!(std::fs::read(rootfs.join("app/DATA")).unwrap(), b"DATA V1\n");
+    assert_eq!(
+        std::fs::read(rootfs.join("app/DATA")).unwrap(),
+        b"DATA V1\n"
+    );
     assert!(rootfs.join("app/lib").is_dir());
     assert_eq!(
         std::fs::read_link(rootfs.join("app/link")).unwrap(),
@@ -739,7 +746,10 @@ COPY --from=build /out/link /single
         "a symlink named as the source is followed inside the stage"
     );
     assert!(rootfs.join("bin/sh").is_file());
-    assert!(!rootfs.join("src").exists(), "the build stage's files leaked");
+    assert!(
+        !rootfs.join("src").exists(),
+        "the build stage's files leaked"
+    );
 
     // All cached the second time, across stages.
     let again = build_json(cache.path(), ctx.path(), &[]);
@@ -777,7 +787,11 @@ COPY --from=evil /abs/hostname /via-absolute
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("image");
-    build_json(cache.path(), ctx.path(), &["--output", &oci_output(&layout, "v1")]);
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
     let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
     for name in ["via-dotdot", "via-absolute"] {
         assert_eq!(
@@ -786,4 +800,63 @@ COPY --from=evil /abs/hostname /via-absolute
             "{name} read the host's /etc/hostname"
         );
     }
+}
+
+/// SHELL changes how later shell-form commands run (RUN now, CMD in the
+/// config); VOLUME, STOPSIGNAL and MAINTAINER land in the OCI config that
+/// skopeo reads.
+#[test]
+fn shell_volume_stopsignal_and_maintainer_reach_the_image() {
+    need("skopeo", "skopeo");
+    need("umoci", "umoci");
+    let ctx = context(
+        r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+SHELL ["/bin/sh", "-e", "-u", "-c"]
+RUN echo "$-" > /shell-flags
+VOLUME ["/data"]
+VOLUME /logs
+STOPSIGNAL SIGINT
+MAINTAINER Jane Doe <jane@example.com>
+CMD echo hi
+"#,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("image");
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
+    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
+    let flags = std::fs::read_to_string(rootfs.join("shell-flags")).unwrap();
+    assert!(
+        flags.contains('e') && flags.contains('u'),
+        "the RUN did not go through the SHELL: its shell had flags {flags:?}"
+    );
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--config",
+            &format!("oci:{}:v1", layout.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let config: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(config["author"], "Jane Doe <jane@example.com>");
+    let runtime = &config["config"];
+    assert_eq!(runtime["StopSignal"], "SIGINT");
+    let volumes: Vec<&String> = runtime["Volumes"].as_object().unwrap().keys().collect();
+    assert_eq!(volumes, ["/data", "/logs"]);
+    assert_eq!(
+        runtime["Cmd"],
+        serde_json::json!(["/bin/sh", "-e", "-u", "-c", "echo hi"])
+    );
 }

@@ -59,6 +59,17 @@ pub enum Instruction {
     /// `"<port>/<tcp|udp|sctp>"`, the form an OCI config's `ExposedPorts`
     /// uses as keys.
     Expose(Vec<String>),
+    /// `SHELL ["executable", "param", ...]` (JSON form only, as Docker
+    /// requires): how later shell-form commands run.
+    Shell(Vec<String>),
+    /// `VOLUME path...` or `VOLUME ["path", ...]`: mount points the image
+    /// declares.
+    Volume(Vec<String>),
+    /// `STOPSIGNAL SIGNAME|NUMBER`.
+    StopSignal(String),
+    /// `MAINTAINER name` (deprecated in Docker, still accepted): the
+    /// image's author.
+    Maintainer(String),
 }
 
 /// How a `RUN`, `CMD` or `ENTRYPOINT` command is written.
@@ -183,6 +194,10 @@ impl Instruction {
             Instruction::Cmd(_) => "CMD",
             Instruction::Entrypoint(_) => "ENTRYPOINT",
             Instruction::Expose(_) => "EXPOSE",
+            Instruction::Shell(_) => "SHELL",
+            Instruction::Volume(_) => "VOLUME",
+            Instruction::StopSignal(_) => "STOPSIGNAL",
+            Instruction::Maintainer(_) => "MAINTAINER",
         }
     }
 
@@ -198,8 +213,21 @@ impl Instruction {
             scope,
         };
         Ok(match self {
-            Instruction::Run { .. } | Instruction::Cmd(_) | Instruction::Entrypoint(_) => {
-                self.clone()
+            Instruction::Run { .. }
+            | Instruction::Cmd(_)
+            | Instruction::Entrypoint(_)
+            | Instruction::Shell(_)
+            | Instruction::Maintainer(_) => self.clone(),
+            Instruction::Volume(paths) => Instruction::Volume(
+                paths
+                    .iter()
+                    .map(|p| ex.non_empty(p, "path"))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Instruction::StopSignal(signal) => {
+                let signal = ex.non_empty(signal, "signal")?;
+                check_signal(&signal)?;
+                Instruction::StopSignal(signal)
             }
             Instruction::Copy {
                 sources,
@@ -253,6 +281,24 @@ impl Instruction {
             }
             Instruction::Expose(ports) => Instruction::Expose(ex.ports(ports)?),
         })
+    }
+}
+
+/// `SIGTERM`, `TERM`-style names of capitals, or a number 1..=64 (Linux's
+/// signals, real-time ones included).
+fn check_signal(signal: &str) -> Result<(), String> {
+    let named = signal.len() <= 16
+        && signal.starts_with(|c: char| c.is_ascii_uppercase())
+        && signal
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-');
+    let numbered = signal.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n));
+    if named || numbered {
+        Ok(())
+    } else {
+        Err(format!(
+            "STOPSIGNAL: expected a signal name (SIGTERM) or number (1-64), found `{signal}`"
+        ))
     }
 }
 

@@ -14,18 +14,11 @@ use super::words::{
 };
 
 /// The instructions we support, for error messages.
-pub(crate) const SUPPORTED: &str =
-    "FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE";
+pub(crate) const SUPPORTED: &str = "FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, CMD, \
+     ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER";
 
 /// Docker instructions we deliberately do not support (as opposed to typos).
-const UNSUPPORTED: [&str; 6] = [
-    "VOLUME",
-    "ONBUILD",
-    "HEALTHCHECK",
-    "SHELL",
-    "STOPSIGNAL",
-    "MAINTAINER",
-];
+const UNSUPPORTED: [&str; 2] = ["ONBUILD", "HEALTHCHECK"];
 
 /// An instruction keyword.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +35,14 @@ pub(crate) enum Keyword {
     Cmd,
     Entrypoint,
     Expose,
+    Shell,
+    Volume,
+    StopSignal,
+    Maintainer,
 }
 
 impl Keyword {
-    const ALL: [Keyword; 12] = [
+    const ALL: [Keyword; 16] = [
         Keyword::From,
         Keyword::Run,
         Keyword::Copy,
@@ -58,6 +55,10 @@ impl Keyword {
         Keyword::Cmd,
         Keyword::Entrypoint,
         Keyword::Expose,
+        Keyword::Shell,
+        Keyword::Volume,
+        Keyword::StopSignal,
+        Keyword::Maintainer,
     ];
 
     /// Recognises a keyword in any case; errors name the word and what is
@@ -95,6 +96,10 @@ impl Keyword {
             Keyword::Cmd => "CMD",
             Keyword::Entrypoint => "ENTRYPOINT",
             Keyword::Expose => "EXPOSE",
+            Keyword::Shell => "SHELL",
+            Keyword::Volume => "VOLUME",
+            Keyword::StopSignal => "STOPSIGNAL",
+            Keyword::Maintainer => "MAINTAINER",
         }
     }
 
@@ -152,6 +157,17 @@ pub(crate) fn parse_instruction(
         Keyword::Cmd => Instruction::Cmd(parse_command(keyword, rest, escape)?),
         Keyword::Entrypoint => Instruction::Entrypoint(parse_command(keyword, rest, escape)?),
         Keyword::Expose => Instruction::Expose(parse_expose(rest)?),
+        Keyword::Shell => match parse_command(keyword, rest, escape)? {
+            Command::Exec(argv) if !argv.is_empty() => Instruction::Shell(argv),
+            _ => {
+                return Err(format!(
+                    "SHELL: expected a JSON array like [\"/bin/bash\", \"-c\"], found `{rest}`"
+                ));
+            }
+        },
+        Keyword::Volume => Instruction::Volume(parse_volumes(rest, escape)?),
+        Keyword::StopSignal => Instruction::StopSignal(parse_rest(keyword, rest, "a signal")?),
+        Keyword::Maintainer => Instruction::Maintainer(parse_rest(keyword, rest, "a name")?),
     };
     Ok(Parsed::Instruction(instruction))
 }
@@ -447,6 +463,22 @@ fn parse_rest(keyword: Keyword, rest: &str, expected: &str) -> Result<String, St
     Ok(rest.to_owned())
 }
 
+/// `VOLUME ["/a", "/b"]` or `VOLUME /a /b`.
+fn parse_volumes(rest: &str, escape: char) -> Result<Vec<String>, String> {
+    let paths = if rest.trim_start().starts_with('[') {
+        match parse_command(Keyword::Volume, rest, escape)? {
+            Command::Exec(paths) => paths,
+            Command::Shell(_) => Vec::new(),
+        }
+    } else {
+        split_whitespace(rest)
+    };
+    if paths.is_empty() {
+        return Err("VOLUME: expected one or more paths".into());
+    }
+    Ok(paths)
+}
+
 fn parse_expose(rest: &str) -> Result<Vec<String>, String> {
     let ports = split_whitespace(rest);
     if ports.is_empty() {
@@ -471,8 +503,8 @@ mod tests {
     #[test]
     fn unknown_words_and_unsupported_instructions_are_told_apart() {
         assert_eq!(
-            Keyword::parse("volume").unwrap_err(),
-            format!("unsupported instruction VOLUME (supported: {SUPPORTED})")
+            Keyword::parse("healthcheck").unwrap_err(),
+            format!("unsupported instruction HEALTHCHECK (supported: {SUPPORTED})")
         );
         assert_eq!(
             Keyword::parse("RUNN").unwrap_err(),

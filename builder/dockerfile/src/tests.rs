@@ -304,19 +304,13 @@ fn errors_use_the_given_file_name() {
 
 #[test]
 fn unsupported_docker_instructions_are_named_with_their_line() {
-    let text = "FROM scratch\n\n# comment\nRUN a \\\n  b\n\nvolume /data\n";
+    let text = "FROM scratch\n\n# comment\nRUN a \\\n  b\n\nhealthcheck NONE\n";
     assert_eq!(
         parse_err(text),
-        "Dockerfile:7: unsupported instruction VOLUME (supported: FROM, RUN, COPY, ADD, ENV, ARG, \
-         WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE)"
+        "Dockerfile:7: unsupported instruction HEALTHCHECK (supported: FROM, RUN, COPY, ADD, ENV, \
+         ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER)"
     );
-    for keyword in [
-        "ONBUILD RUN x",
-        "HEALTHCHECK NONE",
-        "SHELL [\"bash\"]",
-        "STOPSIGNAL 9",
-        "MAINTAINER me",
-    ] {
+    for keyword in ["ONBUILD RUN x", "HEALTHCHECK NONE"] {
         let upper = keyword.split(' ').next().unwrap();
         assert!(
             step_err(keyword)
@@ -1226,4 +1220,42 @@ fn parser_never_panics_on_arbitrary_input() {
             }
         }
     }
+}
+
+#[test]
+fn shell_volume_stopsignal_and_maintainer_parse_as_docker_has_them() {
+    let df = parse_ok(
+        "FROM scratch\nSHELL [\"/bin/ash\", \"-eo\", \"pipefail\", \"-c\"]\n\
+         VOLUME [\"/data\", \"/logs\"]\nVOLUME /cache /tmp/x\nSTOPSIGNAL SIGINT\n\
+         MAINTAINER Jane Doe <jane@example.com>\n",
+    );
+    let steps: Vec<&Instruction> = df.stages[0].steps.iter().map(|s| &s.instruction).collect();
+    assert_eq!(
+        steps,
+        [
+            &Instruction::Shell(strings(&["/bin/ash", "-eo", "pipefail", "-c"])),
+            &Instruction::Volume(strings(&["/data", "/logs"])),
+            &Instruction::Volume(strings(&["/cache", "/tmp/x"])),
+            &Instruction::StopSignal("SIGINT".into()),
+            &Instruction::Maintainer("Jane Doe <jane@example.com>".into()),
+        ]
+    );
+    assert_eq!(
+        parse_err("FROM scratch\nSHELL /bin/bash -c\n"),
+        "Dockerfile:2: SHELL: expected a JSON array like [\"/bin/bash\", \"-c\"], found `/bin/bash -c`"
+    );
+    assert_eq!(
+        parse_err("FROM scratch\nSHELL []\n"),
+        "Dockerfile:2: SHELL: expected a JSON array like [\"/bin/bash\", \"-c\"], found `[]`"
+    );
+    assert!(parse_err("FROM scratch\nVOLUME\n").contains("VOLUME"));
+    assert!(parse_err("FROM scratch\nSTOPSIGNAL 99\n").contains("expected a signal name"));
+    assert!(parse_err("FROM scratch\nSTOPSIGNAL kill;rm\n").contains("expected a signal name"));
+    // STOPSIGNAL and VOLUME take variables; the values are checked then.
+    let df = parse_ok("FROM scratch\nARG SIG=SIGQUIT\nSTOPSIGNAL $SIG\n");
+    let scope = vars(&[("SIG", "SIGQUIT")]);
+    assert_eq!(
+        df.expand_step(&df.stages[0].steps[1], &scope).unwrap(),
+        Instruction::StopSignal("SIGQUIT".into())
+    );
 }

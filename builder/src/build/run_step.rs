@@ -14,7 +14,6 @@ use super::Event;
 use super::error::BuildError;
 use super::plan::Planned;
 use super::runner::Runner;
-use crate::image::command_argv;
 
 impl Runner<'_> {
     /// Runs a RUN step on an overlay (or a copy) of the working rootfs and
@@ -54,7 +53,7 @@ impl Runner<'_> {
         };
         let spec = RunSpec {
             rootfs,
-            argv: command_argv(command).unwrap_or_default(),
+            argv: s.config_before.command_argv(command).unwrap_or_default(),
             env: step_env(s),
             cwd: s.config_before.cwd().to_string(),
             user: (!s.config_before.user.is_empty()).then(|| s.config_before.user.clone()),
