@@ -41,6 +41,11 @@ impl TestServer {
             },
         )
         .expect("open store");
+        Self::serve(store, config).await
+    }
+
+    /// Serves an opened store on an ephemeral loopback port.
+    pub async fn serve(store: Store, config: ServerConfig) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -306,23 +311,7 @@ pub fn segment_files(data: &Path) -> Vec<PathBuf> {
 /// [`TestServer::start`] does: for stores opened with a config of the
 /// test's own (small segments, an index rebuild).
 pub async fn serve_store(store: Store) -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let served = store.clone();
-    let task = tokio::spawn(async move {
-        strata_server::serve(served, ServerConfig::default(), listener, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("server failed");
-    });
-    TestServer {
-        url: format!("http://{addr}"),
-        store,
-        shutdown: Some(tx),
-        task: Some(task),
-    }
+    TestServer::serve(store, ServerConfig::default()).await
 }
 
 pub mod hostile;
