@@ -40,6 +40,10 @@ pub struct CopyEntry {
     /// trailing `/`): if that is a directory in the image when the step
     /// runs, the file lands inside it, as Docker does.
     pub into_existing_dir: bool,
+    /// Named by the instruction (or matched by its glob), as opposed to
+    /// found inside a named directory: only such a file is an archive that
+    /// `ADD` unpacks.
+    pub named: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +153,7 @@ impl BuildContext {
                     };
                     let mut selected = entry(&host, target, &meta, chmod)?;
                     selected.into_existing_dir = !into_dir;
+                    selected.named = true;
                     out.push(selected);
                 }
             }
@@ -285,6 +290,7 @@ fn entry(
         kind,
         mode,
         into_existing_dir: false,
+        named: false,
     })
 }
 

@@ -17,6 +17,7 @@
 //! The working root filesystem (the image state a RUN step starts from) is
 //! materialised lazily, in a temporary directory, and removed at the end.
 
+mod archive;
 mod base;
 mod copy;
 mod error;

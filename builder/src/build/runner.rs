@@ -9,18 +9,20 @@ use std::time::Duration;
 
 use strata_client::{Client, Progress};
 use strata_layer::{
-    ApplyOptions, Change, IdMap, LayerPath, WriteOptions, apply_layer, copy_changes,
+    ApplyOptions, Change, CopyItem, IdMap, LayerPath, WriteOptions, apply_layer, copy_changes,
     workdir_changes, write_layer,
 };
 use strata_proto::{Digest, oci_digest};
 use strata_sandbox::IdMapping;
 
+use super::archive::{archive_kind, unpack};
 use super::base::{BuiltLayer, LayerSource};
 use super::copy::{chown_ids, copy_items, stage_copy_items};
 use super::error::BuildError;
 use super::plan::Planned;
 use super::run_step::layer_idmap;
 use super::{BuildOptions, Event};
+use crate::context::{CopyEntry, EntryKind};
 use crate::image::{HistoryEntry, LayerRef, MEDIA_TYPE_LAYER};
 use strata_dockerfile::Instruction;
 
@@ -206,8 +208,11 @@ impl<'a> Runner<'a> {
                 let root = self.materialise().await?;
                 let owner = chown_ids(chown.as_deref(), &root)
                     .map_err(|e| s.site.error(format!("COPY --chown={e}")))?;
-                let items = copy_items(s.copy.as_deref().unwrap_or_default(), owner)
-                    .map_err(|e| s.site.error(e))?;
+                let entries = s.copy.as_deref().unwrap_or_default();
+                let mut items = copy_items(entries, owner).map_err(|e| s.site.error(e))?;
+                if matches!(s.instruction, Instruction::Add { .. }) {
+                    self.unpack_archives(s, entries, &mut items, owner)?;
+                }
                 copy_changes(&items, &root).map_err(|e| s.site.error(format!("COPY: {e}")))?
             }
             _ => {
@@ -224,6 +229,51 @@ impl<'a> Runner<'a> {
             uploaded,
             command_time,
         })
+    }
+
+    /// `ADD` unpacks a named local archive at its destination directory
+    /// instead of copying it: its copy item is replaced by the unpacked tree.
+    fn unpack_archives(
+        &self,
+        s: &Planned,
+        entries: &[CopyEntry],
+        items: &mut [CopyItem],
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), BuildError> {
+        for (n, (entry, item)) in entries.iter().zip(items.iter_mut()).enumerate() {
+            if !entry.named || entry.kind != EntryKind::File {
+                continue;
+            }
+            let archive = archive_kind(&entry.host)
+                .map_err(BuildError::io(format!("reading {}", entry.host.display())))?;
+            let Some(kind) = archive else { continue };
+            let into = self
+                .scratch
+                .path()
+                .join(format!("add-{}-{n}", self.layers.len()));
+            std::fs::create_dir(&into).map_err(BuildError::io("creating an unpack directory"))?;
+            unpack(&entry.host, kind, &into, &self.layer_ids).map_err(|e| {
+                s.site.error(format!(
+                    "ADD: unpacking {}: {e}",
+                    entry.host.file_name().unwrap_or_default().to_string_lossy()
+                ))
+            })?;
+            // `ADD a.tar.gz /dir/` and `ADD a.tar.gz /dir` both unpack into /dir.
+            let dest = if entry.into_existing_dir {
+                item.dest.clone()
+            } else {
+                item.dest.parent().unwrap_or_else(LayerPath::root)
+            };
+            *item = CopyItem {
+                source: into,
+                dest,
+                chown: owner,
+                chmod: None,
+                recursive: true,
+                into_existing_dir: false,
+            };
+        }
+        Ok(())
     }
 
     /// Writes the changes as a layer tar, pushes it, and adds it to the
