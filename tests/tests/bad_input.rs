@@ -158,13 +158,14 @@ async fn malformed_chunks_are_refused_precisely() {
         "{status:?}"
     );
 
-    // A declared length over the chunk limit is refused before decoding.
+    // A declared length over the chunk limit is refused before decoding,
+    // as every size limit is.
     let mut huge = raw_chunk(&raw);
     huge.raw_length = u32::MAX;
     let status = put(&server, vec![PutChunksRequest { chunks: vec![huge] }])
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("exceeds the limit"), "{status:?}");
 
     // An unknown codec, and a digest of the wrong size.
@@ -217,7 +218,11 @@ async fn oversized_requests_are_refused() {
     let status = put(&server, vec![PutChunksRequest { chunks }])
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("limit of 1048576 bytes"),
+        "{status:?}"
+    );
 
     // Too many digests in one lookup.
     let digests = (0..101u32)

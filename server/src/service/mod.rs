@@ -1,27 +1,41 @@
 //! The gRPC face of the store: one file per service, the one mapping from
-//! store errors to gRPC status codes, and the server wiring (limits, health,
-//! reflection, graceful shutdown).
+//! store errors to gRPC status codes, and the server wiring: the limits
+//! (every one a field of [`ServerConfig`]), health and reflection, graceful
+//! shutdown.
+//!
+//! Where each limit is enforced: connections (cap, handshake, idle) in
+//! `listener.rs` and `connection.rs`; HTTP/2 (streams per connection,
+//! keepalive) by hyper, configured in [`router`]; request messages (size,
+//! upload budget, idle and message timeouts) in `request_limits.rs` and
+//! `budget.rs`, in front of every service; per-request counts in the
+//! services.
 
 mod admin;
+mod budget;
+mod connection;
 mod content;
+mod listener;
 mod manifest;
+mod request_limits;
 mod step;
 mod tags;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use strata_proto::v1::admin_server::AdminServer;
 use strata_proto::v1::content_store_server::ContentStoreServer;
 use strata_proto::v1::manifest_store_server::ManifestStoreServer;
 use strata_proto::v1::step_cache_server::StepCacheServer;
 use strata_proto::v1::tags_server::TagsServer;
-use strata_proto::{Digest, FILE_DESCRIPTOR_SET};
+use strata_proto::{ChunkError, Digest, FILE_DESCRIPTOR_SET, ManifestError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::Status;
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, Router};
+use tower::layer::util::{Identity, Stack};
 
 use crate::store::{Store, StoreError};
 
@@ -31,15 +45,73 @@ pub use manifest::ManifestService;
 pub use step::StepCacheService;
 pub use tags::TagsService;
 
-/// Limits and knobs of the gRPC server.
+use request_limits::RequestLimitsLayer;
+
+/// Limits and knobs of the gRPC server. Every limit on what a client can
+/// make the server hold or wait for is here, with why it has its default;
+/// the defaults suit a laptop serving a team.
+///
+/// Memory held for request bytes is bounded by `upload_budget_bytes`
+/// (messages being received, decoded, verified and stored) plus, per
+/// connection, what HTTP/2 lets a client send before the server reads it:
+/// at most [`CONNECTION_WINDOW_BYTES`]. So the worst case over all
+/// connections is `upload_budget_bytes + max_connections ×
+/// CONNECTION_WINDOW_BYTES` (256 MiB + 256 × 32 MiB with the defaults;
+/// lower `max_connections` to lower it).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Largest gRPC message accepted or sent, in bytes.
+    /// Largest gRPC message accepted or sent, in bytes; a request message
+    /// over it is refused (`RESOURCE_EXHAUSTED`) from its length prefix,
+    /// before any of it is buffered. 64 MiB: the manifest of a 100 GiB
+    /// object (1.6 M chunk entries) fits; uploads use 1 MiB messages.
     pub max_message_bytes: usize,
-    /// Most digests in one FindMissing or GetChunks request.
+    /// Most digests in one FindMissing, GetChunks or LookupSteps request
+    /// (`RESOURCE_EXHAUSTED` past it). 65,536: 4 GiB of average chunks, in
+    /// a 2 MiB message.
     pub max_digests_per_request: usize,
-    /// Target size of one GetChunks response message.
+    /// Target size of one GetChunks response message. 1 MiB: large enough
+    /// to stream at disk speed, small enough that a slow reader pins little.
     pub get_batch_bytes: usize,
+    /// Connections served at once; past it, new connections wait in the
+    /// listen backlog until one closes. 256: each costs a file descriptor
+    /// and up to [`CONNECTION_WINDOW_BYTES`] of buffers, and the usual soft
+    /// limit of 1,024 descriptors must also cover segments and the index.
+    pub max_connections: usize,
+    /// Calls (HTTP/2 streams) one connection may have open at once; the
+    /// client waits for a free one past it. 100: the least RFC 9113
+    /// recommends; a `strata` client opens about ten.
+    pub max_streams_per_connection: u32,
+    /// How long a new connection has to send the HTTP/2 preface before it
+    /// is closed. 10 s: a client sends it at once; a connection that sends
+    /// nothing must not hold a connection slot.
+    pub handshake_timeout: Duration,
+    /// How long a connection may have no call open before it is closed
+    /// (GOAWAY; clients reconnect on their next call), and how long a call
+    /// may leave the server waiting for its next request message before it
+    /// is ended (`DEADLINE_EXCEEDED`). 5 minutes: an upload stream may
+    /// pause while its client hashes a large file past chunks the server
+    /// already has; a client silent for longer holds a slot for nothing.
+    pub idle_timeout: Duration,
+    /// How long one request message may take to arrive once its first
+    /// bytes have (its bytes are reserved in the upload budget meanwhile),
+    /// and how long a download may wait for its reader to take the next
+    /// response message; either ends the call (`DEADLINE_EXCEEDED`).
+    /// 60 s: a 1 MiB upload message at 20 KiB/s; the client waits as long
+    /// for the server.
+    pub message_timeout: Duration,
+    /// Interval of the HTTP/2 pings the server sends on every connection.
+    /// 30 s: finds a peer that vanished without closing (a dropped laptop,
+    /// a cut cable) within a minute, for a few bytes per connection.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    /// 20 s: generous for any live peer, even on a congested link.
+    pub keepalive_timeout: Duration,
+    /// Bytes of request messages the server holds at once, all calls
+    /// together, from a message's length prefix until it is stored (see
+    /// `budget.rs`); when spent, the server stops reading uploads until
+    /// stored messages free some (back-pressure, not an error). 256 MiB:
+    /// four times the largest message, 256 upload messages of 1 MiB.
+    pub upload_budget_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -48,12 +120,30 @@ impl Default for ServerConfig {
             max_message_bytes: 64 << 20,
             max_digests_per_request: 1 << 16,
             get_batch_bytes: 1 << 20,
+            max_connections: 256,
+            max_streams_per_connection: 100,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            message_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            upload_budget_bytes: 256 << 20,
         }
     }
 }
 
 /// The single place a store error becomes a gRPC status.
+///
+/// A client sees what it can act on and nothing of the server's insides:
+/// errors of the server's own making are logged here in full and reach the
+/// client as one line without paths.
 pub(crate) fn status_of(e: StoreError) -> Status {
+    if e.is_storage_full() {
+        tracing::error!(error = %e, "a write met a full disk");
+        return Status::resource_exhausted(
+            "the server's disk is full: the write was not stored; retry once space is freed",
+        );
+    }
     match e {
         StoreError::ChunkNotFound(_) | StoreError::ManifestNotFound(_) => {
             Status::not_found(e.to_string())
@@ -65,6 +155,9 @@ pub(crate) fn status_of(e: StoreError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         StoreError::StepDivergence { .. } => Status::already_exists(e.to_string()),
+        StoreError::BadManifest(
+            ManifestError::ChunkTooLarge { .. } | ManifestError::MediaTypeTooLong(_),
+        ) => Status::resource_exhausted(e.to_string()),
         StoreError::BadManifest(_) | StoreError::BadStepResult(_) | StoreError::BadTag { .. } => {
             Status::invalid_argument(e.to_string())
         }
@@ -73,15 +166,32 @@ pub(crate) fn status_of(e: StoreError) -> Status {
         StoreError::Locked { .. }
         | StoreError::DataDir { .. }
         | StoreError::Index(_)
-        | StoreError::Io { .. } => Status::internal(e.to_string()),
+        | StoreError::Io { .. }
+        | StoreError::StorageFull { .. } => internal("the store failed", &e),
     }
+}
+
+/// The status of an uploaded chunk that failed verification: a size limit
+/// is `RESOURCE_EXHAUSTED`, anything else a bad request.
+pub(crate) fn chunk_refusal(e: ChunkError) -> Status {
+    match e {
+        ChunkError::TooLarge { .. } => Status::resource_exhausted(format!("refused upload: {e}")),
+        _ => Status::invalid_argument(format!("refused upload: {e}")),
+    }
+}
+
+/// An error of the server's own making: logged in full, reported to the
+/// client as `what` alone.
+pub(crate) fn internal(what: &str, e: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "{what}");
+    Status::internal(format!("{what}; the server's log has the details"))
 }
 
 /// Parses wire digests, naming the first bad one.
 pub(crate) fn parse_digests(raw: &[Vec<u8>], limit: usize) -> Result<Vec<Digest>, Status> {
     if raw.len() > limit {
         return Err(Status::resource_exhausted(format!(
-            "request names {} digests; the limit is {limit}",
+            "request names {} digests; the limit is {limit} (max_digests_per_request)",
             raw.len()
         )));
     }
@@ -99,7 +209,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+        .map_err(|e| internal("a store task failed", &e))?
         .map_err(status_of)
 }
 
@@ -109,10 +219,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
-fn router(
-    store: Store,
-    config: &ServerConfig,
-) -> Result<tonic::transport::server::Router, StoreError> {
+/// The services behind the request limits, ready to serve.
+pub(crate) type LimitedRouter = Router<Stack<RequestLimitsLayer, Identity>>;
+
+fn router(store: Store, config: &ServerConfig) -> Result<LimitedRouter, StoreError> {
     let limit = config.max_message_bytes;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // The reporter's setters only fail if the health service is gone; it
@@ -139,8 +249,20 @@ fn router(
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .max_frame_size(Some(1 << 20))
-        .add_service(health)
-        .add_service(reflection)
+        .max_concurrent_streams(Some(config.max_streams_per_connection.max(1)))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(RequestLimitsLayer::new(config))
+        .add_service(
+            health
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            reflection
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
         .add_service(
             ContentStoreServer::new(ContentService::new(store.clone(), config.clone()))
                 .max_decoding_message_size(limit)
@@ -169,7 +291,7 @@ fn router(
 }
 
 /// Serves the store on a bound listener until `shutdown` resolves, then
-/// finishes in-flight requests and returns.
+/// stops accepting, finishes in-flight requests and returns.
 pub async fn serve(
     store: Store,
     config: ServerConfig,
@@ -177,16 +299,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving");
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    router(store, &config)?
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| StoreError::io("serving gRPC", std::io::Error::other(e)))
+    tracing::info!(?addr, max_connections = config.max_connections, "serving");
+    let router = router(store, &config)?;
+    listener::run(router, listener, &config, shutdown).await;
+    Ok(())
 }
 
 /// Serves the store over any stream of connections (the CLI's embedded mode
-/// uses in-memory pipes).
+/// uses in-memory pipes). The request limits apply; the connection limits
+/// (cap, handshake, idle) are the stream's business.
 pub async fn serve_incoming<IO, IE, I>(
     store: Store,
     config: ServerConfig,

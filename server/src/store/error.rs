@@ -21,6 +21,13 @@ pub enum StoreError {
         what: String,
         source: std::io::Error,
     },
+    /// The disk (or the user's quota on it) is full. Nothing of the write
+    /// that met it was kept; writes succeed again once space is freed.
+    #[error("no space left on the store's disk: {what}: {source}")]
+    StorageFull {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("chunk {0} is not in the store")]
     ChunkNotFound(Digest),
     #[error("manifest {0} is not in the store")]
@@ -66,10 +73,43 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// An I/O error on `what`; a full disk is told apart, since it is the
+    /// one I/O error a client can do something about (wait, or free space).
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            what: what.into(),
-            source,
+        let what = what.into();
+        if is_storage_full(&source) {
+            StoreError::StorageFull { what, source }
+        } else {
+            StoreError::Io { what, source }
         }
     }
+
+    /// Whether this error is a full disk, in the segments or in the index.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::StorageFull { .. } => true,
+            StoreError::Index(sled::Error::Io(e)) => is_storage_full(e),
+            _ => false,
+        }
+    }
+
+    /// The error to give each job of a commit group that failed with
+    /// `self` (an `io::Error` cannot be cloned): its class and its text.
+    pub(crate) fn for_each_waiter(&self) -> Self {
+        let what = "committing a write group".to_string();
+        let source = std::io::Error::other(self.to_string());
+        if self.is_storage_full() {
+            StoreError::StorageFull { what, source }
+        } else {
+            StoreError::Io { what, source }
+        }
+    }
+}
+
+/// `ENOSPC` and `EDQUOT`.
+fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }

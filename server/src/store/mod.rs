@@ -174,6 +174,10 @@ pub struct StoreStats {
     /// Chunks found rotten and dropped from the index that no push has
     /// stored again yet: data lost until some client re-pushes it.
     pub rotten_chunks: u64,
+    /// Uploaded chunks decoded and hashed by [`Store::verify_chunk`] since
+    /// the store was opened (not kept across restarts): the CPU an upload
+    /// cost, which duplicates in one request must not multiply.
+    pub chunks_verified: u64,
 }
 
 /// What recording a step result did.
@@ -229,6 +233,7 @@ struct Counters {
     skipped_bytes: AtomicU64,
     tail_bytes_cut: AtomicU64,
     rotten_chunks: AtomicU64,
+    chunks_verified: AtomicU64,
 }
 
 /// State shared by the store handles and the writer thread.
@@ -402,6 +407,24 @@ impl Store {
             .shared()
             .chunks
             .contains_key(index::digest_key(digest))?)
+    }
+
+    /// Decodes and hashes an uploaded chunk ([`VerifiedChunk::verify`]),
+    /// counting it in [`StoreStats::chunks_verified`]. CPU-bound: call it
+    /// from a blocking thread.
+    pub fn verify_chunk(
+        &self,
+        decoder: &mut ChunkDecoder,
+        digest: Digest,
+        codec: Codec,
+        raw_len: u32,
+        data: Bytes,
+    ) -> Result<VerifiedChunk, ChunkError> {
+        self.shared()
+            .counters
+            .chunks_verified
+            .fetch_add(1, Ordering::Relaxed);
+        VerifiedChunk::verify(decoder, digest, codec, raw_len, data)
     }
 
     /// Writes the chunks the store does not hold yet; returns once they are
@@ -679,6 +702,7 @@ impl Store {
             recovery_skipped_bytes: c.skipped_bytes.load(Ordering::Relaxed),
             recovery_tail_bytes_cut: c.tail_bytes_cut.load(Ordering::Relaxed),
             rotten_chunks: c.rotten_chunks.load(Ordering::Relaxed),
+            chunks_verified: c.chunks_verified.load(Ordering::Relaxed),
         }
     }
 
@@ -1105,4 +1129,3 @@ fn decode_stored_step(key: &Digest, bytes: &[u8]) -> Result<StepResult, StoreErr
         detail: e.to_string(),
     })
 }
-

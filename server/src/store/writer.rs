@@ -148,12 +148,8 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
-                let msg = e.to_string();
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::io(
-                        "segment append",
-                        std::io::Error::other(msg.clone()),
-                    )));
+                    let _ = reply.send(Err(e.for_each_waiter()));
                 }
             }
         }

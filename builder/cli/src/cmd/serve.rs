@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use strata_server::{FsyncPolicy, ServerConfig, Store, StoreConfig};
 
@@ -25,6 +27,33 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
     max_message_bytes: usize,
+    /// Connections served at once; more wait to be accepted until one closes.
+    #[arg(long, default_value_t = ServerConfig::default().max_connections,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    max_connections: usize,
+    /// Calls one connection may have open at once (HTTP/2 streams).
+    #[arg(long, default_value_t = ServerConfig::default().max_streams_per_connection,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// Bytes of upload messages held at once, all clients together; past it
+    /// the server reads no more uploads until stored ones free some.
+    #[arg(long, default_value_t = ServerConfig::default().upload_budget_bytes,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    upload_budget_bytes: usize,
+    /// Seconds a new connection has to begin HTTP/2 before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServerConfig::default().handshake_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+    /// Seconds a connection may go without a call, or a call without a
+    /// message from its client, before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServerConfig::default().idle_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds one request message may take to arrive once begun, and a
+    /// download's reader to take one response message.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServerConfig::default().message_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    message_timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +105,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     eprintln!("strata: listening on {local}");
     let server_config = ServerConfig {
         max_message_bytes: args.max_message_bytes,
+        max_connections: args.max_connections,
+        max_streams_per_connection: args.max_streams_per_connection,
+        upload_budget_bytes: args.upload_budget_bytes,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        message_timeout: Duration::from_secs(args.message_timeout),
         ..ServerConfig::default()
     };
     strata_server::serve(store, server_config, listener, shutdown_signal()).await?;
