@@ -869,27 +869,64 @@ fn add_unpacks_local_archives_and_refuses_escaping_entries() {
     let ctx = context("FROM scratch\nADD app.tar.gz /opt/\nADD plain.tar /srv\n");
     let tar = |args: &[&str]| {
         let out = Command::new("tar").args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let src = ctx.path().join("src");
     std::fs::create_dir_all(src.join("bin")).unwrap();
     std::fs::write(src.join("bin/app"), "app v1\n").unwrap();
     std::fs::write(src.join("b.txt"), "b\n").unwrap();
     let c = ctx.path().to_str().unwrap();
-    tar(&["-C", &format!("{c}/src"), "-czf", &format!("{c}/app.tar.gz"), "bin"]);
-    tar(&["-C", &format!("{c}/src"), "-cf", &format!("{c}/plain.tar"), "b.txt"]);
+    tar(&[
+        "-C",
+        &format!("{c}/src"),
+        "-czf",
+        &format!("{c}/app.tar.gz"),
+        "bin",
+    ]);
+    tar(&[
+        "-C",
+        &format!("{c}/src"),
+        "-cf",
+        &format!("{c}/plain.tar"),
+        "b.txt",
+    ]);
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("image");
-    build_json(cache.path(), ctx.path(), &["--output", &oci_output(&layout, "v1")]);
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&layout, "v1")],
+    );
     let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
-    assert_eq!(std::fs::read(rootfs.join("opt/bin/app")).unwrap(), b"app v1\n");
+    assert_eq!(
+        std::fs::read(rootfs.join("opt/bin/app")).unwrap(),
+        b"app v1\n"
+    );
     assert_eq!(std::fs::read(rootfs.join("srv/b.txt")).unwrap(), b"b\n");
-    assert!(!rootfs.join("opt/app.tar.gz").exists(), "the archive was copied, not unpacked");
+    assert!(
+        !rootfs.join("opt/app.tar.gz").exists(),
+        "the archive was copied, not unpacked"
+    );
 
     // `-P` keeps the `../` in the member name.
-    tar(&["-C", &format!("{c}/src"), "-P", "-cf", &format!("{c}/evil.tar"), "../data.txt"]);
-    std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nADD evil.tar /x/\n").unwrap();
+    tar(&[
+        "-C",
+        &format!("{c}/src"),
+        "-P",
+        "-cf",
+        &format!("{c}/evil.tar"),
+        "../data.txt",
+    ]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nADD evil.tar /x/\n",
+    )
+    .unwrap();
     let refused = build(cache.path(), ctx.path(), &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
