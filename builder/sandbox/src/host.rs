@@ -1,7 +1,8 @@
-//! The host builder's side of a sandboxed step: start stage 1, send it the
-//! job, write its id maps when asked, stream the command's output to the
-//! caller as it comes, enforce the time limit, and turn the stages' reports
-//! into a [`RunOutcome`] or a [`SandboxError`].
+//! The host builder's side of a sandboxed step: make the step's cgroup,
+//! start stage 1 in it, send it the job, write its id maps when asked,
+//! stream the command's output to the caller as it comes, enforce the time
+//! limit, and turn the stages' reports and the cgroup's counters into a
+//! [`RunOutcome`] or a [`SandboxError`].
 //!
 //! This side may run on any thread of a multi-threaded (tokio) process: it
 //! only spawns a process and talks to it over pipes and a socket. It blocks,
@@ -20,9 +21,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::idmap::IdMapping;
+use super::limits::StepCgroup;
 use super::wire::{CommandExit, Message, WireError};
 use super::{
-    ExitKind, Job, REEXEC_ARG, RootfsSpec, RunOutcome, RunSpec, SandboxError, SetupError, Stream,
+    AppliedLimits, Confinement, ExitKind, Job, LimitExceeded, REEXEC_ARG, RootfsSpec, RunOutcome,
+    RunSpec, SECCOMP_PROFILE, SandboxError, SetupError, Stream,
 };
 
 /// Output chunks in flight between the pipe readers and the caller's
@@ -50,19 +53,49 @@ pub fn run(
     spec: &RunSpec,
     ids: &IdMapping,
     helper: Option<&Path>,
+    out: impl FnMut(Stream, &[u8]),
+) -> Result<RunOutcome, SandboxError> {
+    run_with(spec, ids, helper, out, LimitsBy::CgroupIfPossible)
+}
+
+/// How [`run_with`] enforces the spec's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LimitsBy {
+    /// A cgroup when this process may make one, else rlimits.
+    CgroupIfPossible,
+    /// rlimits (for tests of that path on a host with cgroups).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Rlimits,
+}
+
+/// [`run`], choosing how limits are enforced.
+pub(super) fn run_with(
+    spec: &RunSpec,
+    ids: &IdMapping,
+    helper: Option<&Path>,
     mut out: impl FnMut(Stream, &[u8]),
+    limits_by: LimitsBy,
 ) -> Result<RunOutcome, SandboxError> {
     let job = Job {
         spec: spec.clone(),
         ids: ids.clone(),
         host_pid: std::process::id(),
         probe: false,
+        rlimits: true,
     };
-    let report = execute(&job, helper, spec.timeout, &mut out)?;
+    let cgroup = match limits_by {
+        LimitsBy::CgroupIfPossible => StepCgroup::create(&spec.limits),
+        LimitsBy::Rlimits => None,
+    };
+    let report = execute(job, helper, spec.timeout, &mut out, cgroup)?;
+    let oom_killed = matches!(report.exceeded, Some(LimitExceeded::Memory { .. }));
     let exit = match (report.timed_out, report.setup_error, report.exit) {
         (Some(limit), _, _) => ExitKind::TimedOut(limit),
         (None, Some(e), _) => return Err(e.into()),
         (None, None, Some(exit)) => exit,
+        // The kernel's OOM killer may pick stage 1 itself (it is in the
+        // step's cgroup); the step died with it.
+        (None, None, None) if oom_killed => ExitKind::Signal(libc::SIGKILL),
         (None, None, None) => {
             return Err(SandboxError::NoReport {
                 status: report.status,
@@ -74,6 +107,15 @@ pub fn run(
         used_overlay: matches!(spec.rootfs, RootfsSpec::Overlay { .. }),
         duration: report.duration,
         created_mountpoints: report.mountpoints,
+        // Stage 2 refuses to exec the command without each of these.
+        confinement: Confinement {
+            no_terminal: true,
+            fresh_keyring: true,
+            no_new_privs: true,
+            seccomp: SECCOMP_PROFILE,
+            limits: report.limits,
+        },
+        limit_exceeded: report.exceeded,
     })
 }
 
@@ -104,7 +146,6 @@ pub fn probe_overlay(
         source,
     };
     let lower = dir.join("lower");
-    let work = dir.join("work");
     let prepared = std::fs::create_dir(&dir)
         .and_then(|()| std::fs::create_dir(&lower))
         .map_err(probe_err)
@@ -115,10 +156,11 @@ pub fn probe_overlay(
             ids: ids.clone(),
             host_pid: std::process::id(),
             probe: true,
+            rlimits: true,
         };
-        execute(&job, helper, Some(PROBE_TIMEOUT), &mut |_, _| {})
+        execute(job, helper, Some(PROBE_TIMEOUT), &mut |_, _| {}, None)
     });
-    remove_probe_dir(&dir, &work);
+    remove_probe_dir(&dir);
     let report = result?;
     match (report.probe_ok, report.setup_error) {
         (true, _) => Ok(()),
@@ -131,8 +173,9 @@ pub fn probe_overlay(
 
 /// overlayfs leaves `work/work` with mode 000; open it up so a non-root
 /// owner can delete it. Best effort: a leftover probe dir is harmless.
-fn remove_probe_dir(dir: &Path, work: &Path) {
+fn remove_probe_dir(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
+    let work = super::tree::overlay_work_dir(dir);
     for sub in ["work", "index"] {
         let _ = std::fs::set_permissions(work.join(sub), std::fs::Permissions::from_mode(0o700));
     }
@@ -149,6 +192,8 @@ struct Report {
     probe_ok: bool,
     status: ExitStatus,
     duration: Duration,
+    limits: AppliedLimits,
+    exceeded: Option<LimitExceeded>,
 }
 
 enum Event {
@@ -157,12 +202,14 @@ enum Event {
     ControlBroken(WireError),
 }
 
-/// Starts stage 1 for `job`, serves it until it exits, and reports.
+/// Starts stage 1 for `job` (in `cgroup`, if given and stage 1 can be
+/// moved there; else with rlimits), serves it until it exits, and reports.
 fn execute(
-    job: &Job,
+    mut job: Job,
     helper: Option<&Path>,
     timeout: Option<Duration>,
     out: &mut dyn FnMut(Stream, &[u8]),
+    cgroup: Option<StepCgroup>,
 ) -> Result<Report, SandboxError> {
     let exe = match helper {
         Some(p) => p.to_path_buf(),
@@ -175,6 +222,15 @@ fn execute(
         events,
         readers,
     } = start_stage1(&exe)?;
+    // Stage 1 forks nothing before it has read the job, so every process of
+    // the step starts in the cgroup. One that cannot be joined (no right to
+    // move processes) is dropped, which removes it: rlimits then.
+    let cgroup = cgroup.filter(|cg| cg.add_process(child.id()).is_ok());
+    job.rlimits = cgroup.is_none();
+    let limits = cgroup.as_ref().map_or_else(
+        || AppliedLimits::rlimits(&job.spec.limits),
+        StepCgroup::applied,
+    );
     // A stage 1 that died before reading the job shows in its exit status.
     let _ = Message::Job(Box::new(job.clone())).write_to(&mut ctrl);
 
@@ -187,6 +243,8 @@ fn execute(
         probe_ok: false,
         status: ExitStatus::default(),
         duration: Duration::ZERO,
+        limits,
+        exceeded: None,
     };
     let mut map_error = None;
     loop {
@@ -262,6 +320,9 @@ fn execute(
         source,
     })?;
     report.duration = started.elapsed();
+    // Stage 1 is reaped and every process of the step gone: the counters
+    // are final, and the cgroup can go (dropping it removes it).
+    report.exceeded = cgroup.and_then(|cg| cg.exceeded());
     if let Some(e) = map_error {
         return Err(e.into());
     }

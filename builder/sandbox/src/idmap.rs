@@ -4,10 +4,18 @@
 //! Three shapes, chosen by [`IdMapping::detect`]:
 //! - **range, written by the host** (the builder runs as root): container ids
 //!   `0..count` ↔ host ids `base..base+count`, from root's line in
-//!   `/etc/subuid` and `/etc/subgid`, else base 100000 and count 65536 (the
-//!   range `useradd` hands out first, so it rarely overlaps real users).
-//!   Container root is then an unprivileged host id: files it creates belong
-//!   to `base`, files of host root are "nobody" to it.
+//!   `/etc/subuid` and `/etc/subgid`, else [`DEFAULT_BASE`] and
+//!   [`DEFAULT_COUNT`]: 1879048192 (0x70000000) and 65536. Container root is
+//!   then an unprivileged host id: files it creates belong to `base`, files
+//!   of host root are "nobody" to it. Whoever holds the host id `base`
+//!   holds container root's files, so no one may: the default lies outside
+//!   every range `useradd` hands out with its defaults (system users below
+//!   1000, users 1000–60000, subordinate ids 100000–600165535 in steps of
+//!   65536: `SUB_UID_MIN`, `SUB_UID_MAX` plus `SUB_UID_COUNT`), above
+//!   systemd's (dynamic users 61184–65519, containers 524288–1879048191),
+//!   and below 2^31, which some tools read as negative. systemd documents
+//!   0x70000000–0x7FFDFFFF as unused. An administrator who gives root a
+//!   line in `/etc/subuid` decides instead.
 //! - **subordinate, written by `newuidmap`/`newgidmap`** (non-root with
 //!   `/etc/subuid` and `/etc/subgid` entries and both tools installed): as
 //!   rootless podman, container 0 ↔ the user's own id and container
@@ -19,8 +27,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Root's range when `/etc/subuid` or `/etc/subgid` has none.
-const DEFAULT_BASE: u32 = 100_000;
+/// Root's range when `/etc/subuid` or `/etc/subgid` has none: no tool
+/// hands out an id from here (see the module documentation).
+const DEFAULT_BASE: u32 = 0x7000_0000;
 /// Size of that default range: the ids a distribution image uses.
 const DEFAULT_COUNT: u32 = 65_536;
 
@@ -387,13 +396,29 @@ mod tests {
     #[test]
     fn root_without_subuid_gets_the_documented_default_range() {
         let m = IdMapping::detect_from(0, 0, Some("root"), "", "", false);
-        assert_eq!(m, IdMapping::range(100_000, 100_000, 65_536));
+        assert_eq!(m, IdMapping::range(1_879_048_192, 1_879_048_192, 65_536));
         assert_eq!(m.writer(), MapWriter::Host);
-        assert_eq!(m.host_uid(1000), Some(101_000));
-        assert_eq!(m.container_uid(101_000), Some(1000));
+        assert_eq!(m.host_uid(1000), Some(1_879_049_192));
+        assert_eq!(m.container_uid(1_879_049_192), Some(1000));
         assert_eq!(m.host_uid(65_536), None);
         assert_eq!(m.container_gid(0), None);
         assert!(!m.is_single());
+    }
+
+    #[test]
+    fn the_default_range_is_outside_what_useradd_and_systemd_hand_out() {
+        let (first, last) = (DEFAULT_BASE, DEFAULT_BASE + (DEFAULT_COUNT - 1));
+        let taken: [(&str, u32, u32); 5] = [
+            ("useradd system and regular users", 0, 60_000),
+            ("nobody", 65_534, 65_535),
+            ("useradd subordinate ids", 100_000, 600_100_000 + 65_535),
+            ("systemd dynamic users", 61_184, 65_519),
+            ("systemd container ranges", 524_288, 1_879_048_191),
+        ];
+        for (what, lo, hi) in taken {
+            assert!(last < lo || first > hi, "overlaps {what}");
+        }
+        assert!(last < 1 << 31, "ids at or above 2^31 read as negative");
     }
 
     #[test]

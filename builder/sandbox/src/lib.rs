@@ -22,8 +22,9 @@
 //!       unshare(user), id maps, become root in it, unshare(mnt|pid|ipc|uts[|net]);
 //!       make mounts private; mount the rootfs at /tmp/strata-root
 //!      └─ stage 2: `/proc/self/exe __strata-sandbox stage2`   PID 1 of the new pid ns
-//!           /proc, /dev, hostname, lo up, pivot_root, cwd, capabilities,
-//!           user, env, then exec of the step's argv (which stays PID 1)
+//!           setsid, /proc, /dev, hostname, lo up, pivot_root, cwd,
+//!           capabilities, user, env, new keyring, [rlimits,] no_new_privs,
+//!           seccomp, then exec of the step's argv (which stays PID 1)
 //! ```
 //!
 //! `main()` must call [`reexec_main`] when `argv[1] == REEXEC_ARG`, before it
@@ -36,7 +37,8 @@
 //! limit too: the host asks stage 1 to SIGKILL stage 2 and still waits for
 //! its report. If the host builder dies, stage 1 sees its socket close and
 //! does the same; stage 1 also has SIGKILL as parent-death signal, and stage
-//! 2 too (as long as the command does not execute a setuid program).
+//! 2 too (as long as the command does not change its own credentials; with
+//! `no_new_privs`, executing a setuid program no longer does).
 //!
 //! # Re-exec protocol
 //!
@@ -47,7 +49,8 @@
 //! version so a stale helper is refused by name.
 //!
 //! ```text
-//! host → stage 1   Job(version, host pid, spec, id maps)
+//! host → stage 1   Job(version, host pid, spec, id maps, rlimits?)
+//!                  (the host has put stage 1 in the step's cgroup first)
 //! stage 1 → host   WriteMapping               only if the host writes the maps
 //! host → stage 1   MappingWritten             after writing /proc/PID/{uid,gid}_map
 //! stage 1 → 2      Job                        (the same job)
@@ -84,17 +87,36 @@
 //! layer snapshot can leave them out. Directories the step's `cwd` needs are
 //! created too, and are part of the step's result, as with Docker's WORKDIR.
 //!
+//! # Confinement
+//!
+//! Beyond its namespaces, a step gets (in stage 2, just before the exec):
+//! a session of its own (`setsid`: no controlling terminal, so no TIOCSTI
+//! into the builder's terminal, and no `/dev/tty` in its `/dev`); a fresh
+//! anonymous session keyring instead of the builder's; `no_new_privs`, so a
+//! setuid or file-capability program gains nothing (`su` and `sudo` under a
+//! non-root `USER` do not elevate); and the seccomp filter of `seccomp.rs`,
+//! a deny list modelled on Docker's default profile. Its memory, process
+//! count and CPU share are bounded by [`Limits`]: through a cgroup made for
+//! the step (v2, or v1 where the host has that) when the builder may create
+//! one, else through rlimits. [`RunOutcome::confinement`] says what applied,
+//! for the build's provenance, and [`RunOutcome::limit_exceeded`] names a
+//! limit the step ran into.
+//!
 //! # Limits
 //!
-//! No cgroups (memory, cpu and pids limits); no seccomp filter; capabilities
-//! are Docker's default set; no init process: the command is PID 1, ignores
-//! signals it has no handler for, and reaps (or not) its orphans itself; `/sys` is not mounted; extended attributes are
-//! not copied by [`copy_tree`]; a non-root builder without `/etc/subuid`
-//! gets a single id and can run only root steps.
+//! Capabilities are Docker's default set; no init process: the command is
+//! PID 1, ignores signals it has no handler for, and reaps (or not) its
+//! orphans itself; `/sys` is not mounted; extended attributes are not copied
+//! by [`copy_tree`]; a non-root builder without `/etc/subuid` gets a single
+//! id and can run only root steps. The seccomp filter exists for x86_64
+//! only: elsewhere the sandbox refuses to run a step. Disk use is not
+//! bounded.
 
 mod host;
 mod idmap;
+mod limits;
 mod mounts;
+mod seccomp;
 mod stage1;
 mod stage2;
 mod sys;
@@ -110,6 +132,8 @@ use std::time::Duration;
 
 pub use host::{overlay_supported, probe_overlay, run};
 pub use idmap::{IdExtent, IdMapError, IdMapping, MapWriter};
+pub use limits::{AppliedLimits, LimitExceeded, LimitMechanism, Limits};
+pub use seccomp::SECCOMP_PROFILE;
 pub use tree::{TreeError, copy_tree, prepare_overlay, shift_ownership};
 
 /// The container uid and gid of `spec` (`user[:group]`, names or numbers)
@@ -164,11 +188,13 @@ pub struct RunSpec {
     pub timeout: Option<Duration>,
     /// The step's host name (its own UTS namespace).
     pub hostname: String,
+    /// Memory, process and CPU bounds.
+    pub limits: Limits,
 }
 
 impl RunSpec {
     /// A spec with Docker's defaults: root user, `/` as cwd, no network, no
-    /// time limit, host name `strata`.
+    /// time limit, host name `strata`; and [`Limits::default`].
     pub fn new(rootfs: RootfsSpec, argv: Vec<String>) -> Self {
         RunSpec {
             rootfs,
@@ -179,6 +205,7 @@ impl RunSpec {
             network: Network::None,
             timeout: None,
             hostname: "strata".to_owned(),
+            limits: Limits::default(),
         }
     }
 }
@@ -250,6 +277,33 @@ pub struct RunOutcome {
     /// created as mount points because the image lacked them; the layer
     /// snapshot should not record them.
     pub created_mountpoints: Vec<String>,
+    /// What confined the step, for the build's provenance.
+    pub confinement: Confinement,
+    /// The limit the step ran into, when one can tell (with a cgroup only):
+    /// its memory limit when the kernel killed a process of it for memory,
+    /// its process limit when a fork was refused. A failed step with this set
+    /// failed because of the limit, e.g. "RUN exceeded its memory limit
+    /// (512 MiB)"; a step that succeeded anyway has it set too.
+    pub limit_exceeded: Option<LimitExceeded>,
+}
+
+/// What confined a step that ran, as the builder records it in provenance.
+/// The sandbox refuses to run a step when any of the booleans would be
+/// false, so today they are always true; they are spelled out so that a
+/// record says so rather than implying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    /// The step ran in a session of its own, without a controlling terminal
+    /// and without `/dev/tty`.
+    pub no_terminal: bool,
+    /// The step got a fresh anonymous session keyring, not the builder's.
+    pub fresh_keyring: bool,
+    /// `PR_SET_NO_NEW_PRIVS` was set.
+    pub no_new_privs: bool,
+    /// Name and version of the seccomp filter ([`SECCOMP_PROFILE`]).
+    pub seccomp: &'static str,
+    /// The limits in force and how they were enforced.
+    pub limits: AppliedLimits,
 }
 
 /// Why a step could not be run (as opposed to: it ran and failed, which is an
@@ -334,6 +388,9 @@ struct Job {
     host_pid: u32,
     /// Only check that the rootfs can be mounted, then exit.
     probe: bool,
+    /// Stage 2 sets rlimits from `spec.limits` (the host found no cgroup
+    /// to put the step in).
+    rlimits: bool,
 }
 
 /// An absolute in-image path for messages: `/` joined with `rel`.

@@ -29,8 +29,10 @@ const LAYERS: &str = "/tmp/strata-layers";
 /// Where the assembled root filesystem is mounted until `pivot_root`.
 pub(super) const ROOT: &str = "/tmp/strata-root";
 
-/// Device nodes bind-mounted from the host into the step's `/dev`.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Device nodes bind-mounted from the host into the step's `/dev`. Never
+/// `tty`: that node opens the opener's controlling terminal, which the step
+/// has none of, and must not get (see stage 2's `setsid`).
+const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 
 /// The rootfs directories, bind-mounted under [`LAYERS`].
 pub(super) enum StagedRootfs {

@@ -238,7 +238,7 @@ fn spawn_stage2(socket: UnixStream) -> Result<Child, SetupError> {
 /// Stage 2 is PID 1 of the step, so that ends every process of the step, and
 /// the kernel completes its exit only once they are all gone: the host
 /// hears of the end no earlier. Unlike the parent-death signal, this also
-/// reaches a command that dropped it by executing a setuid program.
+/// reaches a command that dropped it by changing its credentials.
 ///
 /// One thread, polling: after `unshare(CLONE_NEWPID)` the kernel refuses to
 /// create threads in this process. Stage 2 is not reaped (so its pid cannot

@@ -1,11 +1,16 @@
-//! Stage 2 of the sandbox: PID 1 of the step's pid namespace. It finishes
-//! the filesystem (`/proc` for its own pid namespace, `/dev`), names the
-//! host, brings `lo` up, pivots into the root, and becomes the step's command
-//! with the step's working directory, user, capabilities and environment.
+//! Stage 2 of the sandbox: PID 1 of the step's pid namespace. It leaves the
+//! builder's session (and so its terminal), finishes the filesystem (`/proc`
+//! for its own pid namespace, `/dev`), names the host, brings `lo` up,
+//! pivots into the root, and becomes the step's command with the step's
+//! working directory, user, capabilities and environment — after a fresh
+//! session keyring, rlimits when the host found no cgroup, `no_new_privs`
+//! and the seccomp filter, in that order (the filter refuses `keyctl`).
 //!
 //! Because the command keeps PID 1, the kernel kills every other process of
 //! the step when it exits. This stage must never let a host path, a host file
-//! descriptor or a host environment variable reach the command.
+//! descriptor, a host environment variable, the builder's terminal or its
+//! keyring reach the command, and never execs it without every one of the
+//! confinements above.
 
 use std::convert::Infallible;
 use std::io;
@@ -24,10 +29,13 @@ use rustix::thread::{
 };
 
 use super::idmap::{IdMapping, MapWriter};
+use super::limits::apply_rlimits;
 use super::stage1::{control_socket, keep_descriptors_private, read_job};
 use super::user::{self, Identity};
 use super::wire::Message;
-use super::{DEFAULT_PATH, Job, Network, RunSpec, SETUP_FAILED_EXIT, SetupError, mounts, sys};
+use super::{
+    DEFAULT_PATH, Job, Network, RunSpec, SETUP_FAILED_EXIT, SetupError, mounts, seccomp, sys,
+};
 
 /// Exit code when the command cannot be found or executed (as a shell's).
 const COMMAND_FAILED_EXIT: i32 = 127;
@@ -71,6 +79,7 @@ pub(super) fn main() -> ! {
 fn run(ctrl: &mut UnixStream) -> Result<Infallible, SetupError> {
     keep_descriptors_private()?;
     die_with_stage1()?;
+    leave_the_builders_session()?;
     let job = read_job(ctrl)?;
     let root = Path::new(mounts::ROOT);
     let mut created = Vec::new();
@@ -97,6 +106,15 @@ fn run(ctrl: &mut UnixStream) -> Result<Infallible, SetupError> {
     // Changing credentials cleared the parent-death signal: arm it again,
     // then make sure stage 1 is still there to deliver it.
     die_with_stage1()?;
+    join_new_keyring()?;
+    if job.rlimits {
+        apply_rlimits(&job.spec.limits)
+            .map_err(|e| SetupError::step("cannot set the step's rlimits", e))?;
+    }
+    forbid_new_privileges()?;
+    // Last: from here on only what the filter allows; the report, the wait
+    // for `go` and the exec need nothing it refuses.
+    seccomp::install()?;
     send(ctrl, &Message::Ready)?;
     match Message::read_from(ctrl) {
         Ok(Some(Message::Go)) => {}
@@ -115,6 +133,31 @@ fn send(ctrl: &mut UnixStream, msg: &Message) -> Result<(), SetupError> {
 fn die_with_stage1() -> Result<(), SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| SetupError::step("cannot set the parent-death signal", e))
+}
+
+/// A session of our own, so the step has no controlling terminal: the
+/// builder's, inherited so far, would let it push input into the user's
+/// shell with TIOCSTI, or read from it. We are not a process group leader
+/// (stage 1 is ours), so `setsid` cannot fail with EPERM.
+fn leave_the_builders_session() -> Result<(), SetupError> {
+    rustix::process::setsid()
+        .map(drop)
+        .map_err(|e| SetupError::step("cannot start a new session", io::Error::from(e)))
+}
+
+/// A new anonymous session keyring in place of the builder's, whose keys
+/// (tokens, credentials) the step could otherwise use.
+fn join_new_keyring() -> Result<(), SetupError> {
+    sys::join_new_session_keyring()
+        .map_err(|e| SetupError::step("cannot join a new session keyring", e))
+}
+
+/// `no_new_privs`: an exec'd setuid or file-capability program gains
+/// nothing (which also keeps the parent-death signal armed across it), and
+/// an unprivileged process may install the seccomp filter.
+fn forbid_new_privileges() -> Result<(), SetupError> {
+    rustix::thread::set_no_new_privs(true)
+        .map_err(|e| SetupError::step("cannot set no_new_privs", io::Error::from(e)))
 }
 
 fn set_hostname(name: &str) -> Result<(), SetupError> {

@@ -1,10 +1,12 @@
-//! The two kernel calls the sandbox needs that neither std, nix nor rustix
+//! The kernel calls the sandbox needs that neither std, nix nor rustix
 //! offers as safe functions: bringing a network interface up (the
 //! `SIOCGIFFLAGS`/`SIOCSIFFLAGS` ioctls; rustix and nix expose ioctls only as
-//! `unsafe`) and keeping stray descriptors from being inherited
-//! (`close_range`, which neither wraps). Everything unsafe in the sandbox
-//! lives here, each block with the reason it is sound; this module must not
-//! grow a call that a safe wrapper covers.
+//! `unsafe`), keeping stray descriptors from being inherited (`close_range`,
+//! which neither wraps), and joining a new session keyring (`keyctl`, which
+//! neither wraps). The seccomp filter is installed through `seccompiler`'s
+//! safe `apply_filter`. Everything unsafe in the sandbox lives here, each
+//! block with the reason it is sound — the tests' probes of what a step may
+//! call too; this module must not grow a call that a safe wrapper covers.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -108,6 +110,149 @@ pub(super) fn set_cloexec_from(first: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `KEYCTL_JOIN_SESSION_KEYRING` of `<linux/keyctl.h>`.
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+
+/// Gives the calling process a new anonymous session keyring, so the step
+/// cannot reach the keys of the builder's session (its inherited one). A
+/// kernel without keyrings (ENOSYS) has none to reach: that is success too.
+pub(super) fn join_new_session_keyring() -> io::Result<()> {
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, name) reads the name only,
+    // and a null name (an anonymous keyring) means it reads no memory at
+    // all; it writes none. It changes only this process's credentials.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// What the tests' probe, running as a step, asks the kernel, to show what
+/// the sandbox lets through. Every argument is fixed and points nowhere (or
+/// at a live local), so each call is sound whatever the kernel answers.
+#[cfg(test)]
+pub(super) mod probe {
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+    /// A call the probe makes, with arguments that, without a filter, get
+    /// an answer other than EPERM (success, EFAULT, EINVAL), so a refusal
+    /// by the filter shows.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Call {
+        /// `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)`: the
+        /// session keyring's serial number.
+        SessionKeyring,
+        /// `add_key(NULL, …)`: EFAULT.
+        AddKey,
+        /// `perf_event_open(NULL, …)`: EFAULT.
+        PerfEventOpen,
+        /// `userfaultfd(UFFD_USER_MODE_ONLY)`: a descriptor, closed again.
+        Userfaultfd,
+        /// `clone3(NULL, 0)`: EINVAL.
+        Clone3,
+        /// `mount(NULL, NULL, …)`: EFAULT.
+        Mount,
+        /// `clock_settime(CLOCK_REALTIME, NULL)`: EFAULT.
+        ClockSettime,
+        /// `adjtimex(NULL)`: EFAULT.
+        Adjtimex,
+        /// `personality(READ_IMPLIES_EXEC)`: the old persona.
+        ReadImpliesExec,
+        /// `unshare(CLONE_NEWUSER)`: success.
+        UnshareUser,
+        /// getpid through the x32 ABI: ENOSYS on a kernel without x32.
+        X32Getpid,
+        /// getpid through the i386 entry (`int 0x80`): the pid.
+        I386Getpid,
+    }
+
+    /// The call's return value, or its errno.
+    pub(crate) fn call(c: Call) -> Result<i64, i32> {
+        const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
+        const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+        const UFFD_USER_MODE_ONLY: libc::c_long = 1;
+        const READ_IMPLIES_EXEC: libc::c_ulong = 0x0040_0000;
+        let null = std::ptr::null::<libc::c_void>();
+        // SAFETY: each call below passes only integers and null pointers,
+        // which the kernel checks and refuses (EFAULT) without touching our
+        // memory; none of them changes memory or descriptors of ours, except
+        // userfaultfd's new descriptor, which is owned and closed here.
+        let r = unsafe {
+            match c {
+                Call::SessionKeyring => libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_GET_KEYRING_ID,
+                    KEY_SPEC_SESSION_KEYRING,
+                    0,
+                ),
+                Call::AddKey => libc::syscall(libc::SYS_add_key, null, null, null, 0, 0),
+                Call::PerfEventOpen => libc::syscall(libc::SYS_perf_event_open, null, 0, -1, -1, 0),
+                Call::Userfaultfd => {
+                    let fd = libc::syscall(libc::SYS_userfaultfd, UFFD_USER_MODE_ONLY);
+                    if fd >= 0 {
+                        drop(OwnedFd::from_raw_fd(fd as i32));
+                    }
+                    fd
+                }
+                Call::Clone3 => libc::syscall(libc::SYS_clone3, null, 0),
+                Call::Mount => libc::syscall(libc::SYS_mount, null, null, null, 0, null),
+                Call::ClockSettime => {
+                    libc::syscall(libc::SYS_clock_settime, libc::CLOCK_REALTIME, null)
+                }
+                Call::Adjtimex => libc::syscall(libc::SYS_adjtimex, null),
+                Call::ReadImpliesExec => libc::syscall(libc::SYS_personality, READ_IMPLIES_EXEC),
+                Call::UnshareUser => libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER),
+                Call::X32Getpid => libc::syscall(libc::SYS_getpid | 0x4000_0000),
+                Call::I386Getpid => {
+                    let ret: i64;
+                    // getpid is number 20 of the i386 table.
+                    std::arch::asm!(
+                        "int 0x80",
+                        inlateout("rax") 20i64 => ret,
+                        out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                        options(nostack)
+                    );
+                    return if ret < 0 { Err(-ret as i32) } else { Ok(ret) };
+                }
+            }
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        } else {
+            Ok(r)
+        }
+    }
+
+    /// `ioctl(fd, TIOCSTI, &byte)`: push `byte` into the terminal's input.
+    /// With `high_bits`, the request has its upper 32 bits set, which the
+    /// kernel ignores (it reads an `unsigned int`) and a filter must too.
+    pub(crate) fn tiocsti(fd: BorrowedFd<'_>, byte: u8, high_bits: bool) -> io::Result<()> {
+        let mut request: u64 = libc::TIOCSTI;
+        if high_bits {
+            request |= 0xffff_ffff_0000_0000;
+        }
+        // SAFETY: `fd` is open for the call; TIOCSTI reads one byte through
+        // the pointer, which points at a live local.
+        let r =
+            unsafe { libc::syscall(libc::SYS_ioctl, fd.as_raw_fd(), request, &byte as *const u8) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 //! a static busybox at /bin/busybox; missing either is a failure that says
 //! how to fix it, never a skip.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use super::host::{LimitsBy, run_with};
+use super::sys::probe::{self, Call};
 use super::wire::{CommandExit, Message};
 use super::*;
 
@@ -53,6 +55,14 @@ fn require_root_and_busybox() {
     );
 }
 
+/// A temporary directory only its owner may enter (tempfile follows the
+/// umask), as a builder's scratch directory must be.
+fn private_tempdir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    tmp
+}
+
 /// A number no other test (or process) uses, to find a test's processes.
 fn unique_number() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -76,10 +86,22 @@ impl Fixture {
     }
 
     fn with_ids(ids: IdMapping) -> Self {
+        Self::build(ids, false)
+    }
+
+    /// With the probe (this test binary) installed as `/probe`.
+    fn with_probe() -> Self {
+        Self::build(IdMapping::range(BASE, BASE, 65_536), true)
+    }
+
+    fn build(ids: IdMapping, with_probe: bool) -> Self {
         require_root_and_busybox();
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = private_tempdir();
         let lower = tmp.path().join("lower");
         build_busybox_image(&lower, true);
+        if with_probe {
+            install_probe(&lower);
+        }
         shift_ownership(&lower, &ids).unwrap();
         let RootfsSpec::Overlay { upper, work, .. } =
             prepare_overlay(&tmp.path().join("rw"), vec![lower.clone()], &ids).unwrap()
@@ -113,6 +135,169 @@ impl Fixture {
 
     fn run_spec(&self, spec: &RunSpec) -> Result<Captured, SandboxError> {
         capture(spec, &self.ids)
+    }
+
+    /// Runs the probe for `what` (see [`probe_inside_a_step`]) as the step's
+    /// command.
+    fn run_probe(&self, what: &str) -> Captured {
+        let mut spec = RunSpec::new(self.overlay(), PROBE_ARGV.map(String::from).to_vec());
+        spec.env = vec![(PROBE_VAR.to_owned(), what.to_owned())];
+        self.run_spec(&spec).unwrap()
+    }
+}
+
+/// Copies this test binary into the image as `/probe`, with the shared
+/// libraries `ldd` says it needs at the same paths, so that it runs there.
+fn install_probe(root: &Path) {
+    let exe = std::env::current_exe().unwrap();
+    fs::copy(&exe, root.join("probe")).unwrap();
+    let ldd = Command::new("ldd").arg(&exe).output().unwrap();
+    assert!(ldd.status.success(), "ldd {}", exe.display());
+    for line in String::from_utf8(ldd.stdout).unwrap().lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let lib = line.split("=>").last().unwrap().split_whitespace().next();
+        let Some(lib) = lib.filter(|l| l.starts_with('/')) else {
+            continue;
+        };
+        let dst = root.join(lib.trim_start_matches('/'));
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(lib, &dst).unwrap();
+    }
+}
+
+/// The probe's command line: this binary's harness, running only the probe.
+const PROBE_ARGV: [&str; 7] = [
+    "/probe",
+    "--ignored",
+    "--exact",
+    "tests::probe_inside_a_step",
+    "--nocapture",
+    "--test-threads=1",
+    "-q",
+];
+/// The environment variable naming what the probe tries.
+const PROBE_VAR: &str = "STRATA_SANDBOX_PROBE";
+
+/// A shell command running the probe for `what`.
+fn probe_cmd(what: &str) -> String {
+    format!("{PROBE_VAR}={what} {}", PROBE_ARGV.join(" "))
+}
+
+/// `probe name=value` lines of the probe's output.
+fn probe_results(stdout: &str) -> BTreeMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("probe "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn errno_text(r: Result<i64, i32>) -> String {
+    match r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("errno {e}"),
+    }
+}
+
+fn io_text<T, E: Into<std::io::Error>>(r: Result<T, E>) -> String {
+    errno_text(
+        r.map(|_| 0)
+            .map_err(|e| e.into().raw_os_error().unwrap_or(-1)),
+    )
+}
+
+/// Not a test of its own: the program the tests run as a step (this test
+/// binary, copied into the image by [`install_probe`]), to make the kernel
+/// calls no busybox applet makes. `$STRATA_SANDBOX_PROBE` (`a,b`) names
+/// what to try; each result is a line `probe name=ok` or `probe name=errno
+/// N`.
+#[test]
+#[ignore = "runs inside a sandboxed step, started by other tests"]
+fn probe_inside_a_step() {
+    let Ok(what) = std::env::var(PROBE_VAR) else {
+        return;
+    };
+    for item in what.split(',') {
+        match item {
+            "syscalls" => {
+                for (name, call) in [
+                    ("session_keyring", Call::SessionKeyring),
+                    ("add_key", Call::AddKey),
+                    ("perf_event_open", Call::PerfEventOpen),
+                    ("userfaultfd", Call::Userfaultfd),
+                    ("clone3", Call::Clone3),
+                    ("mount", Call::Mount),
+                    ("clock_settime", Call::ClockSettime),
+                    ("adjtimex", Call::Adjtimex),
+                    ("read_implies_exec", Call::ReadImpliesExec),
+                    ("unshare_user", Call::UnshareUser),
+                ] {
+                    println!("probe {name}={}", errno_text(probe::call(call)));
+                }
+            }
+            "keyring" => match probe::call(Call::SessionKeyring) {
+                Ok(id) => println!("probe session_keyring={id}"),
+                Err(e) => println!("probe session_keyring=errno {e}"),
+            },
+            "x32" => println!("probe x32={}", errno_text(probe::call(Call::X32Getpid))),
+            "i386" => println!("probe i386={}", errno_text(probe::call(Call::I386Getpid))),
+            "tty" => {
+                // Field 7 of /proc/self/stat: the controlling terminal's
+                // device number, 0 for none.
+                let stat = fs::read_to_string("/proc/self/stat").unwrap();
+                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                let tty_nr = after_name.split(' ').nth(4).unwrap();
+                println!("probe tty_nr={tty_nr}");
+                // The attack: type a command into whatever terminal
+                // controls the step — the builder's, unless the sandbox
+                // took it away.
+                let tty = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/tty");
+                let opened = match &tty {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(-1)),
+                };
+                println!("probe open_tty={opened}");
+                if let Ok(tty) = tty {
+                    let typed: Vec<_> = b"echo INJECTED\n"
+                        .iter()
+                        .map(|&b| probe::tiocsti(tty.as_fd(), b, false))
+                        .collect();
+                    println!(
+                        "probe tiocsti_tty={}",
+                        io_text(typed.into_iter().next().unwrap())
+                    );
+                }
+            }
+            "own-pty" => {
+                // A terminal of the step's own, made its controlling one:
+                // the kernel allows TIOCSTI there, so only the filter can
+                // refuse it.
+                let _ = rustix::process::setsid();
+                let master = rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR).unwrap();
+                rustix::pty::grantpt(&master).unwrap();
+                rustix::pty::unlockpt(&master).unwrap();
+                let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+                let pts = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(name.to_str().unwrap())
+                    .unwrap();
+                let ctty = rustix::process::ioctl_tiocsctty(&pts);
+                println!("probe own_ctty={}", io_text(ctty));
+                for (name, high) in [("tiocsti_own", false), ("tiocsti_own_high_bits", true)] {
+                    println!(
+                        "probe {name}={}",
+                        io_text(probe::tiocsti(pts.as_fd(), b'x', high))
+                    );
+                }
+            }
+            other => panic!("unknown probe {other}"),
+        }
     }
 }
 
@@ -172,24 +357,7 @@ impl Captured {
 }
 
 fn capture(spec: &RunSpec, ids: &IdMapping) -> Result<Captured, SandboxError> {
-    let mut chunks = Vec::new();
-    let outcome = run(spec, ids, Some(&helper()), |s, b| {
-        chunks.push((s, b.to_vec()))
-    })?;
-    let text = |which| {
-        let bytes: Vec<u8> = chunks
-            .iter()
-            .filter(|(s, _)| *s == which)
-            .flat_map(|(_, b)| b.clone())
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    Ok(Captured {
-        stdout: text(Stream::Stdout),
-        stderr: text(Stream::Stderr),
-        outcome,
-        chunks,
-    })
+    capture_with(spec, ids, LimitsBy::CgroupIfPossible)
 }
 
 /// Host processes whose command line is exactly `argv`.
@@ -348,7 +516,7 @@ fn minimal_dev_works() {
     out.assert_success();
     assert!(out.stdout.starts_with("16\n4\n"), "{}", out.stdout);
     for name in [
-        "null", "zero", "full", "random", "urandom", "tty", "fd", "stdin", "ptmx", "pts", "shm",
+        "null", "zero", "full", "random", "urandom", "fd", "stdin", "ptmx", "pts", "shm",
     ] {
         assert!(
             out.stdout.contains(name),
@@ -356,6 +524,8 @@ fn minimal_dev_works() {
             out.stdout
         );
     }
+    // No way to the builder's terminal.
+    assert!(!out.stdout.contains("tty"), "{}", out.stdout);
     assert!(out.stdout.ends_with("ok\n"));
 }
 
@@ -544,7 +714,7 @@ fn a_single_mapping_runs_root_steps_and_refuses_others_clearly() {
 #[test]
 fn copy_mode_changes_the_copy_and_busybox_installs_inside() {
     require_root_and_busybox();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = private_tempdir();
     let base = tmp.path().join("base");
     build_busybox_image(&base, false);
     let ids = IdMapping::range(BASE, BASE, 65_536);
@@ -658,6 +828,7 @@ fn a_step_ends_when_the_host_goes_away() {
         ids: f.ids.clone(),
         host_pid: std::process::id(),
         probe: false,
+        rlimits: true,
     };
     let (mut stage1, ctrl) = start_stage1_by_hand(&helper(), &job, None);
     let mut stdout = BufReader::new(stage1.stdout.take().unwrap());
@@ -691,11 +862,14 @@ fn an_unprivileged_builder_runs_steps_with_a_single_id() {
     build_busybox_image(&lower, true);
     shift_ownership(&lower, &ids).unwrap();
     let rootfs = prepare_overlay(&tmp.path().join("rw"), vec![lower], &ids).unwrap();
+    // The scratch directory is the builder's: here, nobody's.
+    lchown(tmp.path().join("rw"), Some(NOBODY), Some(NOBODY)).unwrap();
     let job = Job {
         spec: RunSpec::new(rootfs, sh("id -u; cat /proc/self/uid_map; echo hi > /x")),
         ids,
         host_pid: std::process::id(),
         probe: false,
+        rlimits: true,
     };
     let (mut stage1, mut ctrl) = start_stage1_by_hand(&exe, &job, Some(NOBODY));
     let mut reports = Vec::new();
@@ -724,6 +898,426 @@ fn an_unprivileged_builder_runs_steps_with_a_single_id() {
     let map: Vec<&str> = stdout.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(stdout.lines().next(), Some("0"));
     assert_eq!(map, ["0", "65534", "1"]);
-    let x = fs::metadata(tmp.path().join("rw/upper/x")).unwrap();
+    let x = fs::metadata(tmp.path().join("rw/rw/upper/x")).unwrap();
     assert_eq!((x.uid(), x.gid()), (NOBODY, NOBODY));
+}
+
+/// The environment variable that turns [`builder_in_a_terminal`] on: the
+/// path of the terminal to take as its controlling one.
+const TERMINAL_VAR: &str = "STRATA_TEST_TERMINAL";
+
+#[test]
+fn a_step_cannot_type_into_the_builders_terminal() {
+    // The bubblewrap CVE-2017-5226 class: a builder started from a shell
+    // runs a step; the step pushes "echo INJECTED\n" into the builder's
+    // terminal with TIOCSTI, and the user's shell would run it next. Here
+    // the terminal is a pty, the builder a child of this test with the
+    // pty as its controlling terminal, and what the shell would read is
+    // read by that child after the step.
+    require_root_and_busybox();
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let terminal = ptsname(&master, Vec::new()).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "tests::builder_in_a_terminal",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(TERMINAL_VAR, terminal.to_str().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let typed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("typed into the terminal: "));
+    assert_eq!(typed, Some("nothing"), "{stdout}");
+    let results = probe_results(&stdout);
+    assert_eq!(
+        results.get("tty_nr").map(String::as_str),
+        Some("0"),
+        "no controlling terminal: {stdout}"
+    );
+    assert_eq!(
+        results.get("open_tty").map(String::as_str),
+        Some("errno 2"),
+        "no /dev/tty in the step: {stdout}"
+    );
+    drop(master);
+}
+
+/// Not a test of its own: the builder of
+/// [`a_step_cannot_type_into_the_builders_terminal`], with a terminal.
+#[test]
+#[ignore = "started by a_step_cannot_type_into_the_builders_terminal"]
+fn builder_in_a_terminal() {
+    let Some(path) = std::env::var_os(TERMINAL_VAR) else {
+        return;
+    };
+    // A session of our own, with the pty as its controlling terminal, as a
+    // login shell has.
+    rustix::process::setsid().unwrap();
+    let terminal = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    rustix::process::ioctl_tiocsctty(&terminal).unwrap();
+    let f = Fixture::with_probe();
+    let out = f.run_probe("tty");
+    println!("step ended: {:?}", out.outcome.exit);
+    print!("{}", out.stdout);
+    // What the user's shell would read next.
+    nix::fcntl::fcntl(
+        &terminal,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut buf = [0u8; 256];
+    match (&terminal).read(&mut buf) {
+        Ok(n) => println!(
+            "typed into the terminal: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            println!("typed into the terminal: nothing")
+        }
+        Err(e) => panic!("reading the terminal: {e}"),
+    }
+}
+
+#[test]
+fn a_step_cannot_reach_the_builders_session_keyring() {
+    let ours = probe::call(Call::SessionKeyring).unwrap();
+    let f = Fixture::with_probe();
+    let out = f.run(&format!("{}; cat /proc/keys", probe_cmd("keyring")));
+    out.assert_success();
+    let results = probe_results(&out.stdout);
+    assert_eq!(
+        results.get("session_keyring").map(String::as_str),
+        Some(format!("errno {}", libc::EPERM).as_str()),
+        "the builder's keyring is {ours}: {}",
+        out.stdout
+    );
+    // Its own keyring is a fresh anonymous session keyring ("_ses"), and
+    // the builder's is nowhere in sight.
+    let keys: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" keyring "))
+        .collect();
+    assert!(
+        keys.iter().any(|l| l.contains(" _ses:")),
+        "{keys:?}\n{}",
+        out.stdout
+    );
+    let serial = format!("{ours:08x} ");
+    assert!(!keys.iter().any(|l| l.starts_with(&serial)), "{keys:?}");
+}
+
+#[test]
+fn a_step_runs_with_no_new_privs_and_the_seccomp_filter() {
+    let f = Fixture::with_probe();
+    let out = f.run(&format!(
+        "grep -E '^(NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status; {}",
+        probe_cmd("syscalls,own-pty")
+    ));
+    out.assert_success();
+    let status: Vec<(&str, &str)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(":\t"))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("NoNewPrivs", "1"),
+            ("Seccomp", "2"),
+            ("Seccomp_filters", "2")
+        ],
+        "{}",
+        out.stdout
+    );
+    let eperm = format!("errno {}", libc::EPERM);
+    let enosys = format!("errno {}", libc::ENOSYS);
+    let mut expected: BTreeMap<String, String> = [
+        "session_keyring",
+        "add_key",
+        "perf_event_open",
+        "userfaultfd",
+        "mount",
+        "clock_settime",
+        "adjtimex",
+        "read_implies_exec",
+        "unshare_user",
+        "tiocsti_own",
+        "tiocsti_own_high_bits",
+    ]
+    .into_iter()
+    .map(|k| (k.to_owned(), eperm.clone()))
+    .collect();
+    expected.insert("clone3".into(), enosys);
+    // The step's own terminal works as a terminal: only injection is
+    // refused.
+    expected.insert("own_ctty".into(), "ok".into());
+    assert_eq!(probe_results(&out.stdout), expected, "{}", out.stdout);
+}
+
+#[test]
+fn a_system_call_through_another_abi_kills_the_step() {
+    let f = Fixture::with_probe();
+    for what in ["x32", "i386"] {
+        let out = f.run_probe(what);
+        assert_eq!(
+            out.outcome.exit,
+            ExitKind::Signal(libc::SIGSYS),
+            "{what}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn the_outcome_says_what_confined_the_step() {
+    let f = Fixture::new();
+    let mut spec = f.spec("true");
+    spec.limits = Limits {
+        memory: Some(256 << 20),
+        pids: Some(100),
+        cpu_millis: Some(500),
+    };
+    let out = f.run_spec(&spec).unwrap();
+    out.assert_success();
+    let c = &out.outcome.confinement;
+    assert!(c.no_terminal && c.fresh_keyring && c.no_new_privs);
+    assert_eq!(c.seccomp, SECCOMP_PROFILE);
+    assert_eq!(c.limits.memory, Some(256 << 20));
+    assert_eq!(c.limits.pids, Some(100));
+    match c.limits.mechanism {
+        LimitMechanism::CgroupV1 | LimitMechanism::CgroupV2 => {
+            assert_eq!(c.limits.cpu_millis, Some(500))
+        }
+        LimitMechanism::Rlimit => assert_eq!(c.limits.cpu_millis, None),
+    }
+    assert_eq!(out.outcome.limit_exceeded, None);
+
+    let out = capture_with(&spec, &f.ids, LimitsBy::Rlimits).unwrap();
+    out.assert_success();
+    let limits = out.outcome.confinement.limits;
+    assert_eq!(
+        limits,
+        AppliedLimits {
+            mechanism: LimitMechanism::Rlimit,
+            memory: Some(256 << 20),
+            pids: Some(100),
+            cpu_millis: None,
+        }
+    );
+}
+
+/// The directory of the step's cgroup for `controller`, from a line of its
+/// `/proc/self/cgroup`, on this host's cgroup mounts.
+fn cgroup_dir(proc_self_cgroup: &str, controller: &str) -> Option<PathBuf> {
+    let path = proc_self_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let wanted = names.split(',').any(|n| n == controller) || names.is_empty();
+        wanted.then_some(path)
+    })?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v1 = !proc_self_cgroup
+        .lines()
+        .any(|l| l.starts_with("0::") && l.len() > 3)
+        || proc_self_cgroup.lines().any(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|n| n.split(',').any(|n| n == controller))
+        });
+    mountinfo.lines().find_map(|l| {
+        let (before, after) = l.split_once(" - ")?;
+        let point = before.split(' ').nth(4)?;
+        let mut after = after.split(' ');
+        let fstype = after.next()?;
+        let options = after.nth(1)?;
+        let ok = if v1 {
+            fstype == "cgroup" && options.split(',').any(|o| o == controller)
+        } else {
+            fstype == "cgroup2"
+        };
+        ok.then(|| Path::new(point).join(path.trim_start_matches('/')))
+    })
+}
+
+#[test]
+fn the_steps_cgroup_holds_its_limits_while_it_runs_and_is_gone_after() {
+    let f = Fixture::new();
+    let flag = f.lower.join("flag");
+    fs::write(&flag, b"").unwrap();
+    lchown(&flag, f.ids.host_uid(0), f.ids.host_gid(0)).unwrap();
+    let mut spec =
+        f.spec("cat /proc/self/cgroup; echo ---; until grep -q go /flag; do usleep 10000; done");
+    spec.timeout = Some(Duration::from_secs(60));
+    spec.limits = Limits {
+        memory: Some(200 << 20),
+        pids: Some(77),
+        cpu_millis: Some(250),
+    };
+    let mut text = String::new();
+    let mut seen: Option<Vec<(String, String)>> = None;
+    let mut dirs = Vec::new();
+    let outcome = run(&spec, &f.ids, Some(&helper()), |s, b| {
+        if s == Stream::Stdout {
+            text.push_str(&String::from_utf8_lossy(b));
+        }
+        if seen.is_none() && text.contains("---") {
+            let mut read = |controller: &str, files: &[&str]| {
+                let dir = cgroup_dir(&text, controller).unwrap();
+                dirs.push(dir.clone());
+                files
+                    .iter()
+                    .map(|file| {
+                        let v = fs::read_to_string(dir.join(file)).unwrap_or_default();
+                        (file.to_string(), v.trim().to_owned())
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let mut values = read("memory", &["memory.limit_in_bytes", "memory.max"]);
+            values.extend(read("pids", &["pids.max"]));
+            values.extend(read("cpu", &["cpu.cfs_quota_us", "cpu.max"]));
+            seen = Some(values);
+            fs::write(&flag, b"go\n").unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(outcome.exit, ExitKind::Code(0), "{text}");
+    let mechanism = outcome.confinement.limits.mechanism;
+    assert_ne!(
+        mechanism,
+        LimitMechanism::Rlimit,
+        "as root, this host's cgroups should be used: {text}"
+    );
+    let seen: BTreeMap<String, String> = seen
+        .unwrap()
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let expected: BTreeMap<String, String> = match mechanism {
+        LimitMechanism::CgroupV1 => [
+            ("memory.limit_in_bytes", "209715200"),
+            ("pids.max", "77"),
+            ("cpu.cfs_quota_us", "25000"),
+        ],
+        _ => [
+            ("memory.max", "209715200"),
+            ("pids.max", "77"),
+            ("cpu.max", "25000 100000"),
+        ],
+    }
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(seen, expected, "{text}");
+    for dir in dirs {
+        assert!(
+            dir.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("strata-step-")),
+            "{}",
+            dir.display()
+        );
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn a_step_over_its_memory_limit_is_killed_and_the_limit_named() {
+    // Reading /dev/zero into memory, as the step that set off the host's
+    // OOM killer did, with a limit far below what it reads.
+    let f = Fixture::new();
+    let mut spec = f.spec("echo start; dd if=/dev/zero of=/dev/null bs=256M count=1");
+    spec.limits.memory = Some(64 << 20);
+    let out = f.run_spec(&spec).unwrap();
+    assert!(!out.outcome.exit.success(), "{:?}", out.outcome);
+    assert_eq!(out.stdout, "start\n");
+    match out.outcome.confinement.limits.mechanism {
+        LimitMechanism::Rlimit => assert_eq!(out.outcome.limit_exceeded, None),
+        _ => {
+            assert_eq!(
+                out.outcome.limit_exceeded,
+                Some(LimitExceeded::Memory { limit: 64 << 20 }),
+                "{:?} {}",
+                out.outcome,
+                out.stderr
+            );
+            assert_eq!(
+                format!("RUN exceeded {}", out.outcome.limit_exceeded.unwrap()),
+                "RUN exceeded its memory limit (64 MiB)"
+            );
+        }
+    }
+
+    // With rlimits, the allocation fails instead, and nothing can tell.
+    let out = capture_with(&spec, &f.ids, LimitsBy::Rlimits).unwrap();
+    assert!(!out.outcome.exit.success(), "{:?}", out.outcome);
+    assert!(out.stderr.contains("memory"), "{}", out.stderr);
+    assert_eq!(out.outcome.limit_exceeded, None);
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_process_limit() {
+    let f = Fixture::new();
+    let n = unique_number().to_string();
+    let mut spec = f.spec(&format!(
+        "i=0; while [ $i -lt 40 ]; do sleep {n} & i=$((i+1)); done; echo all-started"
+    ));
+    spec.limits.pids = Some(16);
+    spec.timeout = Some(Duration::from_secs(60));
+    for by in [LimitsBy::CgroupIfPossible, LimitsBy::Rlimits] {
+        let out = capture_with(&spec, &f.ids, by).unwrap();
+        assert!(!out.outcome.exit.success(), "{by:?}: {:?}", out.outcome);
+        assert!(
+            !out.stdout.contains("all-started"),
+            "{by:?}: {}",
+            out.stdout
+        );
+        assert!(out.stderr.contains("can't fork"), "{by:?}: {}", out.stderr);
+        let expected = match out.outcome.confinement.limits.mechanism {
+            LimitMechanism::Rlimit => None,
+            _ => Some(LimitExceeded::Pids { limit: 16 }),
+        };
+        assert_eq!(out.outcome.limit_exceeded, expected, "{by:?}");
+        assert_eq!(host_processes_running(&["sleep", &n]), Vec::<u32>::new());
+    }
+}
+
+fn capture_with(spec: &RunSpec, ids: &IdMapping, by: LimitsBy) -> Result<Captured, SandboxError> {
+    let mut chunks = Vec::new();
+    let outcome = run_with(
+        spec,
+        ids,
+        Some(&helper()),
+        |s, b| chunks.push((s, b.to_vec())),
+        by,
+    )?;
+    let text = |which| {
+        let bytes: Vec<u8> = chunks
+            .iter()
+            .filter(|(s, _)| *s == which)
+            .flat_map(|(_, b)| b.clone())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Ok(Captured {
+        stdout: text(Stream::Stdout),
+        stderr: text(Stream::Stderr),
+        outcome,
+        chunks,
+    })
 }

@@ -11,6 +11,14 @@
 //! nanoseconds — so a diff by mtime, size, mode and owner finds only what the
 //! step changed. Not preserved: extended attributes (file capabilities,
 //! ACLs, SELinux labels), which a later version can add.
+//!
+//! What these trees hold must stay out of reach of the host's other users:
+//! an image's setuid files, owned by the mapped host ids, would let anyone
+//! who can reach them become that id and write into a running build. So
+//! every directory made here for a step is 0700 or below one that is — the
+//! overlay's scratch directory is the builder's and 0700, and a copy is only
+//! made inside a directory no one else may enter — and no file is ever
+//! setuid while it belongs to the builder.
 
 use std::collections::HashMap;
 use std::fs::{self, Metadata};
@@ -37,6 +45,11 @@ pub enum TreeError {
     DestinationNotEmpty { path: PathBuf },
     #[error("{path} is owned by {uid}:{gid}, which the id mapping cannot represent")]
     Unmapped { path: PathBuf, uid: u32, gid: u32 },
+    #[error(
+        "refusing to copy a root file system into {path}: its parent has mode {mode:o}, so \
+         other users could reach its setuid files; use a directory of mode 0700"
+    )]
+    ParentNotPrivate { path: PathBuf, mode: u32 },
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TreeError {
@@ -54,9 +67,11 @@ fn nix_err(op: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> TreeErro
 }
 
 /// Copies the tree at `src` to `dst`, which must not exist or be an empty
-/// directory. See the module documentation for what is preserved.
+/// directory, in a parent directory that only its owner may enter (mode
+/// 0700 or stricter). See the module documentation for what is preserved.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
     let meta = fs::symlink_metadata(src).map_err(io_err("inspect", src))?;
+    check_private_parent(dst)?;
     match fs::read_dir(dst) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -73,6 +88,25 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), TreeError> {
         is_root: nix::unistd::geteuid().is_root(),
     };
     copier.copy_entry(src, dst, &meta)
+}
+
+/// Refuses a `dst` whose parent grants group or others any access.
+fn check_private_parent(dst: &Path) -> Result<(), TreeError> {
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mode = fs::metadata(parent)
+        .map_err(io_err("inspect", parent))?
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TreeError::ParentNotPrivate {
+            path: dst.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 struct Copier {
@@ -98,7 +132,7 @@ impl Copier {
             let target = fs::read_link(src).map_err(io_err("read link", src))?;
             symlink(&target, dst).map_err(io_err("create symlink", dst))?;
         } else if ft.is_file() {
-            fs::copy(src, dst).map_err(io_err("copy", src))?;
+            copy_file(src, dst)?;
         } else {
             make_node(dst, meta)?;
         }
@@ -144,6 +178,23 @@ impl Copier {
         }
         set_times(dst, meta)
     }
+}
+
+/// A regular file's contents, into a new file that only the builder may
+/// use until [`Copier::copy_attributes`] gives it its owner and then its
+/// mode (`fs::copy` would give it the source's mode at once: a setuid file
+/// owned by the builder, for a moment).
+fn copy_file(src: &Path, dst: &Path) -> Result<(), TreeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = fs::File::open(src).map_err(io_err("open", src))?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)
+        .map_err(io_err("create", dst))?;
+    io::copy(&mut from, &mut to).map_err(io_err("copy", src))?;
+    Ok(())
 }
 
 /// Fifos, sockets and device nodes.
@@ -208,28 +259,50 @@ fn shift_entry(path: &Path, meta: &Metadata, ids: &IdMapping) -> Result<(), Tree
     Ok(())
 }
 
-/// Creates `dir/upper` and `dir/work` (and `dir` if missing) for a
-/// [`RootfsSpec::Overlay`](super::RootfsSpec::Overlay) over `lower`, owned
-/// by container root's host ids: overlayfs writes them with container root's
-/// rights, and the sandbox reaches them through `dir`, which container root
-/// must be able to search whatever the permissions above it.
+/// Creates the directories of a [`RootfsSpec::Overlay`](super::RootfsSpec::Overlay)
+/// over `lower` in `dir` (made if missing):
+///
+/// ```text
+/// dir/            the builder's, 0700: no other host user gets further
+///   rw/           container root's, 0700: the one mount overlayfs needs
+///                 upper and work on, bind-mounted into the sandbox
+///     upper/      container root's, with the mode of the topmost lower
+///                 root: it is the step's `/`
+///     work/       container root's, 0700: overlayfs' own
+/// ```
+///
+/// overlayfs writes upper and work with container root's rights, so they
+/// and `rw` must be its; `dir` may stay the builder's because the sandbox
+/// reaches `rw` as the builder.
 pub fn prepare_overlay(
     dir: &Path,
     lower: Vec<PathBuf>,
     ids: &IdMapping,
 ) -> Result<super::RootfsSpec, TreeError> {
-    let upper = dir.join("upper");
-    let work = dir.join("work");
-    for d in [dir, upper.as_path(), work.as_path()] {
-        match fs::create_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d == dir => {}
-            Err(e) => return Err(io_err("create", d)(e)),
-        }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create", dir)(e)),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", dir))?;
+    let rw = dir.join("rw");
+    let upper = rw.join("upper");
+    let work = overlay_work_dir(dir);
+    let root_mode = lower
+        .first()
+        .and_then(|l| fs::metadata(l).ok())
+        .map_or(0o755, |m| m.mode() & 0o7777);
+    for (d, mode) in [(&rw, 0o700), (&upper, root_mode), (&work, 0o700)] {
+        fs::create_dir(d).map_err(io_err("create", d))?;
         lchown(d, ids.host_uid(0), ids.host_gid(0)).map_err(io_err("chown", d))?;
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", d))?;
+        fs::set_permissions(d, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", d))?;
     }
     Ok(super::RootfsSpec::Overlay { lower, upper, work })
+}
+
+/// overlayfs' work directory in a directory made by [`prepare_overlay`].
+pub(super) fn overlay_work_dir(dir: &Path) -> PathBuf {
+    dir.join("rw").join("work")
 }
 
 #[cfg(test)]
@@ -248,10 +321,18 @@ mod tests {
         fs::symlink_metadata(p).unwrap()
     }
 
+    /// A temporary directory only its owner may enter (tempfile follows the
+    /// umask), as a builder's scratch directory must be.
+    fn private_tempdir() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        tmp
+    }
+
     #[test]
     fn copy_keeps_modes_owners_links_nodes_and_nanosecond_mtimes() {
         require_root();
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = private_tempdir();
         let src = tmp.path().join("src");
         fs::create_dir_all(src.join("d/e")).unwrap();
         fs::write(src.join("d/file"), b"hello").unwrap();
@@ -311,8 +392,97 @@ mod tests {
     }
 
     #[test]
+    fn copy_makes_no_setuid_file_of_the_builders_even_for_a_moment() {
+        require_root();
+        // Watch every file the copy creates, as a local attacker would: a
+        // setuid file owned by root (the builder) must never be seen.
+        let tmp = private_tempdir();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        for i in 0..200 {
+            let f = src.join(format!("su{i}"));
+            fs::write(&f, vec![0u8; 64 << 10]).unwrap();
+            lchown(&f, Some(100_000), Some(100_000)).unwrap();
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).unwrap();
+        }
+        let dst = tmp.path().join("dst");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        /// Stops the watcher however the copy ends.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let seen = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for e in fs::read_dir(&dst).into_iter().flatten().flatten() {
+                        if let Ok(m) = e.metadata()
+                            && m.uid() == 0
+                            && m.mode() & 0o6000 != 0
+                        {
+                            seen.push(e.path());
+                        }
+                    }
+                }
+                seen
+            });
+            let copied = {
+                let _done = Done(&done);
+                copy_tree(&src, &dst)
+            };
+            copied.unwrap();
+            watcher.join().unwrap()
+        });
+        assert_eq!(seen, Vec::<PathBuf>::new());
+        let m = stat(&dst.join("su7"));
+        assert_eq!((m.uid(), m.mode() & 0o7777), (100_000, 0o4755));
+    }
+
+    #[test]
+    fn copy_refuses_a_destination_other_users_could_reach() {
+        let tmp = private_tempdir();
+        fs::create_dir(tmp.path().join("src")).unwrap();
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = copy_tree(&tmp.path().join("src"), &open.join("dst")).unwrap_err();
+        assert!(
+            matches!(err, TreeError::ParentNotPrivate { mode: 0o755, .. }),
+            "{err}"
+        );
+        assert!(!open.join("dst").exists());
+    }
+
+    #[test]
+    fn overlay_scratch_is_the_builders_and_private_and_upper_keeps_the_roots_mode() {
+        require_root();
+        let tmp = private_tempdir();
+        let lower = tmp.path().join("lower");
+        fs::create_dir(&lower).unwrap();
+        fs::set_permissions(&lower, fs::Permissions::from_mode(0o755)).unwrap();
+        let ids = IdMapping::range(100_000, 200_000, 65_536);
+        let dir = tmp.path().join("step");
+        let spec = prepare_overlay(&dir, vec![lower], &ids).unwrap();
+        let super::super::RootfsSpec::Overlay { upper, work, .. } = spec else {
+            panic!("not an overlay")
+        };
+        let owner_mode = |p: &Path| {
+            let m = stat(p);
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        };
+        assert_eq!(owner_mode(&dir), (0, 0, 0o700));
+        assert_eq!(owner_mode(&dir.join("rw")), (100_000, 200_000, 0o700));
+        assert_eq!(owner_mode(&upper), (100_000, 200_000, 0o755));
+        assert_eq!(owner_mode(&work), (100_000, 200_000, 0o700));
+        assert_eq!(upper.parent(), work.parent());
+    }
+
+    #[test]
     fn copy_refuses_a_non_empty_destination() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = private_tempdir();
         fs::create_dir(tmp.path().join("src")).unwrap();
         fs::create_dir(tmp.path().join("dst")).unwrap();
         fs::write(tmp.path().join("dst/x"), b"").unwrap();
@@ -326,7 +496,7 @@ mod tests {
     #[test]
     fn shift_moves_owners_into_the_mapped_range_and_keeps_setuid() {
         require_root();
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = private_tempdir();
         let root = tmp.path().join("r");
         fs::create_dir(&root).unwrap();
         fs::write(root.join("su"), b"").unwrap();

@@ -22,10 +22,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::idmap::{IdExtent, IdMapping, MapWriter};
-use super::{Job, Network, RootfsSpec, RunSpec, SetupError};
+use super::{Job, Limits, Network, RootfsSpec, RunSpec, SetupError};
 
 /// Version of this format; bump on any change to a message's tag or fields.
-pub(super) const PROTOCOL: &str = "strata-sandbox/1";
+pub(super) const PROTOCOL: &str = "strata-sandbox/2";
 
 /// Largest message accepted: a job with a huge environment still fits.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -375,6 +375,19 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| self.bad("a number", b))
     }
 
+    /// A limit: a number, or [`NO_LIMIT`] for none.
+    fn limit<T: FromStr>(&mut self) -> Result<Option<T>, WireError> {
+        let b = self.bytes()?;
+        if b == NO_LIMIT.as_bytes() {
+            return Ok(None);
+        }
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| self.bad("a number or `-`", b))
+    }
+
     /// The value paired with the next field's word in `words`.
     fn word<T: Copy>(
         &mut self,
@@ -415,6 +428,9 @@ const WRITER_WORDS: [(&str, MapWriter); 3] = [
 ];
 const HAS_USER_WORDS: [(&str, bool); 2] = [("1", true), ("0", false)];
 const NETWORK_WORDS: [(&str, Network); 2] = [("none", Network::None), ("host", Network::Host)];
+const RLIMIT_WORDS: [(&str, bool); 2] = [("rlimits", true), ("cgroup", false)];
+/// An absent (unbounded) limit.
+const NO_LIMIT: &str = "-";
 
 /// The word standing for `value` in `words`, one of the tables above, each
 /// of which lists every value of its type.
@@ -425,8 +441,9 @@ fn word_for<T: PartialEq>(words: &[(&'static str, T)], value: T) -> &'static str
         .map_or("", |&(w, _)| w)
 }
 
-/// Field order of a job: protocol, host pid, probe, rootfs, ids, spec. The
-/// spec's `timeout` is the host's business and does not travel.
+/// Field order of a job: protocol, host pid, probe, rootfs, ids, spec (its
+/// limits last, then whether stage 2 sets them as rlimits). The spec's
+/// `timeout` is the host's business and does not travel.
 fn put_job(b: &mut Body, job: &Job) {
     b.field(PROTOCOL)
         .field(job.host_pid.to_string())
@@ -469,6 +486,11 @@ fn put_job(b: &mut Body, job: &Job) {
     };
     b.field(word_for(&NETWORK_WORDS, s.network))
         .field(&s.hostname);
+    let limit = |n: Option<u64>| n.map_or_else(|| NO_LIMIT.to_owned(), |n| n.to_string());
+    b.field(limit(s.limits.memory))
+        .field(limit(s.limits.pids))
+        .field(limit(s.limits.cpu_millis.map(u64::from)))
+        .field(word_for(&RLIMIT_WORDS, job.rlimits));
 }
 
 fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
@@ -515,6 +537,12 @@ fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
     let user = f.string()?;
     let network = f.word("a network (`none` or `host`)", &NETWORK_WORDS)?;
     let hostname = f.string()?;
+    let limits = Limits {
+        memory: f.limit()?,
+        pids: f.limit()?,
+        cpu_millis: f.limit()?,
+    };
+    let rlimits = f.word("`rlimits` or `cgroup`", &RLIMIT_WORDS)?;
     Ok(Job {
         spec: RunSpec {
             rootfs,
@@ -525,10 +553,12 @@ fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
             network,
             timeout: None,
             hostname,
+            limits,
         },
         ids: IdMapping::from_parts(uids, gids, writer),
         host_pid,
         probe,
+        rlimits,
     })
 }
 
@@ -621,10 +651,16 @@ mod tests {
                 network: Network::Host,
                 timeout: None,
                 hostname: "h".into(),
+                limits: Limits {
+                    memory: Some(512 << 20),
+                    pids: None,
+                    cpu_millis: Some(1500),
+                },
             },
             ids: IdMapping::range(100_000, 200_000, 65_536),
             host_pid: 42,
             probe: false,
+            rlimits: false,
         }
     }
 
@@ -635,6 +671,12 @@ mod tests {
         job.spec.network = Network::None;
         job.ids = IdMapping::single_for(1000, 1000);
         job.probe = true;
+        job.spec.limits = Limits {
+            memory: None,
+            pids: Some(16),
+            cpu_millis: None,
+        };
+        job.rlimits = true;
         job
     }
 
@@ -738,11 +780,12 @@ mod tests {
         for b in [false, true] {
             assert_ne!(word_for(&PROBE_WORDS, b), "");
             assert_ne!(word_for(&HAS_USER_WORDS, b), "");
+            assert_ne!(word_for(&RLIMIT_WORDS, b), "");
         }
     }
 
     #[test]
-    fn the_encoding_is_protocol_version_1_byte_for_byte() {
+    fn the_encoding_of_small_messages_is_fixed_byte_for_byte() {
         // A helper of the same PROTOCOL must read what this one writes.
         assert_eq!(Message::MappingWritten.encode(), b"9:6:mapped,,");
         assert_eq!(

@@ -63,6 +63,7 @@ impl Runner<'_> {
             },
             timeout: self.opts.step_timeout,
             hostname: "strata".into(),
+            limits: sandbox::Limits::default(),
         };
         let mut tail = OutputTail::default();
         // The sandbox blocks until the step ends; keep the runtime's other

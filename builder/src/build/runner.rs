@@ -58,8 +58,11 @@ impl<'a> Runner<'a> {
     ) -> Result<Self, BuildError> {
         std::fs::create_dir_all(&opts.scratch)
             .map_err(BuildError::io("creating the scratch directory"))?;
+        // 0700: the working rootfs below holds the image's setuid files,
+        // owned by mapped ids; no other local user may reach them.
         let scratch = tempfile::Builder::new()
             .prefix("strata-build-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(&opts.scratch)
             .map_err(BuildError::io("creating the scratch directory"))?;
         let ids = IdMapping::detect().map_err(BuildError::sandbox("choosing the sandbox's ids"))?;
