@@ -33,14 +33,9 @@ const DEFAULT_BASE: u32 = 0x7000_0000;
 /// Size of that default range: the ids a distribution image uses.
 const DEFAULT_COUNT: u32 = 65_536;
 
-/// A contiguous run of ids: container `container..container+count` ↔ host
-/// `host..host+count`, one line of a `uid_map`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdExtent {
-    pub container: u32,
-    pub host: u32,
-    pub count: u32,
-}
+/// A contiguous run of ids, one line of a `uid_map`: the layer crate's
+/// [`IdRange`], the one id-map type the sandbox and the layers share.
+pub use strata_layer::IdRange;
 
 /// Who writes the id maps of stage 1's user namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +51,8 @@ pub enum MapWriter {
 /// The id maps of a sandbox's user namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdMapping {
-    uids: Vec<IdExtent>,
-    gids: Vec<IdExtent>,
+    uids: Vec<IdRange>,
+    gids: Vec<IdRange>,
     writer: MapWriter,
 }
 
@@ -139,15 +134,15 @@ impl IdMapping {
     /// the host (which must be root).
     pub fn range(uid_base: u32, gid_base: u32, count: u32) -> Self {
         IdMapping {
-            uids: vec![IdExtent {
+            uids: vec![IdRange {
                 container: 0,
                 host: uid_base,
-                count,
+                len: count,
             }],
-            gids: vec![IdExtent {
+            gids: vec![IdRange {
                 container: 0,
                 host: gid_base,
-                count,
+                len: count,
             }],
             writer: MapWriter::Host,
         }
@@ -156,15 +151,15 @@ impl IdMapping {
     /// Container 0 ↔ `uid`/`gid`, container `1..` ↔ the subordinate ranges
     /// `(start, count)`, written by `newuidmap`/`newgidmap`.
     pub fn subordinate(uid: u32, gid: u32, sub_uid: (u32, u32), sub_gid: (u32, u32)) -> Self {
-        let one = |id| IdExtent {
+        let one = |id| IdRange {
             container: 0,
             host: id,
-            count: 1,
+            len: 1,
         };
-        let rest = |(start, count)| IdExtent {
+        let rest = |(start, count)| IdRange {
             container: 1,
             host: start,
-            count,
+            len: count,
         };
         IdMapping {
             uids: vec![one(uid), rest(sub_uid)],
@@ -184,10 +179,10 @@ impl IdMapping {
     /// Container 0 ↔ `uid`/`gid` only; stage 1 writes it itself, which the
     /// kernel allows only for the process's own ids.
     pub fn single_for(uid: u32, gid: u32) -> Self {
-        let one = |id| IdExtent {
+        let one = |id| IdRange {
             container: 0,
             host: id,
-            count: 1,
+            len: 1,
         };
         IdMapping {
             uids: vec![one(uid)],
@@ -196,15 +191,15 @@ impl IdMapping {
         }
     }
 
-    pub(super) fn from_parts(uids: Vec<IdExtent>, gids: Vec<IdExtent>, writer: MapWriter) -> Self {
+    pub(super) fn from_parts(uids: Vec<IdRange>, gids: Vec<IdRange>, writer: MapWriter) -> Self {
         IdMapping { uids, gids, writer }
     }
 
-    pub fn uids(&self) -> &[IdExtent] {
+    pub fn uids(&self) -> &[IdRange] {
         &self.uids
     }
 
-    pub fn gids(&self) -> &[IdExtent] {
+    pub fn gids(&self) -> &[IdRange] {
         &self.gids
     }
 
@@ -252,7 +247,7 @@ impl IdMapping {
                     format!(
                         "{}..{}",
                         e.container,
-                        u64::from(e.container) + u64::from(e.count)
+                        u64::from(e.container) + u64::from(e.len)
                     )
                 })
                 .collect();
@@ -293,29 +288,29 @@ impl IdMapping {
     }
 }
 
-fn total(extents: &[IdExtent]) -> u64 {
-    extents.iter().map(|e| u64::from(e.count)).sum()
+fn total(extents: &[IdRange]) -> u64 {
+    extents.iter().map(|e| u64::from(e.len)).sum()
 }
 
-fn to_host(extents: &[IdExtent], id: u32) -> Option<u32> {
+fn to_host(extents: &[IdRange], id: u32) -> Option<u32> {
     extents
         .iter()
-        .find(|e| id >= e.container && u64::from(id) < u64::from(e.container) + u64::from(e.count))
+        .find(|e| id >= e.container && u64::from(id) < u64::from(e.container) + u64::from(e.len))
         .map(|e| e.host + (id - e.container))
 }
 
-fn to_container(extents: &[IdExtent], id: u32) -> Option<u32> {
+fn to_container(extents: &[IdRange], id: u32) -> Option<u32> {
     extents
         .iter()
-        .find(|e| id >= e.host && u64::from(id) < u64::from(e.host) + u64::from(e.count))
+        .find(|e| id >= e.host && u64::from(id) < u64::from(e.host) + u64::from(e.len))
         .map(|e| e.container + (id - e.host))
 }
 
 /// The text of a `uid_map`: one `container host count` line per extent.
-fn map_text(extents: &[IdExtent]) -> String {
+fn map_text(extents: &[IdRange]) -> String {
     extents
         .iter()
-        .map(|e| format!("{} {} {}\n", e.container, e.host, e.count))
+        .map(|e| format!("{} {} {}\n", e.container, e.host, e.len))
         .collect()
 }
 
@@ -325,7 +320,7 @@ fn proc_file(pid: u32, name: &str) -> PathBuf {
 
 /// The kernel takes a map in one write only, hence one `write` of the whole
 /// text (`fs::write` issues a single call for a buffer this small).
-fn write_map_file(path: &Path, extents: &[IdExtent]) -> Result<(), IdMapError> {
+fn write_map_file(path: &Path, extents: &[IdRange]) -> Result<(), IdMapError> {
     let text = map_text(extents);
     std::fs::write(path, &text).map_err(|source| IdMapError::Write {
         path: path.to_owned(),
@@ -334,11 +329,11 @@ fn write_map_file(path: &Path, extents: &[IdExtent]) -> Result<(), IdMapError> {
     })
 }
 
-fn run_map_helper(tool: &'static str, pid: u32, extents: &[IdExtent]) -> Result<(), IdMapError> {
+fn run_map_helper(tool: &'static str, pid: u32, extents: &[IdRange]) -> Result<(), IdMapError> {
     let mut cmd = Command::new(tool);
     cmd.arg(pid.to_string());
     for e in extents {
-        cmd.args([e.container, e.host, e.count].map(|n| n.to_string()));
+        cmd.args([e.container, e.host, e.len].map(|n| n.to_string()));
     }
     let out = cmd
         .output()
@@ -433,7 +428,7 @@ mod tests {
         );
         assert_eq!(m.uids()[0].host, 200_000);
         assert_eq!(m.gids()[0].host, 300_000);
-        assert_eq!(m.uids()[0].count, 65_536);
+        assert_eq!(m.uids()[0].len, 65_536);
     }
 
     #[test]

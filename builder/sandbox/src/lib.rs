@@ -131,7 +131,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use host::{overlay_supported, probe_overlay, run};
-pub use idmap::{IdExtent, IdMapError, IdMapping, MapWriter};
+pub use idmap::{IdMapError, IdMapping, IdRange, MapWriter};
 pub use limits::{AppliedLimits, LimitExceeded, LimitMechanism, Limits};
 pub use seccomp::SECCOMP_PROFILE;
 pub use tree::{TreeError, copy_tree, prepare_overlay, shift_ownership};

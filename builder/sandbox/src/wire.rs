@@ -21,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::idmap::{IdExtent, IdMapping, MapWriter};
+use super::idmap::{IdMapping, IdRange, MapWriter};
 use super::{Job, Limits, Network, RootfsSpec, RunSpec, SetupError};
 
 /// Version of this format; bump on any change to a message's tag or fields.
@@ -467,7 +467,7 @@ fn put_job(b: &mut Body, job: &Job) {
         for e in extents {
             b.field(e.container.to_string())
                 .field(e.host.to_string())
-                .field(e.count.to_string());
+                .field(e.len.to_string());
         }
     }
     let s = &job.spec;
@@ -564,15 +564,15 @@ fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
 
 /// An id extent, refused unless both of its ranges fit in 32-bit ids (as
 /// the kernel requires), so id arithmetic on it cannot overflow.
-fn take_extent(f: &mut Fields<'_>) -> Result<IdExtent, WireError> {
-    let e = IdExtent {
+fn take_extent(f: &mut Fields<'_>) -> Result<IdRange, WireError> {
+    let e = IdRange {
         container: f.number()?,
         host: f.number()?,
-        count: f.number()?,
+        len: f.number()?,
     };
-    let fits = |start: u32| u64::from(start) + u64::from(e.count) <= 1 << 32;
+    let fits = |start: u32| u64::from(start) + u64::from(e.len) <= 1 << 32;
     if !fits(e.container) || !fits(e.host) {
-        let found = format!("{} {} {}", e.container, e.host, e.count);
+        let found = format!("{} {} {}", e.container, e.host, e.len);
         return Err(f.bad("an id extent within the 32-bit id range", found.as_bytes()));
     }
     Ok(e)
@@ -913,10 +913,10 @@ mod tests {
     fn an_id_extent_past_the_32_bit_range_is_refused() {
         let mut job = copy_job();
         job.ids = IdMapping::from_parts(
-            vec![IdExtent {
+            vec![IdRange {
                 container: 0,
                 host: u32::MAX,
-                count: 2,
+                len: 2,
             }],
             Vec::new(),
             MapWriter::Host,

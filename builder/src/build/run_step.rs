@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use strata_dockerfile::{Command, Network};
-use strata_layer::{Change, IdMap, IdRange, LayerPath, diff_overlay, diff_trees};
+use strata_layer::{Change, IdMap, LayerPath, diff_overlay, diff_trees};
 use strata_sandbox::{self as sandbox, ExitKind, IdMapping, RootfsSpec, RunSpec};
 
 use super::Event;
@@ -122,19 +122,10 @@ fn step_env(s: &Planned) -> Vec<(String, String)> {
     env
 }
 
-/// The sandbox's id mapping in the layer crate's terms.
+/// The sandbox's id mapping as the layer crate checks and applies it (one
+/// `IdRange` type on both sides).
 pub(crate) fn layer_idmap(ids: &IdMapping) -> Result<IdMap, BuildError> {
-    let ranges = |extents: &[sandbox::IdExtent]| {
-        extents
-            .iter()
-            .map(|e| IdRange {
-                container: e.container,
-                host: e.host,
-                len: e.count,
-            })
-            .collect::<Vec<_>>()
-    };
-    IdMap::new(ranges(ids.uids()), ranges(ids.gids())).map_err(|e| BuildError::Io {
+    IdMap::new(ids.uids().to_vec(), ids.gids().to_vec()).map_err(|e| BuildError::Io {
         what: "mapping ids".into(),
         source: std::io::Error::other(e),
     })
