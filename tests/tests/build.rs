@@ -935,3 +935,50 @@ fn add_unpacks_local_archives_and_refuses_escaping_entries() {
         "{stderr}"
     );
 }
+
+/// A step over its memory limit fails naming the limit, and a RUN step's
+/// provenance on the server records what confined it.
+#[test]
+fn a_step_over_its_memory_limit_fails_naming_it_and_provenance_says_what_confined_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &["--fsync", "never"]);
+    let cache = tempfile::tempdir().unwrap();
+    let ctx =
+        context("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"true\"]\n");
+    let report = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--server", &server.url, "--pids-limit", "64"],
+    );
+    let key: strata_proto::Digest = report["steps"][1]["key"].as_str().unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let found = runtime.block_on(async {
+        let client = server.client().await;
+        client.lookup_steps(&[key]).await.unwrap()
+    });
+    let sandbox = found[0].as_ref().unwrap().provenance.sandbox.clone();
+    assert!(
+        sandbox
+            .starts_with("no-terminal fresh-keyring no-new-privs seccomp=strata-seccomp/1 limits="),
+        "{sandbox}"
+    );
+    assert!(sandbox.contains(" pids=64 "), "{sandbox}");
+
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=256M\", \"count=4\"]\n",
+    )
+    .unwrap();
+    let out = build(cache.path(), ctx.path(), &["--memory", "64m"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("memory limit (64 MiB)")
+            || stderr.contains("Cannot allocate memory")
+            || stderr.contains("memory exhausted"),
+        "the failure does not say the step ran out of its memory: {stderr}"
+    );
+    let bad = build(cache.path(), ctx.path(), &["--memory", "lots"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--memory \"lots\""));
+}

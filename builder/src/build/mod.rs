@@ -58,6 +58,8 @@ pub struct BuildOptions {
     pub output: Option<LayoutRef>,
     /// `--tag NAME[:TAG]`: keep the image in the store under this name.
     pub tag: Option<ImageRef>,
+    /// Memory, process and CPU limits of each RUN step.
+    pub limits: strata_sandbox::Limits,
     /// `--target STAGE`: the stage to build (name or number; default the
     /// last). Only the stages it needs are built.
     pub target: Option<String>,
@@ -273,7 +275,7 @@ pub async fn build(
                     let result = StepResult {
                         layer: executed.layer.map(|(d, _)| d),
                         config: s.config_after.to_json(),
-                        provenance: provenance(s, step_started.elapsed()),
+                        provenance: provenance(s, step_started.elapsed(), executed.sandbox),
                     };
                     client
                         .record_step(&s.key.digest, &result)

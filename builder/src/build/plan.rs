@@ -244,7 +244,7 @@ fn args_in_scope(args: &BTreeMap<String, String>) -> Vec<(String, String)> {
 
 /// What made a step's result: recorded with it, so a reader can decide
 /// whether to trust it and a miss can be explained.
-pub(crate) fn provenance(s: &Planned, took: Duration) -> Provenance {
+pub(crate) fn provenance(s: &Planned, took: Duration, sandbox: String) -> Provenance {
     let network = match s.instruction {
         Instruction::Run {
             network: Network::Host,
@@ -263,5 +263,6 @@ pub(crate) fn provenance(s: &Planned, took: Duration) -> Provenance {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
         duration_seconds: took.as_secs_f64(),
+        sandbox,
     }
 }

@@ -25,7 +25,7 @@ impl Runner<'_> {
         network: Network,
         root: &Path,
         events: &mut (dyn FnMut(Event<'_>) + Send),
-    ) -> Result<(Vec<Change>, Duration), BuildError> {
+    ) -> Result<(Vec<Change>, Duration, String), BuildError> {
         let n = self.layers.len();
         let step_dir = self.scratch.path().join(format!("step-{n}"));
         let overlay = sandbox::overlay_supported(
@@ -63,7 +63,7 @@ impl Runner<'_> {
             },
             timeout: self.opts.step_timeout,
             hostname: "strata".into(),
-            limits: sandbox::Limits::default(),
+            limits: self.opts.limits,
         };
         let mut tail = OutputTail::default();
         // The sandbox blocks until the step ends; keep the runtime's other
@@ -81,10 +81,15 @@ impl Runner<'_> {
         })
         .map_err(|e| s.site.error(format!("RUN could not start: {e}")))?;
         if !outcome.exit.success() {
+            let exit = match &outcome.limit_exceeded {
+                // The kernel's counters say why: name the limit, not a signal.
+                Some(limit) => format!("{} (it exceeded {limit})", exit_text(&outcome.exit)),
+                None => exit_text(&outcome.exit),
+            };
             return Err(BuildError::RunFailed {
                 file: s.site.file.clone(),
                 line: s.site.line,
-                exit: exit_text(&outcome.exit),
+                exit,
                 tail: tail.text(),
                 code: exit_code(&outcome.exit),
             });
@@ -102,8 +107,36 @@ impl Runner<'_> {
             .filter_map(|p| LayerPath::from_image_path(Path::new(p)).ok())
             .collect();
         changes.retain(|c| !created.contains(&c.path));
-        Ok((changes, outcome.duration))
+        Ok((
+            changes,
+            outcome.duration,
+            confinement_text(&outcome.confinement),
+        ))
     }
+}
+
+/// What confined a step, as provenance records it (canonical: fixed order,
+/// `-` for a limit not enforced).
+fn confinement_text(c: &sandbox::Confinement) -> String {
+    let flag = |on: bool, name: &str| {
+        if on {
+            name.to_owned()
+        } else {
+            format!("no-{name}")
+        }
+    };
+    let value = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    format!(
+        "{} {} {} seccomp={} limits={} memory={} pids={} cpu-millis={}",
+        flag(c.no_terminal, "no-terminal"),
+        flag(c.fresh_keyring, "fresh-keyring"),
+        flag(c.no_new_privs, "no-new-privs"),
+        c.seccomp,
+        c.limits.mechanism.as_str(),
+        value(c.limits.memory),
+        value(c.limits.pids),
+        value(c.limits.cpu_millis.map(u64::from)),
+    )
 }
 
 /// The step's environment: ARGs in scope that no ENV shadows, then the

@@ -33,6 +33,8 @@ pub(crate) struct Executed {
     pub uploaded: u64,
     /// How long the step's own command ran (zero but for RUN).
     pub command_time: Duration,
+    /// What confined a RUN step, for its provenance (empty for others).
+    pub sandbox: String,
 }
 
 pub(crate) struct Runner<'a> {
@@ -163,11 +165,14 @@ impl<'a> Runner<'a> {
         events: &mut (dyn FnMut(Event<'_>) + Send),
     ) -> Result<Executed, BuildError> {
         let mut command_time = Duration::ZERO;
+        let mut sandbox = String::new();
         let changes = match &s.instruction {
             Instruction::Run { command, network } => {
                 let root = self.materialise().await?;
-                let (changes, took) = self.run_step(s, command, *network, &root, events)?;
+                let (changes, took, confinement) =
+                    self.run_step(s, command, *network, &root, events)?;
                 command_time = took;
+                sandbox = confinement;
                 changes
             }
             Instruction::Workdir(_) => {
@@ -178,6 +183,7 @@ impl<'a> Runner<'a> {
                         layer: None,
                         uploaded: 0,
                         command_time,
+                        sandbox,
                     });
                 }
                 changes
@@ -223,6 +229,7 @@ impl<'a> Runner<'a> {
                     layer: None,
                     uploaded: 0,
                     command_time,
+                    sandbox,
                 });
             }
         };
@@ -231,6 +238,7 @@ impl<'a> Runner<'a> {
             layer: Some((digest, size)),
             uploaded,
             command_time,
+            sandbox,
         })
     }
 

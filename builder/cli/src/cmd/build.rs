@@ -11,6 +11,7 @@ use strata_builder::build::{BuildOptions, BuildReport, Event, StepStatus};
 use strata_builder::progress::human_bytes;
 use strata_builder::target::Target;
 use strata_dockerfile::{ImageRef, LayoutRef};
+use strata_sandbox::Limits;
 
 use super::{ChunkingArgs, ServerArg};
 
@@ -46,6 +47,16 @@ pub struct BuildArgs {
     /// Time limit of one RUN step, in seconds.
     #[arg(long, default_value_t = 3600)]
     step_timeout: u64,
+    /// Memory of each RUN step: 512m, 2g, or bytes (default: half the
+    /// host's memory); `none` for no limit.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Processes of each RUN step at once (default 4096); 0 for no limit.
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<u64>,
+    /// CPUs each RUN step may use, e.g. 1.5 (default: all; needs a cgroup).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
     /// Let `RUN --network=host` steps run (they are marked non-hermetic).
     #[arg(long)]
     allow_host_network: bool,
@@ -75,6 +86,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
         Err(_) => 0,
     };
+    let limits = step_limits(args.memory.as_deref(), args.pids_limit, args.cpus)?;
     let opts = BuildOptions {
         dockerfile,
         context: args.context.clone(),
@@ -82,6 +94,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         output: args.output,
         tag: args.tag,
         target: args.target,
+        limits,
         dry_run: args.dry_run,
         epoch,
         step_timeout: Some(std::time::Duration::from_secs(args.step_timeout)),
@@ -95,6 +108,45 @@ pub async fn run(args: BuildArgs) -> Result<()> {
     target.close().await?;
     let report = result?;
     print_build_report(&report, args.json, args.dry_run)
+}
+
+/// The sandbox's default limits with the flags' overrides.
+fn step_limits(memory: Option<&str>, pids: Option<u64>, cpus: Option<f64>) -> Result<Limits> {
+    let mut limits = Limits::default();
+    if let Some(text) = memory {
+        limits.memory = match text {
+            "none" | "0" => None,
+            _ => Some(parse_size(text).with_context(|| {
+                format!("--memory {text:?}: expected a size like 512m, 2g or a number of bytes")
+            })?),
+        };
+    }
+    if let Some(n) = pids {
+        limits.pids = (n > 0).then_some(n);
+    }
+    if let Some(cpus) = cpus {
+        if !(cpus > 0.0 && cpus <= 4096.0) {
+            anyhow::bail!("--cpus {cpus}: expected a number of CPUs above 0, like 1.5");
+        }
+        limits.cpu_millis = Some((cpus * 1000.0).round() as u32);
+    }
+    Ok(limits)
+}
+
+/// `512m`, `2g`, `64k` or bytes (binary units, as Docker's --memory).
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, shift) = match text.strip_suffix(['b']).unwrap_or(&text) {
+        t if t.ends_with('k') => (&t[..t.len() - 1], 10),
+        t if t.ends_with('m') => (&t[..t.len() - 1], 20),
+        t if t.ends_with('g') => (&t[..t.len() - 1], 30),
+        t => (t, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1 << shift)
+        .filter(|&n| n > 0)
 }
 
 /// Build progress on stderr: a line as each step starts and ends, and the
