@@ -175,6 +175,15 @@ fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
 
+/// Builds `ctx` into an OCI layout under `out` (tag `v1`) and unpacks it
+/// with umoci: the report, the unpacked rootfs and the layout.
+fn build_and_unpack(cache: &Path, ctx: &Path, out: &Path) -> (Value, PathBuf, PathBuf) {
+    let layout = out.join("image");
+    let report = build_json(cache, ctx, &["--output", &oci_output(&layout, "v1")]);
+    let rootfs = umoci_unpack(&layout, "v1", &out.join("bundle"));
+    (report, rootfs, layout)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("{:x}", sha2::Sha256::digest(bytes))
@@ -626,14 +635,7 @@ WORKDIR /home/user/work
     );
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let layout = out.path().join("image");
-    build_json(
-        cache.path(),
-        ctx.path(),
-        &["--output", &oci_output(&layout, "v1")],
-    );
-    let bundle = out.path().join("bundle");
-    let rootfs = umoci_unpack(&layout, "v1", &bundle);
+    let (_, rootfs, _) = build_and_unpack(cache.path(), ctx.path(), out.path());
     use std::os::unix::fs::MetadataExt;
     assert!(rootfs.join("app").is_dir(), "/app is not a directory");
     assert_eq!(
@@ -786,13 +788,7 @@ COPY --from=evil /abs/hostname /via-absolute
     );
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let layout = out.path().join("image");
-    build_json(
-        cache.path(),
-        ctx.path(),
-        &["--output", &oci_output(&layout, "v1")],
-    );
-    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
+    let (_, rootfs, _) = build_and_unpack(cache.path(), ctx.path(), out.path());
     for name in ["via-dotdot", "via-absolute"] {
         assert_eq!(
             std::fs::read(rootfs.join(name)).unwrap(),
@@ -824,13 +820,7 @@ CMD echo hi
     );
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let layout = out.path().join("image");
-    build_json(
-        cache.path(),
-        ctx.path(),
-        &["--output", &oci_output(&layout, "v1")],
-    );
-    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
+    let (_, rootfs, layout) = build_and_unpack(cache.path(), ctx.path(), out.path());
     let flags = std::fs::read_to_string(rootfs.join("shell-flags")).unwrap();
     assert!(
         flags.contains('e') && flags.contains('u'),
@@ -896,13 +886,7 @@ fn add_unpacks_local_archives_and_refuses_escaping_entries() {
     ]);
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let layout = out.path().join("image");
-    build_json(
-        cache.path(),
-        ctx.path(),
-        &["--output", &oci_output(&layout, "v1")],
-    );
-    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("bundle"));
+    let (_, rootfs, _) = build_and_unpack(cache.path(), ctx.path(), out.path());
     assert_eq!(
         std::fs::read(rootfs.join("opt/bin/app")).unwrap(),
         b"app v1\n"
