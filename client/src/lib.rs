@@ -58,10 +58,12 @@ pub struct ClientConfig {
     pub download_window_bytes: usize,
     /// Download requests in flight at once.
     pub downloads_in_flight: usize,
-    /// Longest a pull waits on the server for one answer: the manifest, the
-    /// start of a chunk download, its next message. A server silent for
-    /// longer is stalled; the pull fails with [`ClientError::Timeout`]
-    /// instead of hanging. Bounds each wait, not the whole pull.
+    /// Longest a push or pull waits on the server for one answer: a
+    /// manifest, FindMissing, the start of a chunk download or its next
+    /// message, room in an upload stream, an upload's reply. A server
+    /// silent for longer is stalled; the transfer fails with
+    /// [`ClientError::Timeout`] instead of hanging. Bounds each wait, not
+    /// the whole transfer.
     pub idle_timeout: Duration,
 }
 

@@ -29,7 +29,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress};
+use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress, within};
+use std::time::Duration;
 
 /// What one push did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +164,7 @@ impl Client {
         {
             let content = self.content.clone();
             let level = self.config.zstd_level;
+            let idle = self.config.idle_timeout;
             let message_bytes = self.config.message_bytes;
             let mut messages = ReceiverStream::new(batch_rx)
                 .map(|cuts| async move {
@@ -186,7 +188,7 @@ impl Client {
                         .into_iter()
                         .filter(|c| seen.insert(c.digest))
                         .collect();
-                    Ok(find_missing(content.clone(), fresh))
+                    Ok(find_missing(content.clone(), fresh, idle))
                 })
                 .try_buffered(STAGE_DEPTH)
                 .map_ok(|missing| compress(missing, level, message_bytes))
@@ -243,13 +245,12 @@ impl Client {
         let manifest = Manifest::new(refs, report.total_bytes, sha256, media_type.to_owned())
             .map_err(|e| ClientError::Config(format!("building the manifest: {e}")))?;
         let digest = manifest.digest();
-        let response = self
-            .manifests
-            .clone()
-            .put_manifest(PutManifestRequest {
-                manifest: Some(manifest.to_wire()),
-            })
-            .await
+        let mut manifests = self.manifests.clone();
+        let put = manifests.put_manifest(PutManifestRequest {
+            manifest: Some(manifest.to_wire()),
+        });
+        let response = within(self.config.idle_timeout, "put manifest", put)
+            .await?
             .map_err(|s| ClientError::from_status("put manifest", s))?
             .into_inner();
         if response.digest != digest.to_vec() {
@@ -271,13 +272,12 @@ impl Client {
         media_type: &str,
     ) -> Result<Option<(Digest, [u8; 32])>, ClientError> {
         let key = content_key(refs, total_length, media_type);
-        let found = self
-            .manifests
-            .clone()
-            .find_manifest(FindManifestRequest {
-                content_key: key.to_vec(),
-            })
-            .await
+        let mut manifests = self.manifests.clone();
+        let find = manifests.find_manifest(FindManifestRequest {
+            content_key: key.to_vec(),
+        });
+        let found = within(self.config.idle_timeout, "find manifest", find)
+            .await?
             .map_err(|s| ClientError::from_status("find manifest", s))?
             .into_inner();
         let Some(wire) = found.manifest else {
@@ -370,17 +370,21 @@ async fn find_missing(
         tonic::transport::Channel,
     >,
     candidates: Vec<HashedChunk>,
+    idle: Duration,
 ) -> Result<Vec<HashedChunk>, ClientError> {
     if candidates.is_empty() {
         return Ok(candidates);
     }
     let digests = candidates.iter().map(|c| c.digest.to_vec()).collect();
-    let missing = content
-        .find_missing(FindMissingRequest { digests })
-        .await
-        .map_err(|s| ClientError::from_status("find missing", s))?
-        .into_inner()
-        .missing;
+    let missing = within(
+        idle,
+        "find missing",
+        content.find_missing(FindMissingRequest { digests }),
+    )
+    .await?
+    .map_err(|s| ClientError::from_status("find missing", s))?
+    .into_inner()
+    .missing;
     let missing: HashSet<&[u8]> = missing.iter().map(Vec::as_slice).collect();
     Ok(candidates
         .into_iter()
@@ -478,7 +482,12 @@ impl<'a> Uploads<'a> {
         }
         let i = self.next % self.streams.len();
         self.next += 1;
-        if self.streams[i].0.send(message).await.is_err() {
+        // A server that stops reading stops this send: bounded like any wait.
+        let idle = self.client.config.idle_timeout;
+        if within(idle, "upload chunks", self.streams[i].0.send(message))
+            .await?
+            .is_err()
+        {
             // The stream ended early: its task holds the reason.
             let (_, task) = self.streams.swap_remove(i);
             return Err(match task.await {
@@ -496,10 +505,11 @@ impl<'a> Uploads<'a> {
     /// Closes every stream and sums what the server reports.
     async fn finish(self) -> Result<PutChunksResponse, ClientError> {
         let mut total = PutChunksResponse::default();
+        let idle = self.client.config.idle_timeout;
         for (tx, task) in self.streams {
             drop(tx);
-            let r = task
-                .await
+            let r = within(idle, "upload chunks", task)
+                .await?
                 .map_err(|e| ClientError::io("upload task", std::io::Error::other(e)))?
                 .map_err(|s| ClientError::from_status("upload chunks", s))?;
             total.chunks_received += r.chunks_received;

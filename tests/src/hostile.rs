@@ -78,6 +78,8 @@ pub enum Tamper {
     ManifestOf(Digest),
     /// Never answer `GetManifest`.
     StallManifest,
+    /// Never answer `FindMissing`: a push must time out, not hang.
+    StallFindMissing,
     /// Send the first message of each `GetChunks` answer, then neither
     /// another message nor the end of the stream.
     StallChunkStream,
@@ -251,6 +253,7 @@ impl ContentStore for HostileContent {
                 self.shared.count();
                 Ok(Response::new(FindMissingResponse { missing: vec![] }))
             }
+            Tamper::StallFindMissing => Err(self.shared.stall().await),
             _ => self.real.find_missing(request).await,
         }
     }

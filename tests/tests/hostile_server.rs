@@ -432,3 +432,29 @@ async fn an_object_a_lying_server_pretended_to_store_never_pulls_back() {
     }
     server.stop().await;
 }
+
+/// A push waits on the server too: one that never answers FindMissing
+/// times the push out instead of hanging it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_find_missing_times_the_push_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start(dir.path()).await;
+    let client = server.client(stall_config()).await;
+    server.set_tamper(Tamper::StallFindMissing);
+    let data = random_bytes(1 << 20, 23);
+    let err = unhung(client.push(Cursor::new(data), MEDIA_TYPE, &Progress::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Timeout {
+                what: "find missing",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(server.tampered() > 0);
+    server.stop().await;
+}
