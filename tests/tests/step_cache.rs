@@ -211,7 +211,8 @@ async fn malformed_requests_are_refused_precisely() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    // A size limit, like every other: RESOURCE_EXHAUSTED.
+    assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("limit"), "{}", status.message());
 
     let mut bad_layer = result(None, "{}", "a").to_wire();

@@ -29,7 +29,7 @@ use strata_proto::v1::content_store_server::ContentStoreServer;
 use strata_proto::v1::manifest_store_server::ManifestStoreServer;
 use strata_proto::v1::step_cache_server::StepCacheServer;
 use strata_proto::v1::tags_server::TagsServer;
-use strata_proto::{ChunkError, Digest, FILE_DESCRIPTOR_SET, ManifestError};
+use strata_proto::{ChunkError, Digest, FILE_DESCRIPTOR_SET, ManifestError, StepError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
@@ -157,7 +157,10 @@ pub(crate) fn status_of(e: StoreError) -> Status {
         StoreError::StepDivergence { .. } => Status::already_exists(e.to_string()),
         StoreError::BadManifest(
             ManifestError::ChunkTooLarge { .. } | ManifestError::MediaTypeTooLong(_),
-        ) => Status::resource_exhausted(e.to_string()),
+        )
+        | StoreError::BadStepResult(StepError::TooLarge { .. }) => {
+            Status::resource_exhausted(e.to_string())
+        }
         StoreError::BadManifest(_) | StoreError::BadStepResult(_) | StoreError::BadTag { .. } => {
             Status::invalid_argument(e.to_string())
         }
