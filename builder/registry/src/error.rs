@@ -175,7 +175,7 @@ pub enum RegistryError {
     },
 
     /// `~/.docker/config.json` (or the named one) could not be used.
-    #[error("cannot read registry credentials from {path}: {reason}")]
+    #[error("cannot read registry credentials from {}: {reason}", .path.display())]
     DockerConfig {
         /// The file.
         path: PathBuf,

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use futures_util::stream;
 use oci_client::RegistryOperation;
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciImageManifest;
 use reqwest::header::HeaderValue;
 use strata_dockerfile::ImageRef;
@@ -201,22 +202,7 @@ impl RegistryClient {
                 layer.descriptor.size
             )));
         }
-        let chunks = stream::try_unfold(file, |mut file| async move {
-            let mut buffer = vec![0; UPLOAD_CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < buffer.len() {
-                let n = file.read(&mut buffer[filled..]).await?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                return Ok(None);
-            }
-            buffer.truncate(filled);
-            Ok(Some((Bytes::from(buffer), file)))
-        });
+        let chunks = stream::try_unfold(file, read_upload_chunk);
         session
             .oci
             .push_blob_stream(&reference, chunks, &digest.to_string(), Some(size))
@@ -249,6 +235,26 @@ impl RegistryClient {
                 )
             })
     }
+}
+
+/// The next chunk of a layer file being uploaded, or `None` at its end.
+async fn read_upload_chunk(
+    mut file: tokio::fs::File,
+) -> Result<Option<(Bytes, tokio::fs::File)>, OciDistributionError> {
+    let mut buffer = vec![0; UPLOAD_CHUNK_BYTES];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let n = file.read(&mut buffer[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    if filled == 0 {
+        return Ok(None);
+    }
+    buffer.truncate(filled);
+    Ok(Some((Bytes::from(buffer), file)))
 }
 
 /// Checks the manifest against the config and layers given with it, and
