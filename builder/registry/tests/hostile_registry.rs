@@ -24,7 +24,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let (layer, diff_id) = gzip_layer(&[("file", b"the real layer contents\n")]);
+        let (layer, diff_id) = gzip_layer(&[("file", "the real layer contents\n")]);
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64", "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},

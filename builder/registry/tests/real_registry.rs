@@ -39,8 +39,8 @@ fn registry_with_base() -> (Registry, WrittenImage) {
         "linux",
         "amd64",
         &[
-            &[("etc/os-release", b"ID=strata-test\n")],
-            &[("app/hello.txt", b"hello\n")],
+            &[("etc/os-release", "ID=strata-test\n")],
+            &[("app/hello.txt", "hello\n")],
         ],
     );
     write_index(
@@ -182,8 +182,8 @@ async fn a_missing_tag_or_repository_is_not_found_naming_the_image() {
 async fn an_index_resolves_to_linux_amd64_by_default_and_to_another_platform_on_request() {
     let registry = Registry::start();
     let layout = tempdir();
-    let amd64 = write_image(layout.path(), "linux", "amd64", &[&[("arch", b"amd64\n")]]);
-    let arm64 = write_image(layout.path(), "linux", "arm64", &[&[("arch", b"arm64\n")]]);
+    let amd64 = write_image(layout.path(), "linux", "amd64", &[&[("arch", "amd64\n")]]);
+    let arm64 = write_image(layout.path(), "linux", "arm64", &[&[("arch", "arm64\n")]]);
     let (index, index_digest) = write_platform_index(
         layout.path(),
         &[("linux", "arm64", &arm64), ("linux", "amd64", &amd64)],
@@ -234,7 +234,7 @@ async fn an_index_resolves_to_linux_amd64_by_default_and_to_another_platform_on_
 async fn a_single_platform_image_for_another_platform_is_refused() {
     let registry = Registry::start();
     let layout = tempdir();
-    let arm64 = write_image(layout.path(), "linux", "arm64", &[&[("arch", b"arm64\n")]]);
+    let arm64 = write_image(layout.path(), "linux", "arm64", &[&[("arch", "arm64\n")]]);
     write_index(
         layout.path(),
         "arm",
@@ -264,7 +264,7 @@ async fn a_pushed_image_reads_back_with_skopeo_and_a_second_push_uploads_nothing
 
     // The image: the base's layers (mounted from its repository) plus one new.
     let dir = tempdir();
-    let (new_blob, new_diff_id) = gzip_layer(&[("app/new.txt", b"built by strata\n")]);
+    let (new_blob, new_diff_id) = gzip_layer(&[("app/new.txt", "built by strata\n")]);
     let new_path = dir.path().join("new.tar.gz");
     std::fs::write(&new_path, &new_blob).unwrap();
     let mut layers: Vec<LayerToPush> = Vec::new();

@@ -105,7 +105,7 @@ pub struct WrittenImage {
 }
 
 /// A gzip layer tar holding `files` (path, contents), deterministic.
-pub fn gzip_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+pub fn gzip_layer(files: &[(&str, &str)]) -> (Vec<u8>, String) {
     let mut tar = tar::Builder::new(Vec::new());
     for (path, contents) in files {
         let mut header = tar::Header::new_gnu();
@@ -113,7 +113,8 @@ pub fn gzip_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_cksum();
-        tar.append_data(&mut header, path, *contents).unwrap();
+        tar.append_data(&mut header, path, contents.as_bytes())
+            .unwrap();
     }
     let tar = tar.into_inner().unwrap();
     let diff_id = sha256(&tar);
