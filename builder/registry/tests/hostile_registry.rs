@@ -235,10 +235,7 @@ async fn a_huge_manifest_is_refused_whether_announced_or_not() {
 #[tokio::test]
 async fn a_401_with_a_malformed_challenge_says_how_to_log_in() {
     let server = HostileRegistry::start(|_, _| {
-        Reply::status(401).header(
-            "WWW-Authenticate",
-            "Bearer realm=\"unterminated, service=\u{7f}\"\"",
-        )
+        Reply::status(401).header("WWW-Authenticate", "Bearer realm=\"unterminated, service=")
     })
     .await;
     let err = client()
