@@ -14,7 +14,7 @@
 //! compressor versions because a layer is compressed once and its blob kept
 //! in the cache by content (see `build/compressed.rs`).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 use sha2::{Digest as _, Sha256};
 
