@@ -91,7 +91,7 @@ pub(crate) async fn choose_blobs(
     };
     let keys: Vec<Digest> = layers
         .iter()
-        .filter(|l| needs_blob(*l))
+        .filter(|l| needs_blob(l))
         .map(|l| compressed_layer_key(&l.diff_id, compression))
         .collect();
     let mut hits = if keys.is_empty() {
