@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use strata_client::Client;
+use strata_client::{Client, ClientError};
 use strata_dockerfile::{ImageRef, LayoutRef};
 use strata_proto::{Digest, StepResult};
 use strata_sandbox::Stream;
@@ -117,6 +117,9 @@ pub struct BuildReport {
     pub downloaded_bytes: u64,
     /// Layer bytes written into the output directory.
     pub output_bytes: u64,
+    /// Things the user should know that did not fail the build (a token
+    /// without `result-write`, say), each said once.
+    pub notes: Vec<String>,
 }
 
 /// Progress events, for the CLI to show as it likes.
@@ -129,6 +132,8 @@ pub enum Event<'a> {
     },
     StepFinished(&'a StepReport),
     Output(Stream, &'a [u8]),
+    /// Something that does not fail the build, said once.
+    Note(&'a str),
 }
 
 /// Most keys in one lookup request (well under the server's limit).
@@ -209,6 +214,7 @@ pub async fn build(
         uploaded_bytes: 0,
         downloaded_bytes: 0,
         output_bytes: 0,
+        notes: Vec::new(),
     };
     if opts.dry_run {
         for (i, (s, hit)) in all_steps.iter().zip(hits).enumerate() {
@@ -229,6 +235,8 @@ pub async fn build(
     let mut runners: Vec<Option<Runner>> = (0..df.stages.len()).map(|_| None).collect();
     let mut index = 0;
     let mut downloaded = 0;
+    // Cleared once the server says this client may not record results.
+    let mut recording = true;
     for &stage in &needed {
         let Some(plan) = stages[stage].as_ref() else {
             continue;
@@ -277,10 +285,26 @@ pub async fn build(
                         config: s.config_after.to_json(),
                         provenance: provenance(s, step_started.elapsed(), executed.sandbox),
                     };
-                    client
-                        .record_step(&s.key.digest, &result)
-                        .await
-                        .map_err(BuildError::cache("recording the step result"))?;
+                    if recording {
+                        match client.record_step(&s.key.digest, &result).await {
+                            Ok(_) => {}
+                            // A token without `result-write` may build and
+                            // share layers, but not results: say so once,
+                            // record nothing more, go on.
+                            Err(ClientError::PermissionDenied { message, .. }) => {
+                                recording = false;
+                                let note = format!(
+                                    "step results are not recorded: {message}; this build \
+                                     stores layers but leaves no cache hits for others"
+                                );
+                                events(Event::Note(&note));
+                                report.notes.push(note);
+                            }
+                            Err(e) => {
+                                return Err(BuildError::cache("recording the step result")(e));
+                            }
+                        }
+                    }
                     r
                 }
             };
