@@ -17,7 +17,6 @@ use strata_proto::v1::content_store_client::ContentStoreClient;
 use strata_proto::v1::{Chunk, GetChunksRequest};
 use strata_proto::{ChunkRef, Codec, Digest, with_thread_decoder};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::{Client, ClientError, Progress, within};
 
@@ -181,7 +180,7 @@ fn split_windows(chunks: &[ChunkRef], window_bytes: usize) -> Vec<Vec<ChunkRef>>
 /// manifest order, every chunk verified. Each wait on the server is bounded
 /// by `idle`.
 async fn fetch_window(
-    mut content: ContentStoreClient<Channel>,
+    mut content: ContentStoreClient<crate::AuthChannel>,
     window: Vec<ChunkRef>,
     idle: Duration,
 ) -> Result<Window, ClientError> {

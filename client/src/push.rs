@@ -366,9 +366,7 @@ impl ShaOfFile {
 
 /// The chunks of `candidates` the server does not hold.
 async fn find_missing(
-    mut content: strata_proto::v1::content_store_client::ContentStoreClient<
-        tonic::transport::Channel,
-    >,
+    mut content: strata_proto::v1::content_store_client::ContentStoreClient<crate::AuthChannel>,
     candidates: Vec<HashedChunk>,
     idle: Duration,
 ) -> Result<Vec<HashedChunk>, ClientError> {

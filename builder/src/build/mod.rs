@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use strata_client::Client;
+use strata_client::{Client, ClientError};
 use strata_dockerfile::{ImageRef, LayoutRef};
 use strata_proto::{Digest, StepResult};
 use strata_sandbox::Stream;
@@ -132,6 +132,9 @@ pub struct BuildReport {
     /// Layers this build compressed (a layer is compressed once and its
     /// blob kept in the cache, so a cached rebuild compresses none).
     pub compressed_layers: usize,
+    /// Things the user should know that did not fail the build (a token
+    /// without `result-write`, say), each said once.
+    pub notes: Vec<String>,
 }
 
 /// Progress events, for the CLI to show as it likes.
@@ -144,6 +147,8 @@ pub enum Event<'a> {
     },
     StepFinished(&'a StepReport),
     Output(Stream, &'a [u8]),
+    /// Something that does not fail the build, said once.
+    Note(&'a str),
 }
 
 /// Most keys in one lookup request (well under the server's limit).
@@ -225,6 +230,7 @@ pub async fn build(
         downloaded_bytes: 0,
         output_bytes: 0,
         compressed_layers: 0,
+        notes: Vec::new(),
     };
     if opts.dry_run {
         for (i, (s, hit)) in all_steps.iter().zip(hits).enumerate() {
@@ -245,6 +251,8 @@ pub async fn build(
     let mut runners: Vec<Option<Runner>> = (0..df.stages.len()).map(|_| None).collect();
     let mut index = 0;
     let mut downloaded = 0;
+    // Cleared once the server says this client may not record results.
+    let mut recording = true;
     for &stage in &needed {
         let Some(plan) = stages[stage].as_ref() else {
             continue;
@@ -293,10 +301,26 @@ pub async fn build(
                         config: s.config_after.to_json(),
                         provenance: provenance(s, step_started.elapsed(), executed.sandbox),
                     };
-                    client
-                        .record_step(&s.key.digest, &result)
-                        .await
-                        .map_err(BuildError::cache("recording the step result"))?;
+                    if recording {
+                        match client.record_step(&s.key.digest, &result).await {
+                            Ok(_) => {}
+                            // A token without `result-write` may build and
+                            // share layers, but not results: say so once,
+                            // record nothing more, go on.
+                            Err(ClientError::PermissionDenied { message, .. }) => {
+                                recording = false;
+                                let note = format!(
+                                    "step results are not recorded: {message}; this build \
+                                     stores layers but leaves no cache hits for others"
+                                );
+                                events(Event::Note(&note));
+                                report.notes.push(note);
+                            }
+                            Err(e) => {
+                                return Err(BuildError::cache("recording the step result")(e));
+                            }
+                        }
+                    }
                     r
                 }
             };

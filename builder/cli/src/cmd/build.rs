@@ -115,7 +115,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         scratch: std::env::temp_dir(),
         sandbox_helper: None,
     };
-    let config = args.chunking.client_config()?;
+    let config = args.server.connection(args.chunking.client_config()?)?;
     let target = Target::open(args.server.server.as_deref(), config).await?;
     let result = strata_builder::build::build(&target.client, &opts, &mut show_event).await;
     target.close().await?;
@@ -191,6 +191,7 @@ fn show_event(event: Event<'_>) {
             )
         }
         Event::Output(_, bytes) => err.write_all(bytes),
+        Event::Note(note) => writeln!(err, "strata: note: {note}"),
     };
 }
 

@@ -23,7 +23,8 @@ pub struct StatArgs {
 }
 
 pub async fn run(args: StatArgs) -> Result<()> {
-    let target = Target::open(args.server.server.as_deref(), ClientConfig::default()).await?;
+    let config = args.server.connection(ClientConfig::default())?;
+    let target = Target::open(args.server.server.as_deref(), config).await?;
     let result = match &args.digest {
         Some(text) => stat_object(&target, parse_digest(text)?, args.json).await,
         None => stat_store(&target, args.json).await,
