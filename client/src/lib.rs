@@ -11,6 +11,7 @@ mod error;
 mod progress;
 mod pull;
 mod push;
+mod whole_object;
 
 use std::sync::Arc;
 use std::time::Duration;
