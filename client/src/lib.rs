@@ -14,6 +14,7 @@ mod error;
 mod progress;
 mod pull;
 mod push;
+mod whole_object;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -86,6 +86,8 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             "recovery_skipped_bytes": s.recovery_skipped_bytes,
             "recovery_tail_bytes_cut": s.recovery_tail_bytes_cut,
             "rotten_chunks": s.rotten_chunks,
+            "manifests_unverified": s.manifests_unverified,
+            "manifests_refuted": s.manifests_refuted,
             "dedup_ratio": dedup,
             "compression_ratio": compression,
         });
@@ -135,6 +137,13 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
                 out,
                 "rotten chunks      {} (a push of their content heals them)",
                 s.rotten_chunks
+            )?;
+        }
+        if s.manifests_unverified + s.manifests_refuted > 0 {
+            writeln!(
+                out,
+                "manifests          {} awaiting verification, {} refuted (false SHA-256: never found by content)",
+                s.manifests_unverified, s.manifests_refuted
             )?;
         }
     }
