@@ -174,6 +174,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
         Access::Needs(Scope::Read),
     ),
     (
+        "/strata.v1.ManifestStore/FindObject",
+        Access::Needs(Scope::Read),
+    ),
+    (
         "/strata.v1.ManifestStore/PutManifest",
         Access::Needs(Scope::CasWrite),
     ),
