@@ -6,6 +6,7 @@
 //! stages by bounded queues, so memory stays bounded whatever the object
 //! size and the async workers only move bytes.
 
+mod block_pool;
 mod chunker;
 mod error;
 mod progress;
@@ -28,7 +29,8 @@ use strata_proto::{Digest, Manifest, StepResult};
 use tonic::transport::{Channel, Endpoint};
 
 pub use chunker::{
-    BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all,
+    BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all, cut_points,
+    cut_points_serial,
 };
 pub use error::ClientError;
 pub use progress::{Progress, human_bytes};
