@@ -309,7 +309,7 @@ fn write_changed_copy(input: &Path, output: &Path, size: u64, attempt: u64) -> R
     std::fs::copy(input, output)?;
     let len = CHANGED_BYTES.min(usize::try_from(size)?);
     let at = (size - len as u64) / 2;
-    let noise = random_bytes(len, u64::from(fresh_salt(attempt)) << 32 | attempt);
+    let noise = random_bytes(len, (u64::from(fresh_salt(attempt)) << 32) | attempt);
     std::fs::OpenOptions::new()
         .write(true)
         .open(output)?
