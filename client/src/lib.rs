@@ -9,6 +9,7 @@
 //! A connection may be TLS (`https://` URLs, rustls, the system's roots or
 //! a CA file) and may carry a bearer token, sent with every call.
 
+mod block_pool;
 mod chunker;
 mod error;
 mod progress;
@@ -36,7 +37,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use chunker::{
-    BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all,
+    BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all, cut_points,
+    cut_points_serial,
 };
 pub use error::ClientError;
 pub use progress::{Progress, human_bytes};
