@@ -253,6 +253,11 @@ async fn compress_and_keep(
         Err(ClientError::Refused { message, .. }) => {
             tracing::warn!(diff_id = %built.diff_id, %message, "compressed layer already mapped")
         }
+        // A token without `result-write` records nothing (the build says
+        // so once); this build still outputs its own blob.
+        Err(ClientError::PermissionDenied { message, .. }) => {
+            tracing::debug!(diff_id = %built.diff_id, %message, "compressed layer not recorded")
+        }
         Err(e) => return Err(BuildError::cache("recording a compressed layer")(e)),
     }
     Ok(BlobLayer {
