@@ -687,7 +687,7 @@ impl Store {
         let offered_layer = result.layer;
         let records = vec![PendingRecord::Step {
             key,
-            result,
+            result: Box::new(result),
             encoded,
         }];
         let outcome = self.submit(|reply| Job::Put { records, reply }).await?;

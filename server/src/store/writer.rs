@@ -35,7 +35,8 @@ pub enum PendingRecord {
     /// result stands), refused as divergent if the key has another outcome.
     Step {
         key: Digest,
-        result: StepResult,
+        /// Boxed: a result is far larger than the other records.
+        result: Box<StepResult>,
         encoded: Vec<u8>,
     },
     /// A tag change; skipped when the tag already names that object.
@@ -312,7 +313,7 @@ impl Writer {
                         encoded,
                     } => {
                         step_entries.insert(key.as_bytes(), encoded);
-                        group_steps.insert(key, result);
+                        group_steps.insert(key, *result);
                         new_steps += 1;
                     }
                     PendingRecord::Tag { name, target } => {
