@@ -142,6 +142,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         objects = stats.manifests,
         "store open"
     );
+    // Catch SIGTERM before saying we listen: a supervisor (or a test) may
+    // stop us the moment it reads that line, and must get a clean stop.
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     // Tests and scripts read this line to learn the port of `--listen :0`.
     eprintln!("strata: listening on {local}");
     let server_config = ServerConfig {
@@ -156,7 +160,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tls,
         ..ServerConfig::default()
     };
-    strata_server::serve(store, server_config, listener, shutdown_signal()).await?;
+    strata_server::serve(store, server_config, listener, shutdown_signal(terminate)).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -176,18 +180,10 @@ fn check_exposure(addr: SocketAddr, has_tokens: bool, insecure_open: bool) -> Re
     )
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
     tracing::info!("shutting down");
 }
