@@ -3,7 +3,9 @@
 //! 64 MiB of realistic data, against same-run baselines for its parts —
 //! FastCDC alone, FastCDC + per-chunk BLAKE3 over the buffer in place (no
 //! block copies), BLAKE3 of the whole buffer on one thread — and SHA-256 of
-//! the whole buffer (the client's whole-object hash).
+//! the whole buffer (the client's whole-object hash). `cut_points` (FastCDC
+//! of one buffer on every core, merged into the serial chain) runs beside
+//! `cut_points_serial` on the same 4 MiB blocks the client reads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,7 +15,7 @@ use std::hint::black_box;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use sha2::{Digest as _, Sha256};
 use strata_benches::realistic_corpus;
-use strata_client::{ChunkerConfig, chunk_all};
+use strata_client::{BLOCK_BYTES, ChunkerConfig, chunk_all, cut_points, cut_points_serial};
 use strata_proto::Digest;
 
 const CORPUS_BYTES: usize = 64 << 20;
@@ -57,6 +59,28 @@ fn chunking(c: &mut Criterion) {
             .collect::<Vec<_>>()
         });
     });
+    // Cut points only, block by block as the client cuts: serial, then on
+    // every core (the client's default).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    g.bench_function("cut_points_serial per 4 MiB block (baseline)", |b| {
+        b.iter(|| {
+            corpus
+                .chunks(BLOCK_BYTES)
+                .map(|block| cut_points_serial(black_box(block), config).len())
+                .sum::<usize>()
+        });
+    });
+    g.bench_function(
+        format!("cut_points per 4 MiB block, {cores} workers"),
+        |b| {
+            b.iter(|| {
+                corpus
+                    .chunks(BLOCK_BYTES)
+                    .map(|block| cut_points(black_box(block), config, cores).len())
+                    .sum::<usize>()
+            });
+        },
+    );
     g.bench_function("b3 single thread (baseline)", |b| {
         b.iter(|| blake3::hash(black_box(&corpus)));
     });

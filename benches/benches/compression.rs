@@ -1,7 +1,8 @@
 //! Chunk codec throughput over 64 MiB of realistic data, pre-chunked with the
 //! default FastCDC config: `ChunkEncoder` (zstd level 1, or raw when it does
-//! not pay) chunk by chunk, and `ChunkDecoder::decode_verified` (decompress
-//! plus BLAKE3 check) chunk by chunk. Same-run baselines: one
+//! not pay) chunk by chunk, `ChunkDecoder::decode_verified` (decompress
+//! plus BLAKE3 check) chunk by chunk, and `decode_verified_into` (the pull's
+//! path: each chunk decoded straight into its place in one object buffer). Same-run baselines: one
 //! `zstd::bulk::compress` level 1 call over the whole buffer, and one
 //! `zstd::bulk::decompress` of its output, each also with the context and
 //! output buffer reused (as the chunk codec does), which separates zstd's own
@@ -106,6 +107,27 @@ fn compression(c: &mut Criterion) {
                     .len();
             }
             raw
+        });
+    });
+    // The pull's path: chunks decoded in place into one buffer of the
+    // object's bytes, no per-chunk buffer and no copy out.
+    let mut assembled = vec![0u8; corpus.len()];
+    g.bench_function("ChunkDecoder decode_verified_into one buffer", |b| {
+        b.iter(|| {
+            let mut at = 0usize;
+            for e in &encoded {
+                let end = at + e.raw_len as usize;
+                decoder
+                    .decode_verified_into(
+                        &e.digest,
+                        e.codec,
+                        black_box(&e.stored),
+                        &mut assembled[at..end],
+                    )
+                    .unwrap();
+                at = end;
+            }
+            at
         });
     });
     g.bench_function("zstd::bulk::decompress whole buffer (baseline)", |b| {

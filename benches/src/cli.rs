@@ -30,6 +30,13 @@ pub struct CommonArgs {
     /// removed afterwards.
     #[arg(long, env = "STRATA_SERVER", global = true)]
     pub server: Option<String>,
+    /// Bearer token for a --server started with --tokens (needs read,
+    /// cas-write and, for `lookup`, result-write).
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA of an https:// --server (default: system roots).
+    #[arg(long, value_name = "FILE", env = "STRATA_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -162,6 +169,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .context("--chunk-kib is too large")?,
         ),
         zstd_level: c.zstd_level,
+        token: c
+            .token
+            .as_deref()
+            .map(strata_client::BearerToken::new)
+            .transpose()?,
+        tls_ca: c.tls_ca.clone(),
         ..ClientConfig::default()
     };
     client.validate()?;

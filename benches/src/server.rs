@@ -27,6 +27,7 @@ pub struct BenchServer {
 
 struct LocalServer {
     _dir: tempfile::TempDir,
+    store: Store,
     shutdown: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -59,12 +60,13 @@ impl BenchServer {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let url = format!("http://{}", listener.local_addr()?);
                 let (shutdown, rx) = oneshot::channel::<()>();
+                let served = store.clone();
                 let task = tokio::spawn(async move {
                     let stopped = async {
                         let _ = rx.await;
                     };
                     if let Err(e) =
-                        strata_server::serve(store, ServerConfig::default(), listener, stopped)
+                        strata_server::serve(served, ServerConfig::default(), listener, stopped)
                             .await
                     {
                         eprintln!("bench: local server failed: {e}");
@@ -74,6 +76,7 @@ impl BenchServer {
                     url,
                     local: Some(LocalServer {
                         _dir: dir,
+                        store,
                         shutdown,
                         task,
                     }),
@@ -91,6 +94,18 @@ impl BenchServer {
         Client::connect(&self.url, config)
             .await
             .with_context(|| format!("connecting to {}", self.url))
+    }
+
+    /// Waits until a local server has verified every object pushed so far
+    /// (only verified objects are found by content, so a re-push measured
+    /// before that would measure the miss path). A remote server is not
+    /// waited for.
+    pub async fn settle_verification(&self) -> Result<()> {
+        if let Some(local) = &self.local {
+            let store = local.store.clone();
+            tokio::task::spawn_blocking(move || store.wait_for_verification()).await?;
+        }
+        Ok(())
     }
 
     /// Stops a local server and deletes its store.

@@ -1,5 +1,6 @@
 //! The baselines: the same bytes through `b3sum`, `zstd -1 -T0` and
-//! `zstd -d`, timed in the same run as Strata, installed if missing.
+//! `zstd -d`, timed in the same run as Strata, installed if missing; and
+//! peak memory of a child command (GNU `time`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -8,7 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 /// The command-line tools the baselines need, with their Debian packages.
-const BASELINE_TOOLS: &[(&str, &str)] = &[("b3sum", "b3sum"), ("zstd", "zstd")];
+const BASELINE_TOOLS: &[(&str, &str)] = &[("b3sum", "b3sum"), ("zstd", "zstd"), (GNU_TIME, "time")];
+
+/// GNU `time`, not the shell keyword: it reports a child's peak RSS.
+const GNU_TIME: &str = "/usr/bin/time";
 
 fn on_path(cmd: &str) -> bool {
     Command::new("sh")
@@ -76,6 +80,37 @@ pub fn time_command(program: &str, args: &[&str]) -> Result<Duration> {
     Ok(elapsed)
 }
 
+/// Peak resident memory (bytes) of `program args...` as GNU `time`
+/// reports it, and the command's stdout; fails on a non-zero exit.
+pub fn peak_rss_of(program: &Path, args: &[&str]) -> Result<(u64, String)> {
+    let output = Command::new(GNU_TIME)
+        .args(["-f", "strata-bench-peak-rss-kib %M"])
+        .arg(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {GNU_TIME} {}", program.display()))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!(
+            "`{} {}` failed ({}): {}",
+            program.display(),
+            args.join(" "),
+            output.status,
+            stderr.trim()
+        );
+    }
+    let kib: u64 = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("strata-bench-peak-rss-kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{GNU_TIME} printed no peak RSS: {}", stderr.trim()))?;
+    Ok((
+        kib * 1024,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
 /// The three baselines over one input file.
 pub struct Baselines<'a> {
     pub input: &'a Path,
@@ -105,6 +140,21 @@ impl Baselines<'_> {
         time_command(
             "zstd",
             &["-q", "-1", "-T0", "-c", &self.input.to_string_lossy()],
+        )
+    }
+
+    /// `zstd -d` into a file, as a pull to a file writes one.
+    pub fn zstd_decompress_to(&self, output: &Path) -> Result<Duration> {
+        time_command(
+            "zstd",
+            &[
+                "-q",
+                "-d",
+                "-f",
+                "-o",
+                &output.to_string_lossy(),
+                &self.compressed.to_string_lossy(),
+            ],
         )
     }
 

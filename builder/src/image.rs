@@ -3,8 +3,9 @@
 //! stop signal, author), the layers so far,
 //! and the history — and its OCI encodings (config and manifest JSON).
 //!
-//! Everything here is deterministic: maps are sorted, times come from
-//! `SOURCE_DATE_EPOCH`, nothing is read from the host. The same steps give
+//! Everything here is deterministic: maps are sorted, the image's time is
+//! the one the build was given (`SOURCE_DATE_EPOCH` or its documented
+//! default, see `source_date.rs`), nothing is read from the host. The same steps give
 //! the same config bytes, and so the same image digest, on every machine.
 
 use std::collections::BTreeMap;
@@ -172,24 +173,135 @@ pub fn resolve_path(cwd: &str, path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// One layer of the image, as OCI describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerRef {
-    /// `sha256:<hex>` of the (uncompressed) tar: digest and diff_id alike.
-    pub sha256: String,
+/// How a layer blob is compressed. The layer itself (its `diff_id`) is the
+/// same whichever it is: the uncompressed tar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// `gzip`, `zstd` or `none`, as `--compression` takes it.
+    pub fn parse(name: &str) -> Result<Compression, String> {
+        match name {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            "none" => Ok(Compression::None),
+            other => Err(format!(
+                "unknown compression {other:?}: expected gzip, zstd or none"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The OCI media type of a layer blob compressed this way: what
+    /// Strata writes into every manifest.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => MEDIA_TYPE_LAYER,
+            Compression::Gzip => MEDIA_TYPE_LAYER_GZIP,
+            Compression::Zstd => MEDIA_TYPE_LAYER_ZSTD,
+        }
+    }
+
+    /// The compression a layer media type names: OCI's three and Docker's
+    /// (`application/vnd.docker.image.rootfs.diff.tar.gzip`, the same bytes
+    /// as OCI's `tar+gzip`). Foreign (non-distributable) layers and
+    /// anything else are refused: their bytes are not where the manifest
+    /// says, or not a tar Strata can read.
+    pub fn of_media_type(media_type: &str) -> Result<Compression, String> {
+        match media_type {
+            MEDIA_TYPE_LAYER | MEDIA_TYPE_DOCKER_LAYER => Ok(Compression::None),
+            MEDIA_TYPE_LAYER_GZIP | MEDIA_TYPE_DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
+            MEDIA_TYPE_LAYER_ZSTD | MEDIA_TYPE_DOCKER_LAYER_ZSTD => Ok(Compression::Zstd),
+            m if m.contains("nondistributable") || m.contains("foreign") => Err(format!(
+                "layer media type {m:?}: foreign (non-distributable) layers are not supported"
+            )),
+            m => Err(format!(
+                "layer media type {m:?} is not a layer tar (expected plain, gzip or zstd)"
+            )),
+        }
+    }
+}
+
+/// A layer's blob, as a manifest describes it: the bytes that are stored,
+/// copied and pushed — compressed or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBlob {
+    pub compression: Compression,
+    /// `sha256:<hex>` of the blob's bytes as stored (compressed).
+    pub digest: String,
+    /// Bytes of the blob as stored.
     pub size: u64,
 }
 
-/// One history entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+impl LayerBlob {
+    /// The uncompressed tar as its own blob (its digest is its diff_id).
+    pub fn uncompressed(diff_id: &str, size: u64) -> LayerBlob {
+        LayerBlob {
+            compression: Compression::None,
+            digest: diff_id.to_owned(),
+            size,
+        }
+    }
+
+    pub fn media_type(&self) -> &'static str {
+        self.compression.media_type()
+    }
+}
+
+/// One layer of the image: what it is (the diff_id) and how it travels
+/// (the blob).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRef {
+    /// `sha256:<hex>` of the uncompressed tar: what the config's
+    /// `rootfs.diff_ids` lists and what a store manifest's SHA-256 is.
+    pub diff_id: String,
+    pub blob: LayerBlob,
+}
+
+/// One history entry. A base image's entries keep their own times,
+/// author and comment; a step's entry has no time of its own and takes
+/// the image's `created`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryEntry {
+    /// RFC 3339, as the base image wrote it; `None`: the image's `created`.
+    pub created: Option<String>,
+    /// Empty when the base image's entry had none.
     pub created_by: String,
+    pub author: String,
+    pub comment: String,
     pub empty_layer: bool,
+}
+
+impl HistoryEntry {
+    /// The entry of a step of this build.
+    pub fn step(created_by: &str, empty_layer: bool) -> HistoryEntry {
+        HistoryEntry {
+            created_by: created_by.to_owned(),
+            empty_layer,
+            ..HistoryEntry::default()
+        }
+    }
 }
 
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MEDIA_TYPE_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const MEDIA_TYPE_DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
 
 /// The OCI platform strings of this machine.
 pub fn platform() -> (&'static str, &'static str) {
@@ -295,7 +407,16 @@ pub fn encode_image(
     let history: Vec<serde_json::Value> = history
         .iter()
         .map(|h| {
-            let mut v = serde_json::json!({"created": created, "created_by": h.created_by});
+            let mut v = serde_json::json!({"created": h.created.as_deref().unwrap_or(&created)});
+            if !h.created_by.is_empty() {
+                v["created_by"] = serde_json::json!(h.created_by);
+            }
+            if !h.author.is_empty() {
+                v["author"] = serde_json::json!(h.author);
+            }
+            if !h.comment.is_empty() {
+                v["comment"] = serde_json::json!(h.comment);
+            }
             if h.empty_layer {
                 v["empty_layer"] = serde_json::json!(true);
             }
@@ -309,7 +430,7 @@ pub fn encode_image(
         "config": runtime,
         "rootfs": {
             "type": "layers",
-            "diff_ids": layers.iter().map(|l| l.sha256.clone()).collect::<Vec<_>>(),
+            "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
         },
         "history": history,
     });
@@ -326,9 +447,9 @@ pub fn encode_image(
             "size": config_blob.bytes.len(),
         },
         "layers": layers.iter().map(|l| serde_json::json!({
-            "mediaType": MEDIA_TYPE_LAYER,
-            "digest": l.sha256,
-            "size": l.size,
+            "mediaType": l.blob.media_type(),
+            "digest": l.blob.digest,
+            "size": l.blob.size,
         })).collect::<Vec<_>>(),
     }));
     (config_blob, manifest)
@@ -403,13 +524,10 @@ mod tests {
     #[test]
     fn the_same_image_encodes_to_the_same_digest() {
         let layers = [LayerRef {
-            sha256: sha256_digest(b"x"),
-            size: 1,
+            diff_id: sha256_digest(b"x"),
+            blob: LayerBlob::uncompressed(&sha256_digest(b"x"), 1),
         }];
-        let history = [HistoryEntry {
-            created_by: "COPY x /".into(),
-            empty_layer: false,
-        }];
+        let history = [HistoryEntry::step("COPY x /", false)];
         let (c1, m1) = encode_image(&RuntimeConfig::default(), &layers, &history, 0);
         let (c2, m2) = encode_image(&RuntimeConfig::default(), &layers, &history, 0);
         assert_eq!((c1.digest, m1.digest.clone()), (c2.digest, m2.digest));

@@ -246,4 +246,41 @@ mod tests {
         );
         assert!(k.inputs.contains("network none"));
     }
+
+    /// Known answer: the key text written out by hand and its address
+    /// computed by `b3sum`. A failure means every cached step of every
+    /// user has moved: bump `KEY_VERSION` on purpose instead.
+    #[test]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn one_step_key_is_pinned() {
+        let base = base_key("scratch");
+        assert_eq!(base.inputs, "strata-step-key-v2\nbase scratch\n");
+        assert_eq!(
+            base.digest.to_string(),
+            "b3:604817a166195a4ceaea751ab6a1bb7b119f1c37f9d7334231c73376fed14b9e"
+        );
+        let k = step_key(
+            &base.digest,
+            &run("echo \"hi\""),
+            &RuntimeConfig::default(),
+            &[],
+            None,
+        );
+        assert_eq!(
+            k.inputs,
+            concat!(
+                "strata-step-key-v2\n",
+                "parent b3:604817a166195a4ceaea751ab6a1bb7b119f1c37f9d7334231c73376fed14b9e\n",
+                "platform linux/amd64\n",
+                "instruction RUN shell \"echo \\\"hi\\\"\"\n",
+                "workdir \"/\"\n",
+                "user \"\"\n",
+                "network none\n"
+            )
+        );
+        assert_eq!(
+            k.digest.to_string(),
+            "b3:babbc625be57a93daa08af45d5de3346fd87f8f2445b57d54254b3f8170537d6"
+        );
+    }
 }

@@ -5,7 +5,8 @@
 //! are written to a temporary name and renamed, so a reader never sees half
 //! a blob; a blob already present with the right size is not written again,
 //! which is what lets a cached rebuild into the same directory move no
-//! layer bytes. Every blob read is checked against its digest.
+//! layer bytes. Every blob read is checked against its digest: config and
+//! manifest here, layer blobs as they are extracted (`blob.rs`) or copied.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::image::{LayerRef, MEDIA_TYPE_MANIFEST, RuntimeConfig};
+use crate::image::{Compression, LayerBlob, LayerRef, MEDIA_TYPE_MANIFEST, RuntimeConfig};
 
 /// The annotation naming a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -50,7 +51,8 @@ fn invalid(path: &Path, what: impl Into<String>) -> OciError {
 }
 
 /// An image read from a layout: its manifest digest, runtime config,
-/// layers (as blob paths) and history length.
+/// layers (each with the path of its blob, not yet read or checked) and
+/// history.
 #[derive(Clone, Debug)]
 pub struct LayoutImage {
     pub manifest_digest: String,
@@ -216,26 +218,14 @@ impl OciLayout {
             .as_str()
             .ok_or_else(|| invalid(&self.dir, "manifest without config"))?;
         let config = self.read_verified_json(config_digest)?;
-        let mut layers = Vec::new();
-        for l in manifest["layers"].as_array().into_iter().flatten() {
-            let media = l["mediaType"].as_str().unwrap_or_default();
-            if media.contains("gzip") || media.contains("zstd") {
-                return Err(invalid(
-                    &self.dir,
-                    format!("compressed base layers ({media}) are not supported yet"),
-                ));
-            }
-            let digest = l["digest"]
-                .as_str()
-                .ok_or_else(|| invalid(&self.dir, "layer without digest"))?;
-            layers.push((
-                LayerRef {
-                    sha256: digest.to_string(),
-                    size: l["size"].as_u64().unwrap_or(0),
-                },
-                self.blob_path(digest)?,
-            ));
-        }
+        let layers = layers_of(&manifest, &config)
+            .map_err(|what| invalid(&self.dir, format!("image {manifest_digest}: {what}")))?
+            .into_iter()
+            .map(|layer| {
+                let path = self.blob_path(&layer.blob.digest)?;
+                Ok((layer, path))
+            })
+            .collect::<Result<Vec<_>, OciError>>()?;
         Ok(LayoutImage {
             manifest_digest,
             config: runtime_config_of(&config["config"]),
@@ -255,14 +245,76 @@ impl OciLayout {
     }
 }
 
-/// The history of an OCI image config.
+/// The layers of an image: each manifest descriptor (media type, digest,
+/// size) paired with the config's `rootfs.diff_ids` entry at its place.
+/// Plain, gzip and zstd layers in OCI's or Docker's media types are
+/// accepted; a missing field, a count that differs or a digest that is
+/// not `sha256:<64 hex>` is refused.
+pub fn layers_of(manifest: &Value, config: &Value) -> Result<Vec<LayerRef>, String> {
+    let descriptors = manifest["layers"]
+        .as_array()
+        .ok_or("the manifest has no layers array")?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .ok_or("the config has no rootfs.diff_ids array")?;
+    if descriptors.len() != diff_ids.len() {
+        return Err(format!(
+            "the manifest lists {} layers and the config {} diff_ids",
+            descriptors.len(),
+            diff_ids.len()
+        ));
+    }
+    descriptors
+        .iter()
+        .zip(diff_ids)
+        .enumerate()
+        .map(|(n, (d, diff_id))| {
+            let n = n + 1;
+            let media_type = d["mediaType"]
+                .as_str()
+                .ok_or(format!("layer {n} has no mediaType"))?;
+            let compression =
+                Compression::of_media_type(media_type).map_err(|e| format!("layer {n}: {e}"))?;
+            let digest = d["digest"]
+                .as_str()
+                .filter(|s| is_sha256(s))
+                .ok_or(format!("layer {n} has no sha256 digest"))?;
+            let size = d["size"].as_u64().ok_or(format!("layer {n} has no size"))?;
+            let diff_id = diff_id
+                .as_str()
+                .filter(|s| is_sha256(s))
+                .ok_or(format!("diff_id {n} is not a sha256 digest"))?;
+            Ok(LayerRef {
+                diff_id: diff_id.to_owned(),
+                blob: LayerBlob {
+                    compression,
+                    digest: digest.to_owned(),
+                    size,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Whether `s` is `sha256:` and 64 lower-case hex digits.
+pub fn is_sha256(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The history of an OCI image config, each entry's time, author and
+/// comment kept as the image wrote them.
 pub fn history_of(config: &Value) -> Vec<crate::image::HistoryEntry> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     config["history"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|h| crate::image::HistoryEntry {
-            created_by: h["created_by"].as_str().unwrap_or_default().into(),
+            created: h["created"].as_str().map(str::to_owned),
+            created_by: text(&h["created_by"]),
+            author: text(&h["author"]),
+            comment: text(&h["comment"]),
             empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
         })
         .collect()
@@ -344,7 +396,7 @@ pub fn sha256_of_file(path: &Path) -> Result<String, OciError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::image::{HistoryEntry, encode_image, sha256_digest};
+    use crate::image::{HistoryEntry, MEDIA_TYPE_LAYER_GZIP, encode_image, sha256_digest};
 
     #[test]
     fn an_image_written_to_a_layout_reads_back() {
@@ -354,17 +406,27 @@ mod tests {
         let mut tmp = layout.temp_blob().unwrap();
         tmp.write_all(&layer).unwrap();
         let layer_ref = LayerRef {
-            sha256: sha256_digest(&layer),
-            size: layer.len() as u64,
+            diff_id: sha256_digest(b"the tar inside"),
+            blob: LayerBlob {
+                compression: Compression::Gzip,
+                digest: sha256_digest(&layer),
+                size: layer.len() as u64,
+            },
         };
-        layout.commit_blob(tmp, &layer_ref.sha256).unwrap();
+        layout.commit_blob(tmp, &layer_ref.blob.digest).unwrap();
         let mut config = RuntimeConfig::default();
         config.set_env("PATH", "/bin");
         config.workdir = "/app".into();
-        let history = [HistoryEntry {
-            created_by: "COPY . /app".into(),
-            empty_layer: false,
-        }];
+        let history = [
+            HistoryEntry {
+                created: Some("2021-05-06T07:08:09Z".into()),
+                created_by: "/bin/sh -c #(nop) ADD file:abc in /".into(),
+                author: "someone".into(),
+                comment: "debuerreotype 0.10".into(),
+                empty_layer: false,
+            },
+            HistoryEntry::step("COPY . /app", true),
+        ];
         let (c, m) = encode_image(&config, std::slice::from_ref(&layer_ref), &history, 0);
         layout.put_blob(&c.bytes).unwrap();
         layout.put_blob(&m.bytes).unwrap();
@@ -382,7 +444,10 @@ mod tests {
         assert_eq!(image.manifest_digest, m.digest);
         assert_eq!(image.config, config);
         assert_eq!(image.layers[0].0, layer_ref);
-        assert_eq!(image.history, history);
+        // The base's entry keeps its own time; the step's takes the image's.
+        let mut expected = history.to_vec();
+        expected[1].created = Some("1970-01-01T00:00:00Z".into());
+        assert_eq!(image.history, expected);
         // Re-tagging replaced the entry instead of adding one.
         let index = read_json(&dir.path().join("index.json")).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
@@ -390,6 +455,67 @@ mod tests {
             layout.read_image(Some("v2")),
             Err(OciError::NoSuchTag { .. })
         ));
+    }
+
+    #[test]
+    fn docker_and_oci_layer_media_types_are_read_and_others_refused() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let config = json!({"rootfs": {"diff_ids": [digest('a'), digest('b'), digest('c')]}});
+        let manifest = json!({"layers": [
+            {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": digest('1'), "size": 1},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": digest('2'), "size": 2},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest('3'), "size": 3},
+        ]});
+        let layers = layers_of(&manifest, &config).unwrap();
+        let kinds: Vec<Compression> = layers.iter().map(|l| l.blob.compression).collect();
+        assert_eq!(
+            kinds,
+            [Compression::Gzip, Compression::Zstd, Compression::None]
+        );
+        assert_eq!(layers[1].diff_id, digest('b'));
+        assert_eq!(layers[1].blob.digest, digest('2'));
+
+        let one = |layer: Value, diff_id: Value| {
+            layers_of(
+                &json!({"layers": [layer]}),
+                &json!({"rootfs": {"diff_ids": [diff_id]}}),
+            )
+            .unwrap_err()
+        };
+        let good = json!({"mediaType": MEDIA_TYPE_LAYER_GZIP, "digest": digest('1'), "size": 1});
+        let cases = [
+            (
+                json!({"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": digest('1'), "size": 1}),
+                json!(digest('a')),
+                "non-distributable",
+            ),
+            (
+                json!({"mediaType": "application/x-bzip2", "digest": digest('1'), "size": 1}),
+                json!(digest('a')),
+                "not a layer tar",
+            ),
+            (
+                json!({"mediaType": MEDIA_TYPE_LAYER_GZIP, "digest": "sha256:../../etc", "size": 1}),
+                json!(digest('a')),
+                "no sha256 digest",
+            ),
+            (
+                json!({"mediaType": MEDIA_TYPE_LAYER_GZIP, "digest": digest('1')}),
+                json!(digest('a')),
+                "no size",
+            ),
+            (good.clone(), json!("md5:abc"), "diff_id 1"),
+        ];
+        for (layer, diff_id, expected) in cases {
+            let err = one(layer, diff_id);
+            assert!(err.contains(expected), "expected {expected:?}: {err}");
+        }
+        let err = layers_of(
+            &json!({"layers": [good]}),
+            &json!({"rootfs": {"diff_ids": []}}),
+        )
+        .unwrap_err();
+        assert!(err.contains("1 layers and the config 0"), "{err}");
     }
 
     #[test]

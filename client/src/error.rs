@@ -22,6 +22,10 @@ pub enum ClientError {
     Protocol(String),
     #[error("the server refused {what}: {message}")]
     Refused { what: &'static str, message: String },
+    #[error("the server did not accept our credentials for {what}: {message}")]
+    Unauthenticated { what: &'static str, message: String },
+    #[error("the server denied {what}: {message}")]
+    PermissionDenied { what: &'static str, message: String },
     #[error("{what} failed: {code:?}: {message}")]
     Rpc {
         what: &'static str,
@@ -45,6 +49,8 @@ impl ClientError {
             Code::NotFound => ClientError::NotFound(message),
             Code::DataLoss => ClientError::Integrity(message),
             Code::Unavailable => ClientError::Unavailable { what, message },
+            Code::Unauthenticated => ClientError::Unauthenticated { what, message },
+            Code::PermissionDenied => ClientError::PermissionDenied { what, message },
             Code::InvalidArgument
             | Code::FailedPrecondition
             | Code::AlreadyExists
@@ -64,6 +70,52 @@ impl ClientError {
             source,
         }
     }
+}
+
+/// Why a connection failed, with a hint when the likely cause is a
+/// mismatch of TLS and plain HTTP between client and server.
+pub(crate) fn unreachable_reason(e: &(dyn std::error::Error + 'static), tls: bool) -> String {
+    with_scheme_hint(chain(e), tls)
+}
+
+/// `reason`, with a hint at the TLS/plain mismatch unless the reason is
+/// plainly something else (nothing listening, an untrusted certificate).
+pub(crate) fn with_scheme_hint(reason: String, tls: bool) -> String {
+    let refused = reason.contains("onnection refused");
+    let certificate = reason.contains("certificate") || reason.contains("Certificate");
+    if refused || certificate {
+        return reason;
+    }
+    if tls {
+        format!("{reason} (is the server serving TLS? for a plain server use http://)")
+    } else {
+        format!("{reason} (if the server uses TLS, use an https:// URL)")
+    }
+}
+
+/// Whether a failed call failed in the transport (no gRPC answer came)
+/// rather than being answered with a status by the server.
+pub(crate) fn is_transport_failure(s: &Status) -> bool {
+    use std::error::Error;
+    s.source().is_some()
+}
+
+/// A status and the transport errors behind it, on one line.
+pub(crate) fn status_chain(s: &Status) -> String {
+    use std::error::Error;
+    let mut out = s.message().to_owned();
+    let mut source = s.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// An error and its sources on one line: transport errors hide the useful

@@ -5,13 +5,19 @@
 //! verification) run on blocking threads, connected to the async gRPC
 //! stages by bounded queues, so memory stays bounded whatever the object
 //! size and the async workers only move bytes.
+//!
+//! A connection may be TLS (`https://` URLs, rustls, the system's roots or
+//! a CA file) and may carry a bearer token, sent with every call.
 
+mod block_pool;
 mod chunker;
 mod error;
 mod progress;
 mod pull;
 mod push;
+mod whole_object;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +31,14 @@ use strata_proto::v1::{
     StatManifestRequest, StatsRequest, StatsResponse,
 };
 use strata_proto::{Digest, Manifest, StepResult};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use chunker::{
-    BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all,
+    BLOCK_BYTES, ChunkBatch, Chunker, ChunkerConfig, CutBatch, HashedChunk, chunk_all, cut_points,
+    cut_points_serial,
 };
 pub use error::ClientError;
 pub use progress::{Progress, human_bytes};
@@ -65,6 +75,12 @@ pub struct ClientConfig {
     /// [`ClientError::Timeout`] instead of hanging. Bounds each wait, not
     /// the whole transfer.
     pub idle_timeout: Duration,
+    /// Bearer token sent with every call (`--token`, `STRATA_TOKEN`), for
+    /// servers started with `--tokens`.
+    pub token: Option<BearerToken>,
+    /// PEM file of the CA(s) an `https://` server's certificate must chain
+    /// to (`--tls-ca`, `STRATA_TLS_CA`); without it, the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -78,6 +94,8 @@ impl Default for ClientConfig {
             download_window_bytes: 8 << 20,
             downloads_in_flight: 4,
             idle_timeout: Duration::from_secs(60),
+            token: None,
+            tls_ca: None,
         }
     }
 }
@@ -117,6 +135,67 @@ impl ClientConfig {
     }
 }
 
+/// Path of the standard gRPC health check, open to every caller.
+const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+
+/// One health check, so a connection that only looks established fails
+/// here, clearly: HTTP/2 opens without waiting for the server's answer, so
+/// a plain client talking to a TLS server (or to something that is not a
+/// gRPC server) learns of it only at its first call. Any gRPC answer, even
+/// a refusal, proves the transport works. A server at its connection cap
+/// answers late, not never: the probe waits as long as any call would.
+async fn probe(channel: Channel, url: &str, tls: bool, limit: Duration) -> Result<(), ClientError> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let call = async {
+        grpc.ready().await.map_err(|e| error::chain(&e))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(HEALTH_CHECK_PATH);
+        // `()` is protobuf's empty message: an empty HealthCheckRequest
+        // asks about the whole server, and the reply's fields are skipped.
+        match grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) if error::is_transport_failure(&status) => {
+                Err(error::status_chain(&status))
+            }
+            Err(_) => Ok(()),
+        }
+    };
+    let unreachable = |reason: String| ClientError::Unreachable {
+        url: url.to_owned(),
+        reason: error::with_scheme_hint(reason, tls),
+    };
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| unreachable(format!("no answer to a health check within {limit:?}")))?
+        .map_err(unreachable)
+}
+
+/// TLS settings for an `https://` server: its certificate must chain to
+/// the CA file's certificates, or else to the system's roots.
+fn tls_config(ca: Option<&std::path::Path>) -> Result<ClientTlsConfig, ClientError> {
+    let config = ClientTlsConfig::new();
+    match ca {
+        None => Ok(config.with_native_roots()),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::io(format!("reading TLS CA {}", path.display()), e))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(ClientError::Config(format!(
+                    "TLS CA {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
+                    path.display()
+                )));
+            }
+            Ok(config.ca_certificate(Certificate::from_pem(pem)))
+        }
+    }
+}
+
 /// Waits at most `limit` for the server's answer to `what`: a stalled
 /// server must not hang the client.
 pub(crate) async fn within<T>(
@@ -129,14 +208,67 @@ pub(crate) async fn within<T>(
         .map_err(|_| ClientError::Timeout { what, after: limit })
 }
 
+/// A bearer token, kept out of logs and debug output.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<Ascii>);
+
+impl BearerToken {
+    /// Checks that `token` can travel in a header (visible ASCII, not
+    /// empty); surrounding whitespace (a newline from a file) is dropped.
+    pub fn new(token: &str) -> Result<BearerToken, ClientError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ClientError::Config("the token is empty".into()));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::Config(
+                "the token holds characters other than visible ASCII; copy it exactly as `strata token new` printed it".into(),
+            ));
+        }
+        let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
+        // Never put it in the HTTP/2 header compression table.
+        value.set_sensitive(true);
+        Ok(BearerToken(value))
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+/// Adds the `authorization` header to every call, when there is a token.
+#[derive(Clone, Debug)]
+pub struct Authorization(Option<BearerToken>);
+
+impl Interceptor for Authorization {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(BearerToken(value)) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel every call goes through: the connection, and the token.
+pub type AuthChannel = InterceptedService<Channel, Authorization>;
+
 /// A connection to one cache server; cheap to clone, usable from many tasks.
 #[derive(Clone)]
 pub struct Client {
-    content: ContentStoreClient<Channel>,
-    manifests: ManifestStoreClient<Channel>,
-    steps: StepCacheClient<Channel>,
-    tags: TagsClient<Channel>,
-    admin: AdminClient<Channel>,
+    content: ContentStoreClient<AuthChannel>,
+    manifests: ManifestStoreClient<AuthChannel>,
+    steps: StepCacheClient<AuthChannel>,
+    tags: TagsClient<AuthChannel>,
+    admin: AdminClient<AuthChannel>,
     channel: Channel,
     config: Arc<ClientConfig>,
 }
@@ -150,21 +282,44 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `url` (`http://host:port`), failing fast if nothing answers.
+    /// Connects to `url` (`http://host:port`, or `https://host:port` for
+    /// TLS), failing fast if nothing answers.
     pub async fn connect(url: &str, config: ClientConfig) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| ClientError::Config(format!("server address {url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
             .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
-        let channel = endpoint
-            .connect()
+        let tls = url
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        if tls {
+            endpoint = endpoint
+                .tls_config(tls_config(config.tls_ca.as_deref())?)
+                .map_err(|e| ClientError::Config(format!("TLS for {url}: {}", error::chain(&e))))?;
+        } else if let Some(ca) = &config.tls_ca {
+            return Err(ClientError::Config(format!(
+                "a TLS CA ({}) was given for {url}, which is plain HTTP; use an https:// URL",
+                ca.display()
+            )));
+        }
+        // A handshake that hangs (a server that is not what the URL says)
+        // must fail like an unreachable one, not hang the client; a TLS
+        // server at its connection cap answers late, so allow what a call
+        // would be allowed.
+        let limit = config.idle_timeout;
+        let channel = tokio::time::timeout(limit, endpoint.connect())
             .await
+            .map_err(|_| ClientError::Unreachable {
+                url: url.to_owned(),
+                reason: format!("no answer to the connection handshake within {limit:?}"),
+            })?
             .map_err(|e| ClientError::Unreachable {
                 url: url.to_owned(),
-                reason: error::chain(&e),
+                reason: error::unreachable_reason(&e, tls),
             })?;
+        probe(channel.clone(), url, tls, config.idle_timeout).await?;
         Client::from_channel(channel, config)
     }
 
@@ -172,27 +327,35 @@ impl Client {
     pub fn from_channel(channel: Channel, config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
         let limit = config.max_message_bytes;
+        let auth = Authorization(config.token.clone());
+        let with_auth = || InterceptedService::new(channel.clone(), auth.clone());
         Ok(Client {
-            content: ContentStoreClient::new(channel.clone())
+            content: ContentStoreClient::new(with_auth())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
-            manifests: ManifestStoreClient::new(channel.clone())
+            manifests: ManifestStoreClient::new(with_auth())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
-            steps: StepCacheClient::new(channel.clone())
+            steps: StepCacheClient::new(with_auth())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
-            tags: TagsClient::new(channel.clone()),
-            admin: AdminClient::new(channel.clone()),
+            tags: TagsClient::new(with_auth()),
+            admin: AdminClient::new(with_auth()),
             channel,
             config: Arc::new(config),
         })
     }
 
     /// The underlying channel, for other services on the same connection
-    /// (health checks, say).
+    /// (health checks, say). It carries no token: wrap it in
+    /// [`Client::authorization`] for calls that need one.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// The interceptor that adds this client's token to a call.
+    pub fn authorization(&self) -> Authorization {
+        Authorization(self.config.token.clone())
     }
 
     pub fn config(&self) -> &ClientConfig {

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress, within};
+use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress, whole_object, within};
 use std::time::Duration;
 
 /// What one push did.
@@ -100,16 +100,22 @@ impl Client {
         self.push_with(reader, None, media_type, progress).await
     }
 
-    /// Pushes a regular file. Its SHA-256 is computed by a second,
-    /// positional reader, and only when needed: when the file's content is
-    /// already stored as an object (a re-push), the file is read once and
-    /// only BLAKE3-hashed, and the known SHA-256 is reused.
+    /// Pushes a regular file. First the whole file is BLAKE3-hashed on
+    /// every core and the server asked once for a verified object with that
+    /// hash (`FindObject`): an unchanged file is then pushed without being
+    /// chunked at all. Otherwise it is pushed as a stream is, except that
+    /// its SHA-256 is computed by a second, positional reader, and only when
+    /// needed: when the file's chunks already form a stored object, the
+    /// known SHA-256 is reused.
     pub async fn push_file(
         &self,
         file: std::fs::File,
         media_type: &str,
         progress: &Progress,
     ) -> Result<PushReport, ClientError> {
+        if let Some(report) = self.push_known_file(&file, media_type, progress).await? {
+            return Ok(report);
+        }
         let second = file
             .try_clone()
             .map_err(|e| ClientError::io("reopening the input", e))?;
@@ -263,6 +269,44 @@ impl Client {
 }
 
 impl Client {
+    /// The report of a push of `file` if the server holds it already as a
+    /// verified object, found by its whole-object BLAKE3; `None` to push it.
+    async fn push_known_file(
+        &self,
+        file: &std::fs::File,
+        media_type: &str,
+        progress: &Progress,
+    ) -> Result<Option<PushReport>, ClientError> {
+        let metadata = file
+            .metadata()
+            .map_err(|e| ClientError::io("reading the input's metadata", e))?;
+        if !metadata.is_file() {
+            return Ok(None);
+        }
+        let len = metadata.len();
+        let hashed = file
+            .try_clone()
+            .map_err(|e| ClientError::io("reopening the input", e))?;
+        let object = tokio::task::spawn_blocking(move || whole_object::hash_file(&hashed, len))
+            .await
+            .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?
+            .map_err(|e| ClientError::io("reading the input", e))?;
+        let Some(known) = self.find_object(&object, len, media_type).await? else {
+            return Ok(None);
+        };
+        progress.advance(len);
+        let chunks = known.manifest.chunks().len() as u64;
+        Ok(Some(PushReport {
+            digest: known.digest,
+            sha256: *known.manifest.sha256(),
+            total_bytes: len,
+            sent_bytes: 0,
+            chunks,
+            reused_chunks: chunks,
+            stored_chunks: 0,
+        }))
+    }
+
     /// The digest and SHA-256 of a stored object with exactly this content,
     /// if any.
     async fn find_known(
@@ -366,9 +410,7 @@ impl ShaOfFile {
 
 /// The chunks of `candidates` the server does not hold.
 async fn find_missing(
-    mut content: strata_proto::v1::content_store_client::ContentStoreClient<
-        tonic::transport::Channel,
-    >,
+    mut content: strata_proto::v1::content_store_client::ContentStoreClient<crate::AuthChannel>,
     candidates: Vec<HashedChunk>,
     idle: Duration,
 ) -> Result<Vec<HashedChunk>, ClientError> {

@@ -201,6 +201,64 @@ impl ChunkDecoder {
     }
 }
 
+impl ChunkDecoder {
+    /// Decodes `stored` straight into `out`, whose length is the chunk's
+    /// claimed raw length, and verifies it against `digest`: no buffer of
+    /// its own, no copy for zstd chunks. On error `out` holds garbage.
+    pub fn decode_verified_into(
+        &mut self,
+        digest: &Digest,
+        codec: Codec,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), ChunkError> {
+        let raw_length = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        if raw_length > crate::MAX_CHUNK_BYTES {
+            return Err(ChunkError::TooLarge {
+                digest: *digest,
+                length: raw_length,
+                limit: crate::MAX_CHUNK_BYTES,
+            });
+        }
+        let found = match codec {
+            Codec::Raw => {
+                if stored.len() == out.len() {
+                    out.copy_from_slice(stored);
+                }
+                stored.len()
+            }
+            Codec::Zstd => {
+                if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(stored)
+                    && size != u64::from(raw_length)
+                {
+                    return Err(ChunkError::LengthMismatch {
+                        digest: *digest,
+                        expected: raw_length,
+                        found: usize::try_from(size).unwrap_or(usize::MAX),
+                    });
+                }
+                // A frame that would decode to more than `out` holds fails
+                // here ("destination buffer is too small"): never written
+                // past the chunk's own bytes.
+                self.decompressor
+                    .decompress_to_buffer(stored, out)
+                    .map_err(|e| ChunkError::Corrupt {
+                        digest: *digest,
+                        reason: e.to_string(),
+                    })?
+            }
+        };
+        if found != out.len() {
+            return Err(ChunkError::LengthMismatch {
+                digest: *digest,
+                expected: raw_length,
+                found,
+            });
+        }
+        verify_chunk(digest, out)
+    }
+}
+
 thread_local! {
     static THREAD_DECODER: std::cell::RefCell<Option<ChunkDecoder>> =
         const { std::cell::RefCell::new(None) };
@@ -275,6 +333,53 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ChunkError::DigestMismatch { expected, .. } if expected == claimed));
         assert!(err.to_string().contains(&claimed.to_string()));
+    }
+
+    #[test]
+    fn decoding_into_a_slice_round_trips_and_refuses_wrong_lengths_and_content() {
+        let raw = b"strata ".repeat(1000);
+        let digest = Digest::of(&raw);
+        let mut enc = ChunkEncoder::new(1).unwrap();
+        let stored = enc.encode(&raw).1.to_vec();
+        let mut dec = ChunkDecoder::new().unwrap();
+        let mut out = vec![0u8; raw.len()];
+        dec.decode_verified_into(&digest, Codec::Zstd, &stored, &mut out)
+            .unwrap();
+        assert_eq!(out, raw);
+        // A slot one byte short or long: refused, never overrun.
+        let mut short = vec![0u8; raw.len() - 1];
+        let err = dec
+            .decode_verified_into(&digest, Codec::Zstd, &stored, &mut short)
+            .unwrap_err();
+        assert!(matches!(err, ChunkError::LengthMismatch { .. }), "{err}");
+        let mut long = vec![0u8; raw.len() + 1];
+        assert!(
+            dec.decode_verified_into(&digest, Codec::Zstd, &stored, &mut long)
+                .is_err()
+        );
+        // A frame without its size that decodes to more than the slot.
+        let mut unsized_frame = Vec::new();
+        {
+            let mut e = zstd::stream::write::Encoder::new(&mut unsized_frame, 1).unwrap();
+            e.include_contentsize(false).unwrap();
+            std::io::Write::write_all(&mut e, &raw).unwrap();
+            e.finish().unwrap();
+        }
+        let mut small = vec![0u8; 100];
+        assert!(
+            dec.decode_verified_into(&digest, Codec::Zstd, &unsized_frame, &mut small)
+                .is_err()
+        );
+        // Raw bytes of the wrong length or content.
+        let mut slot = vec![0u8; 7];
+        assert!(matches!(
+            dec.decode_verified_into(&digest, Codec::Raw, b"another", &mut slot),
+            Err(ChunkError::DigestMismatch { .. })
+        ));
+        assert!(matches!(
+            dec.decode_verified_into(&digest, Codec::Raw, b"short", &mut slot),
+            Err(ChunkError::LengthMismatch { .. })
+        ));
     }
 
     #[test]

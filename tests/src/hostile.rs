@@ -27,9 +27,9 @@ use strata_proto::v1::step_cache_server::StepCacheServer;
 use strata_proto::v1::tags_server::TagsServer;
 use strata_proto::v1::{
     self, Chunk, FindManifestRequest, FindManifestResponse, FindMissingRequest,
-    FindMissingResponse, GetChunksRequest, GetChunksResponse, GetManifestRequest,
-    GetManifestResponse, PutChunksRequest, PutChunksResponse, PutManifestRequest,
-    PutManifestResponse, StatManifestRequest, StatManifestResponse,
+    FindMissingResponse, FindObjectRequest, GetChunksRequest, GetChunksResponse,
+    GetManifestRequest, GetManifestResponse, PutChunksRequest, PutChunksResponse,
+    PutManifestRequest, PutManifestResponse, StatManifestRequest, StatManifestResponse,
 };
 use strata_proto::{Codec, Digest, Manifest, with_thread_decoder};
 use strata_server::service::{
@@ -395,6 +395,13 @@ impl ManifestStore for HostileManifests {
         request: Request<FindManifestRequest>,
     ) -> Result<Response<FindManifestResponse>, Status> {
         self.real.find_manifest(request).await
+    }
+
+    async fn find_object(
+        &self,
+        request: Request<FindObjectRequest>,
+    ) -> Result<Response<FindManifestResponse>, Status> {
+        self.real.find_object(request).await
     }
 
     async fn put_manifest(

@@ -314,4 +314,83 @@ pub async fn serve_store(store: Store) -> TestServer {
     TestServer::serve(store, ServerConfig::default()).await
 }
 
+/// A token file in `dir` holding one token per `(name, scopes)`, and the
+/// tokens in the same order.
+pub fn token_file(dir: &Path, tokens: &[(&str, &str)]) -> (PathBuf, Vec<String>) {
+    let path = dir.join("tokens");
+    let made = tokens
+        .iter()
+        .map(|(name, scopes)| {
+            strata_server::add_token(&path, name, scopes.parse().unwrap()).unwrap()
+        })
+        .collect();
+    (path, made)
+}
+
+/// A server on loopback that accepts only the tokens of `file`.
+pub async fn start_with_tokens(dir: &Path, file: &Path) -> TestServer {
+    let tokens = strata_server::Tokens::load(file).expect("load token file");
+    let config = ServerConfig {
+        tokens: Some(Arc::new(tokens)),
+        ..ServerConfig::default()
+    };
+    TestServer::start_with(dir, config).await
+}
+
+/// A client of `url` sending `token` (none: no authorization header).
+pub async fn client_with_token(url: &str, token: Option<&str>) -> Client {
+    let config = ClientConfig {
+        token: token.map(|t| strata_client::BearerToken::new(t).unwrap()),
+        ..ClientConfig::default()
+    };
+    Client::connect(url, config).await.expect("connect")
+}
+
+/// A test CA and a server certificate it signed, for `localhost` and
+/// `127.0.0.1`, as PEM files in a directory of their own.
+pub struct TestCertificates {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCertificates {
+    /// Makes a fresh CA (named `ca_name`) and a server certificate signed
+    /// by it; every call gives unrelated keys.
+    pub fn generate(ca_name: &str) -> TestCertificates {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, ca_name);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "strata test server");
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let cert = params.signed_by(&server_key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = TestCertificates {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            dir,
+        };
+        std::fs::write(&files.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, server_key.serialize_pem()).unwrap();
+        files
+    }
+
+    pub fn server_tls(&self) -> strata_server::ServerTls {
+        strata_server::ServerTls::from_pem_files(&self.cert, &self.key).unwrap()
+    }
+}
+
 pub mod hostile;

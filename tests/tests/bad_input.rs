@@ -67,6 +67,12 @@ async fn seeded_server(dir: &std::path::Path, config: ServerConfig) -> TestServe
             .await
             .unwrap();
     }
+    // The background verifier changes the figures the tests compare: let
+    // it finish with the seeds first.
+    let store = server.store.clone();
+    tokio::task::spawn_blocking(move || store.wait_for_verification())
+        .await
+        .unwrap();
     server
 }
 
@@ -351,11 +357,32 @@ async fn a_cut_upload_stream_leaves_the_store_consistent() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Wait until the server has stored all six (observed, not slept on),
+    // so nothing of the stream is still in flight when it is cut.
+    let sent: Vec<Vec<u8>> = chunks.iter().take(6).map(|c| c.digest.to_vec()).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut probe = content(&server).await;
+    loop {
+        let missing = probe
+            .find_missing(FindMissingRequest {
+                digests: sent.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .missing;
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never stored the chunks of the open stream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     call.abort();
     let _ = call.await;
     drop(tx);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     // Whatever was committed is whole: the counters match a rebuild from
     // the segments, and every indexed chunk reads back and verifies.

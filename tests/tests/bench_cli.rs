@@ -73,7 +73,14 @@ fn push_and_pull_report_each_operation_beside_its_baseline() {
         .iter()
         .map(|r| r["operation"].as_str().unwrap())
         .collect();
-    assert_eq!(ops, ["push, new data", "push, already stored"]);
+    assert_eq!(
+        ops,
+        [
+            "push, new data",
+            "push, already stored",
+            "push, 1 MiB changed"
+        ]
+    );
     assert_eq!(rows[0]["baseline"], "zstd -1 -T0");
     assert_eq!(rows[1]["baseline"], "b3sum");
     for r in rows {
@@ -89,6 +96,10 @@ fn push_and_pull_report_each_operation_beside_its_baseline() {
     // New data is sent (compressed); stored data is not sent again.
     positive(&rows[0]["sent_bytes"], "sent bytes of new data");
     assert_eq!(rows[1]["sent_bytes"], 0);
+    // A 1 MiB change sends about that much again, not the whole object.
+    assert_eq!(rows[2]["baseline"], "b3sum");
+    let changed_sent = positive(&rows[2]["sent_bytes"], "sent bytes of the changed file");
+    assert!(changed_sent < 4.0 * 1024.0 * 1024.0, "{changed_sent}");
 
     let doc = bench_json(&[
         "pull",
@@ -100,9 +111,16 @@ fn push_and_pull_report_each_operation_beside_its_baseline() {
         "1",
     ]);
     let rows = doc["results"]["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 1);
+    let ops: Vec<&str> = rows
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["pull", "pull to a file"]);
     assert_eq!(rows[0]["baseline"], "zstd -d");
-    check_spread(&rows[0]["seconds"], "pull seconds");
+    assert_eq!(rows[1]["baseline"], "zstd -d -o");
+    for r in rows {
+        check_spread(&r["seconds"], "pull seconds");
+    }
 }
 
 #[test]

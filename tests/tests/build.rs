@@ -35,6 +35,14 @@ fn context(dockerfile: &str) -> tempfile::TempDir {
     std::fs::copy(BUSYBOX, dir.path().join("busybox")).unwrap();
     std::fs::write(dir.path().join("data.txt"), "data v1\n").unwrap();
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    // Outside git, the image's time is the Dockerfile's mtime: give every
+    // checkout the same one, as unpacking one source archive would.
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("Dockerfile"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        .unwrap();
     dir
 }
 

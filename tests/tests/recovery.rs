@@ -115,6 +115,7 @@ fn small_segments(rebuild_index: bool) -> StoreConfig {
         fsync: FsyncPolicy::Never,
         segment_bytes: SEGMENT_BYTES,
         rebuild_index,
+        ..StoreConfig::default()
     }
 }
 

@@ -39,9 +39,21 @@ async fn small_and_boundary_sizes_round_trip() {
     let client = server.client().await;
     let chunking = ChunkerConfig::default();
 
+    // Known answers, computed with `b3sum` over the manifest encoding
+    // written out by hand (see proto/src/manifest.rs): the whole client
+    // path, not only the encoder, must land on these addresses.
     let empty = round_trip(&client, Vec::new()).await;
+    assert_eq!(
+        empty.to_string(),
+        "b3:c73b32d3d5acdf44c25f35fe8c586d8f61cd46f23117fe371f1bba3db1fccf20"
+    );
     round_trip(&client, vec![0x5a]).await;
-    round_trip(&client, b"hello, strata\n".to_vec()).await;
+    assert_eq!(
+        round_trip(&client, b"hello, strata\n".to_vec())
+            .await
+            .to_string(),
+        "b3:662001931645d5ad4a31f468424268aa7dae2553fe2031a2a24e88f7f1b00684"
+    );
     for len in [
         chunking.min_size as usize,
         chunking.avg_size as usize,

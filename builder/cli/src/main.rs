@@ -35,6 +35,8 @@ enum Command {
     Stat(cmd::stat::StatArgs),
     /// Build an OCI image from a Dockerfile, asking the cache before each step.
     Build(cmd::build::BuildArgs),
+    /// Make bearer tokens for `strata serve --tokens`.
+    Token(cmd::token::TokenArgs),
     /// Measure push, pull, lookups, dedup and settings, each beside a
     /// baseline from the same run (see BENCHMARKS.md).
     Bench(strata_benches::BenchArgs),
@@ -80,6 +82,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pull(args) => cmd::pull::run(args).await,
         Command::Stat(args) => cmd::stat::run(args).await,
         Command::Build(args) => cmd::build::run(args).await,
+        Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => strata_benches::run_cli(args).await,
     }
 }

@@ -329,10 +329,7 @@ mod tests {
 
     #[test]
     fn device_nodes_and_unmapped_owners_in_the_output_are_refused() {
-        if !is_root() {
-            eprintln!("skipped: needs root for mknod and chown");
-            return;
-        }
+        require_root("for mknod and chown");
         let (lower, upper) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         assert!(run_ok(
             "mknod",

@@ -1042,10 +1042,7 @@ mod tests {
 
     #[test]
     fn a_range_mapping_gives_entries_their_host_owners() {
-        if !is_root() {
-            eprintln!("skipped: needs root to chown");
-            return;
-        }
+        require_root("to chown");
         let root = tempfile::tempdir().unwrap();
         let layer = RawTar::new()
             .entry_with(

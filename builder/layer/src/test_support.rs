@@ -29,6 +29,15 @@ pub fn is_root() -> bool {
     me().0 == 0
 }
 
+/// Fails the test, saying how to run it, unless it runs as root: a test
+/// that needs root must not pass by doing nothing.
+pub fn require_root(for_what: &str) {
+    assert!(
+        is_root(),
+        "this test needs root {for_what}; run the suite as root, as CI does: sudo scripts/test"
+    );
+}
+
 /// The map an unprivileged build without subordinate ids has: container 0
 /// is this process's user.
 pub fn my_idmap() -> IdMap {

@@ -1,5 +1,11 @@
 //! The image a build starts from — `scratch`, an OCI layout directory, or
 //! an image kept in the store — and where each of its layers' bytes are.
+//!
+//! A base layer is a `(LayerRef, LayerSource)`: its descriptor and diff_id
+//! as the image states them, and where its blob is. Nothing downstream
+//! cares where the blob came from: extraction (`runner.rs`, through
+//! `blob.rs`) decompresses and checks the blob digest and the diff_id the
+//! same way for every source, and the output copies the blob as it is.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +15,7 @@ use strata_proto::Digest;
 
 use super::error::{BuildError, Site};
 use super::stored::StoredImage;
-use crate::image::{HistoryEntry, LayerRef, RuntimeConfig};
+use crate::image::{HistoryEntry, LayerBlob, LayerRef, RuntimeConfig};
 use crate::key::{StepKey, base_key};
 use crate::oci::OciLayout;
 
@@ -25,15 +31,70 @@ pub(crate) struct Base {
 /// A layer of the image being built.
 #[derive(Clone, Debug)]
 pub(crate) struct BuiltLayer {
-    pub oci: LayerRef,
+    /// `sha256:<hex>` of the uncompressed tar.
+    pub diff_id: String,
+    pub content: LayerContent,
+}
+
+/// What is known of a layer's bytes.
+#[derive(Clone, Debug)]
+pub(crate) enum LayerContent {
+    /// A blob kept exactly as it is: a base image's layer (never
+    /// recompressed), or a layer of this build once its blob is chosen.
+    Blob {
+        blob: LayerBlob,
+        source: LayerSource,
+    },
+    /// A tar this build made (or took from the step cache) whose blob is
+    /// chosen at the end of the build (`compressed.rs`).
+    Tar { size: u64, source: LayerSource },
+}
+
+impl BuiltLayer {
+    /// A base image's layer: its blob, kept as it is.
+    pub fn base(layer: LayerRef, source: LayerSource) -> BuiltLayer {
+        BuiltLayer {
+            diff_id: layer.diff_id,
+            content: LayerContent::Blob {
+                blob: layer.blob,
+                source,
+            },
+        }
+    }
+
+    /// The layer as its bytes must be read: a tar not yet compressed is
+    /// its own (uncompressed) blob.
+    pub fn readable(&self) -> (LayerRef, &LayerSource) {
+        let (blob, source) = match &self.content {
+            LayerContent::Blob { blob, source } => (blob.clone(), source),
+            LayerContent::Tar { size, source } => {
+                (LayerBlob::uncompressed(&self.diff_id, *size), source)
+            }
+        };
+        (
+            LayerRef {
+                diff_id: self.diff_id.clone(),
+                blob,
+            },
+            source,
+        )
+    }
+}
+
+/// A layer whose blob is chosen: what manifests, the output directory and
+/// images kept in the store take.
+#[derive(Clone, Debug)]
+pub(crate) struct BlobLayer {
+    pub layer: LayerRef,
     pub source: LayerSource,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) enum LayerSource {
-    /// A blob file (of the base image's layout, or a layer just written).
+    /// A file (a blob of the base image's layout, a layer tar just
+    /// written, or its compressed blob).
     File(PathBuf),
-    /// An object in the store.
+    /// An object in the store holding exactly these bytes.
     Store(Digest),
 }
 
@@ -68,10 +129,7 @@ pub(crate) async fn resolve_image(
                 layers: image
                     .layers
                     .into_iter()
-                    .map(|(oci, path)| BuiltLayer {
-                        oci,
-                        source: LayerSource::File(path),
-                    })
+                    .map(|(layer, path)| BuiltLayer::base(layer, LayerSource::File(path)))
                     .collect(),
                 history: image.history,
             })

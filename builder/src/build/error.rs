@@ -7,6 +7,7 @@ use strata_dockerfile::ParseError;
 use strata_layer::LayerError;
 use strata_sandbox::SandboxError;
 
+use crate::blob::BlobError;
 use crate::context::ContextError;
 use crate::oci::OciError;
 
@@ -52,9 +53,17 @@ pub enum BuildError {
     },
     #[error("{what}: {source}")]
     Layer {
-        what: &'static str,
+        what: String,
         #[source]
         source: LayerError,
+    },
+    /// A layer blob that is not what its image says (digest, size,
+    /// diff_id) or cannot be decompressed; `what` names the layer.
+    #[error("{what}: {source}")]
+    Blob {
+        what: String,
+        #[source]
+        source: BlobError,
     },
     #[error("{what}: {source}")]
     Oci {
@@ -86,10 +95,6 @@ impl BuildError {
 
     pub(crate) fn cache(what: &'static str) -> impl FnOnce(ClientError) -> BuildError {
         move |source| BuildError::Cache { what, source }
-    }
-
-    pub(crate) fn layer(what: &'static str) -> impl FnOnce(LayerError) -> BuildError {
-        move |source| BuildError::Layer { what, source }
     }
 
     pub(crate) fn oci(what: &'static str) -> impl FnOnce(OciError) -> BuildError {

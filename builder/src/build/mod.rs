@@ -10,7 +10,10 @@
 //!    miss runs (RUN in the sandbox, COPY from the context), snapshots its
 //!    changes as a deterministic layer, stores it, and records the result
 //!    with its provenance.
-//! 5. Write the image: its config and manifest are computed from layer
+//! 5. Choose each layer's blob: a base layer keeps its own; a layer this
+//!    build made is compressed once, its blob kept in the cache by content
+//!    (`compressed.rs`), so a cached rebuild compresses nothing.
+//! 6. Write the image: its config and manifest are computed from layer
 //!    digests alone; layer bytes move only into an output directory that
 //!    lacks them.
 //!
@@ -19,6 +22,7 @@
 
 mod archive;
 mod base;
+mod compressed;
 mod copy;
 mod error;
 mod output;
@@ -32,7 +36,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use strata_client::Client;
+use strata_client::{Client, ClientError};
 use strata_dockerfile::{ImageRef, LayoutRef};
 use strata_proto::{Digest, StepResult};
 use strata_sandbox::Stream;
@@ -41,7 +45,9 @@ pub use error::BuildError;
 pub use stored::MEDIA_TYPE_STORED_IMAGE;
 
 use crate::context::BuildContext;
-use crate::image::{HistoryEntry, LayerRef, RuntimeConfig, encode_image, platform_args};
+use crate::image::{
+    Compression, HistoryEntry, LayerRef, RuntimeConfig, encode_image, platform_args,
+};
 use base::{Base, resolve_image};
 use plan::{PlanBase, Planned, plan, provenance};
 use runner::Runner;
@@ -65,8 +71,14 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// Plan only: compute keys, look them up, run and write nothing.
     pub dry_run: bool,
-    /// mtime of every layer entry and the image's `created` (SOURCE_DATE_EPOCH).
+    /// mtime of every layer entry (SOURCE_DATE_EPOCH, else 0).
     pub epoch: u64,
+    /// The image's `created` and its steps' history times, seconds since
+    /// the epoch (see [`crate::source_date`]).
+    pub created: u64,
+    /// How the layers this build makes are compressed in the image (base
+    /// layers keep their blobs).
+    pub compression: Compression,
     /// Time limit of one RUN step.
     pub step_timeout: Option<Duration>,
     /// Whether `RUN --network=host` may run.
@@ -117,6 +129,12 @@ pub struct BuildReport {
     pub downloaded_bytes: u64,
     /// Layer bytes written into the output directory.
     pub output_bytes: u64,
+    /// Layers this build compressed (a layer is compressed once and its
+    /// blob kept in the cache, so a cached rebuild compresses none).
+    pub compressed_layers: usize,
+    /// Things the user should know that did not fail the build (a token
+    /// without `result-write`, say), each said once.
+    pub notes: Vec<String>,
 }
 
 /// Progress events, for the CLI to show as it likes.
@@ -129,6 +147,8 @@ pub enum Event<'a> {
     },
     StepFinished(&'a StepReport),
     Output(Stream, &'a [u8]),
+    /// Something that does not fail the build, said once.
+    Note(&'a str),
 }
 
 /// Most keys in one lookup request (well under the server's limit).
@@ -209,6 +229,8 @@ pub async fn build(
         uploaded_bytes: 0,
         downloaded_bytes: 0,
         output_bytes: 0,
+        compressed_layers: 0,
+        notes: Vec::new(),
     };
     if opts.dry_run {
         for (i, (s, hit)) in all_steps.iter().zip(hits).enumerate() {
@@ -229,6 +251,8 @@ pub async fn build(
     let mut runners: Vec<Option<Runner>> = (0..df.stages.len()).map(|_| None).collect();
     let mut index = 0;
     let mut downloaded = 0;
+    // Cleared once the server says this client may not record results.
+    let mut recording = true;
     for &stage in &needed {
         let Some(plan) = stages[stage].as_ref() else {
             continue;
@@ -277,17 +301,32 @@ pub async fn build(
                         config: s.config_after.to_json(),
                         provenance: provenance(s, step_started.elapsed(), executed.sandbox),
                     };
-                    client
-                        .record_step(&s.key.digest, &result)
-                        .await
-                        .map_err(BuildError::cache("recording the step result"))?;
+                    if recording {
+                        match client.record_step(&s.key.digest, &result).await {
+                            Ok(_) => {}
+                            // A token without `result-write` may build and
+                            // share layers, but not results: say so once,
+                            // record nothing more, go on.
+                            Err(ClientError::PermissionDenied { message, .. }) => {
+                                recording = false;
+                                let note = format!(
+                                    "step results are not recorded: {message}; this build \
+                                     stores layers but leaves no cache hits for others"
+                                );
+                                events(Event::Note(&note));
+                                report.notes.push(note);
+                            }
+                            Err(e) => {
+                                return Err(BuildError::cache("recording the step result")(e));
+                            }
+                        }
+                    }
                     r
                 }
             };
-            runner.history.push(HistoryEntry {
-                created_by: s.text.clone(),
-                empty_layer: r.layer_bytes.is_none(),
-            });
+            runner
+                .history
+                .push(HistoryEntry::step(&s.text, r.layer_bytes.is_none()));
             r.downloaded_bytes = runner.downloaded - downloaded_before;
             r.seconds = step_started.elapsed().as_secs_f64();
             report.uploaded_bytes += r.uploaded_bytes;
@@ -302,12 +341,23 @@ pub async fn build(
         return Err(BuildError::Usage("the target stage was not built".into()));
     };
     let config = plan.final_config().clone();
-    let layers: Vec<LayerRef> = runner.layers.iter().map(|l| l.oci.clone()).collect();
-    let (config_blob, manifest_blob) = encode_image(&config, &layers, &runner.history, opts.epoch);
+    let chosen = compressed::choose_blobs(
+        client,
+        &runner.layers,
+        opts.compression,
+        runner.scratch.path(),
+    )
+    .await?;
+    report.uploaded_bytes += chosen.uploaded;
+    report.compressed_layers = chosen.compressed;
+    downloaded += chosen.downloaded;
+    let layers: Vec<LayerRef> = chosen.layers.iter().map(|l| l.layer.clone()).collect();
+    let (config_blob, manifest_blob) =
+        encode_image(&config, &layers, &runner.history, opts.created);
     if let Some(output) = &opts.output {
         let written = output::write_output(
             client,
-            &runner.layers,
+            &chosen.layers,
             output,
             &config_blob.bytes,
             &manifest_blob.bytes,
@@ -319,7 +369,7 @@ pub async fn build(
     if let Some(name) = &opts.tag {
         report.uploaded_bytes += stored::keep_in_store(
             client,
-            &runner.layers,
+            &chosen.layers,
             name,
             &config_blob.bytes,
             &manifest_blob.bytes,

@@ -1,12 +1,14 @@
 //! The image written into an OCI layout directory: only the layer blobs the
-//! directory lacks move; config and manifest last, then the tag.
+//! directory lacks move, each exactly as chosen (a base layer's original
+//! blob, a layer of this build compressed once); config and manifest last,
+//! then the tag.
 
 use std::fs::File;
 
 use strata_client::{Client, Progress};
 use strata_dockerfile::LayoutRef;
 
-use super::base::{BuiltLayer, LayerSource};
+use super::base::{BlobLayer, LayerSource};
 use super::error::BuildError;
 use crate::oci::OciLayout;
 
@@ -20,7 +22,7 @@ pub(crate) struct Written {
 
 pub(crate) async fn write_output(
     client: &Client,
-    layers: &[BuiltLayer],
+    layers: &[BlobLayer],
     output: &LayoutRef,
     config: &[u8],
     manifest: &[u8],
@@ -32,29 +34,30 @@ pub(crate) async fn write_output(
         layer_bytes: 0,
         downloaded: 0,
     };
-    for layer in layers {
-        if out.has_blob(&layer.oci.sha256, layer.oci.size) {
+    for BlobLayer { layer, source } in layers {
+        let blob = &layer.blob;
+        if out.has_blob(&blob.digest, blob.size) {
             continue;
         }
-        let mut blob = out.temp_blob().map_err(write_err("writing the output"))?;
-        match &layer.source {
+        let mut file = out.temp_blob().map_err(write_err("writing the output"))?;
+        match source {
             LayerSource::File(p) => {
                 let mut r = File::open(p)
                     .map_err(BuildError::io(format!("reading layer {}", p.display())))?;
-                std::io::copy(&mut r, &mut blob).map_err(BuildError::io("writing the output"))?;
+                std::io::copy(&mut r, &mut file).map_err(BuildError::io("writing the output"))?;
             }
             LayerSource::Store(d) => {
                 let (report, w) = client
-                    .pull(d, blob, &Progress::new())
+                    .pull(d, file, &Progress::new())
                     .await
                     .map_err(BuildError::cache("downloading a layer for the output"))?;
                 written.downloaded += report.total_bytes;
-                blob = w;
+                file = w;
             }
         }
-        out.commit_blob(blob, &layer.oci.sha256)
+        out.commit_blob(file, &blob.digest)
             .map_err(write_err("writing the output"))?;
-        written.layer_bytes += layer.oci.size;
+        written.layer_bytes += blob.size;
     }
     out.put_blob(config)
         .map_err(write_err("writing the output"))?;

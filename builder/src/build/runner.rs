@@ -16,12 +16,13 @@ use strata_proto::{Digest, oci_digest};
 use strata_sandbox::IdMapping;
 
 use super::archive::{archive_kind, unpack};
-use super::base::{BuiltLayer, LayerSource};
+use super::base::{BuiltLayer, LayerContent, LayerSource};
 use super::copy::{chown_ids, copy_items, stage_copy_items};
 use super::error::BuildError;
 use super::plan::Planned;
 use super::run_step::layer_idmap;
 use super::{BuildOptions, Event};
+use crate::blob::{BlobError, LayerStream};
 use crate::context::{CopyEntry, EntryKind};
 use crate::image::{HistoryEntry, LayerRef, MEDIA_TYPE_LAYER};
 use strata_dockerfile::Instruction;
@@ -92,11 +93,11 @@ impl<'a> Runner<'a> {
             .map_err(BuildError::cache("fetching a layer's manifest"))?;
         let size = manifest.total_length();
         self.layers.push(BuiltLayer {
-            oci: LayerRef {
-                sha256: manifest.oci_digest(),
+            diff_id: manifest.oci_digest(),
+            content: LayerContent::Tar {
                 size,
+                source: LayerSource::Store(digest),
             },
-            source: LayerSource::Store(digest),
         });
         Ok(size)
     }
@@ -113,12 +114,13 @@ impl<'a> Runner<'a> {
             }
         };
         let pending = self.layers[have..].to_vec();
-        for layer in pending {
-            let path = match &layer.source {
+        for (n, built) in pending.iter().enumerate() {
+            let (layer, source) = built.readable();
+            let path = match source {
                 LayerSource::File(p) => p.clone(),
                 LayerSource::Store(d) => self.download_layer(d).await?,
             };
-            self.apply(&path, &root)?;
+            self.apply(have + n + 1, &layer, &path, &root)?;
         }
         let n = self.layers.len();
         self.rootfs = Some((root.clone(), n));
@@ -139,21 +141,57 @@ impl<'a> Runner<'a> {
         Ok(tmp)
     }
 
-    fn apply(&self, layer_tar: &Path, root: &Path) -> Result<(), BuildError> {
-        let file = File::open(layer_tar).map_err(BuildError::io(format!(
-            "opening layer {}",
-            layer_tar.display()
+    /// Extracts layer `number` (1-based, for errors) from its blob at
+    /// `path`: decompressed as it streams, then the blob's digest and size
+    /// and the tar's diff_id are checked. A refusal fails the build before
+    /// any step runs on the result; the working rootfs is scratch.
+    fn apply(
+        &self,
+        number: usize,
+        layer: &LayerRef,
+        path: &Path,
+        root: &Path,
+    ) -> Result<(), BuildError> {
+        let what = || format!("layer {number} ({})", layer.blob.digest);
+        let file = File::open(path).map_err(BuildError::io(format!(
+            "opening {} at {}",
+            what(),
+            path.display()
         )))?;
-        apply_layer(
-            std::io::BufReader::new(file),
+        let mut stream =
+            LayerStream::new(file, layer.blob.compression).map_err(|e| BuildError::Blob {
+                what: what(),
+                source: e,
+            })?;
+        let applied = apply_layer(
+            &mut stream,
             root,
             &self.layer_ids,
             &ApplyOptions {
                 skip_device_nodes: true,
             },
-        )
-        .map_err(BuildError::layer("applying a layer"))?;
-        Ok(())
+        );
+        // A blob that is not what it claims explains a failed extraction
+        // better than the extractor's own error, so check it first.
+        let checked = match applied {
+            Ok(_) => stream.finish(layer),
+            Err(e) => {
+                return Err(match stream.finish(layer) {
+                    Err(blob) if !matches!(blob, BlobError::Read(_)) => BuildError::Blob {
+                        what: what(),
+                        source: blob,
+                    },
+                    _ => BuildError::Layer {
+                        what: format!("applying {}", what()),
+                        source: e,
+                    },
+                });
+            }
+        };
+        checked.map_err(|e| BuildError::Blob {
+            what: what(),
+            source: e,
+        })
     }
 
     /// Runs one missed step, snapshots and stores its layer. `from_root` is
@@ -329,11 +367,11 @@ impl<'a> Runner<'a> {
         // that needs a file system applies it (`materialise`), and a last
         // step never pays for it.
         self.layers.push(BuiltLayer {
-            oci: LayerRef {
-                sha256: oci_digest(&pushed.sha256),
+            diff_id: oci_digest(&pushed.sha256),
+            content: LayerContent::Tar {
                 size: summary.bytes,
+                source: LayerSource::File(tar_path),
             },
-            source: LayerSource::File(tar_path),
         });
         Ok((pushed.digest, summary.bytes, pushed.sent_bytes))
     }

@@ -39,6 +39,8 @@ impl Admin for AdminService {
             recovery_skipped_bytes: s.recovery_skipped_bytes,
             recovery_tail_bytes_cut: s.recovery_tail_bytes_cut,
             rotten_chunks: s.rotten_chunks,
+            manifests_unverified: s.manifests_unverified,
+            manifests_refuted: s.manifests_refuted,
         }))
     }
 

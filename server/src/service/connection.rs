@@ -10,7 +10,11 @@
 //! connection's [`Activity`] in each request's extensions; the listener
 //! closes the connection politely (GOAWAY) once it has been idle too long.
 //!
-//! Nothing here buffers: reads and writes go straight to the socket.
+//! With TLS, the listener completes the TLS handshake first, under the same
+//! deadline (`listener.rs`); the preface is then counted in decrypted bytes.
+//!
+//! Nothing here buffers: reads and writes go straight to the socket (or its
+//! TLS session).
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 /// Bytes of the HTTP/2 client connection preface (RFC 9113 §3.4), the
@@ -37,9 +42,15 @@ pub(crate) struct ConnectionInfo {
     pub activity: Arc<Activity>,
 }
 
+/// An accepted socket, in the clear or inside a TLS session.
+pub(crate) enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// An accepted connection: the socket, with a deadline on the handshake.
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Transport,
     info: ConnectionInfo,
     handshake: Option<Handshake>,
     /// Dropped with the connection: tells the listener it has closed.
@@ -54,11 +65,14 @@ struct Handshake {
 }
 
 impl Connection {
-    /// Wraps an accepted socket; the returned receiver resolves once the
-    /// connection is dropped (closed by either side).
+    /// Wraps an accepted socket whose client must send the HTTP/2 preface
+    /// by `deadline` (the handshake timeout after accept, whatever a TLS
+    /// handshake already took of it); the returned receiver resolves once
+    /// the connection is dropped (closed by either side).
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: Transport,
         peer: SocketAddr,
+        deadline: Instant,
         handshake_timeout: Duration,
     ) -> (Connection, oneshot::Receiver<()>) {
         let (closed_tx, closed_rx) = oneshot::channel();
@@ -69,7 +83,7 @@ impl Connection {
                 activity: Arc::new(Activity::new()),
             },
             handshake: Some(Handshake {
-                deadline: Box::pin(tokio::time::sleep(handshake_timeout)),
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 timeout: handshake_timeout,
                 bytes_left: HTTP2_PREFACE_BYTES,
             }),
@@ -159,6 +173,64 @@ impl AsyncWrite for Connection {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

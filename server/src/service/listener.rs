@@ -12,6 +12,11 @@
 //! A connection holds its permit until its socket is gone; the handshake,
 //! idle, keepalive and per-message timeouts make sure that happens to
 //! connections whose clients stopped caring.
+//!
+//! With TLS, each connection's task runs the TLS handshake itself, holding
+//! its permit, and the handshake deadline starts at accept: the TLS
+//! handshake and the HTTP/2 preface together must arrive within it. The
+//! accept loop never waits on a handshake.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,10 +26,11 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::LimitedRouter;
 use super::ServerConfig;
-use super::connection::Connection;
+use super::connection::{Connection, Transport};
 
 /// Pause after a failed accept (out of file descriptors, say): such errors
 /// pass once connections close, and retrying at once would spin a core.
@@ -66,13 +72,40 @@ pub(crate) async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (connection, closed) = Connection::new(stream, peer, config.handshake_timeout);
-        let activity = connection.info().activity.clone();
+        let handshake_timeout = config.handshake_timeout;
+        let deadline = Instant::now() + handshake_timeout;
+        let tls = config.tls.clone();
         let idle_timeout = config.idle_timeout;
         let mut stop = stop_rx.clone();
         let router = router.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let stream = match tls {
+                None => Transport::Plain(stream),
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    tokio::select! {
+                        done = tokio::time::timeout_at(deadline, handshake) => match done {
+                            Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(
+                                    %peer,
+                                    timeout = ?handshake_timeout,
+                                    "closing a connection that finished no TLS handshake in time"
+                                );
+                                return;
+                            }
+                        },
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    }
+                }
+            };
+            let (connection, closed) = Connection::new(stream, peer, deadline, handshake_timeout);
+            let activity = connection.info().activity.clone();
             // tonic serves a stream of connections: this one, then none
             // (a stream that ended would shut the server down at once).
             let incoming =

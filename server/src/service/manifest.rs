@@ -1,12 +1,15 @@
-//! `ManifestStore`: put, get and stat of object manifests. A manifest is
-//! accepted only when every chunk it names is already stored.
+//! `ManifestStore`: put, get and stat of object manifests, and lookups by
+//! content (chunk list, or whole-object BLAKE3). A manifest is accepted
+//! only when every chunk it names is already stored; it is found by content
+//! only once the store's verifier has proved its SHA-256.
 
 use strata_proto::v1::manifest_store_server::ManifestStore;
 use strata_proto::v1::{
-    FindManifestRequest, FindManifestResponse, GetManifestRequest, GetManifestResponse,
-    PutManifestRequest, PutManifestResponse, StatManifestRequest, StatManifestResponse,
+    FindManifestRequest, FindManifestResponse, FindObjectRequest, GetManifestRequest,
+    GetManifestResponse, PutManifestRequest, PutManifestResponse, StatManifestRequest,
+    StatManifestResponse,
 };
-use strata_proto::{Digest, Manifest};
+use strata_proto::{Digest, Manifest, ManifestError};
 use tonic::{Request, Response, Status};
 
 use super::{blocking, status_of};
@@ -26,6 +29,17 @@ fn parse_digest(raw: &[u8]) -> Result<Digest, Status> {
     Digest::from_slice(raw).map_err(|e| Status::invalid_argument(format!("manifest digest: {e}")))
 }
 
+/// A lookup's answer: the manifest and its digest, or empty for a miss.
+fn found_response(found: Option<(Digest, Manifest)>) -> FindManifestResponse {
+    match found {
+        Some((digest, manifest)) => FindManifestResponse {
+            digest: digest.to_vec(),
+            manifest: Some(manifest.to_wire()),
+        },
+        None => FindManifestResponse::default(),
+    }
+}
+
 #[tonic::async_trait]
 impl ManifestStore for ManifestService {
     async fn find_manifest(
@@ -36,13 +50,25 @@ impl ManifestStore for ManifestService {
             .map_err(|e| Status::invalid_argument(format!("content key: {e}")))?;
         let store = self.store.clone();
         let found = blocking(move || store.find_manifest(&key)).await?;
-        Ok(Response::new(match found {
-            Some((digest, manifest)) => FindManifestResponse {
-                digest: digest.to_vec(),
-                manifest: Some(manifest.to_wire()),
-            },
-            None => FindManifestResponse::default(),
-        }))
+        Ok(Response::new(found_response(found)))
+    }
+
+    async fn find_object(
+        &self,
+        request: Request<FindObjectRequest>,
+    ) -> Result<Response<FindManifestResponse>, Status> {
+        let request = request.into_inner();
+        let object = Digest::from_slice(&request.blake3)
+            .map_err(|e| Status::invalid_argument(format!("object BLAKE3: {e}")))?;
+        let media_type = request.media_type;
+        if media_type.len() > 255 {
+            return Err(status_of(StoreError::BadManifest(
+                ManifestError::MediaTypeTooLong(media_type.len()),
+            )));
+        }
+        let store = self.store.clone();
+        let found = blocking(move || store.find_object(&object, &media_type)).await?;
+        Ok(Response::new(found_response(found)))
     }
 
     async fn put_manifest(

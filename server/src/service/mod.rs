@@ -8,9 +8,12 @@
 //! keepalive) by hyper, configured in [`router`]; request messages (size,
 //! upload budget, idle and message timeouts) in `request_limits.rs` and
 //! `budget.rs`, in front of every service; per-request counts in the
-//! services.
+//! services. Who may call what (bearer tokens with scopes) is checked in
+//! `auth.rs`, in front of every service; TLS is set up in `tls.rs` and run
+//! by the listener.
 
 mod admin;
+pub mod auth;
 mod budget;
 mod connection;
 mod content;
@@ -19,9 +22,11 @@ mod manifest;
 mod request_limits;
 mod step;
 mod tags;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::v1::admin_server::AdminServer;
@@ -45,7 +50,9 @@ pub use manifest::ManifestService;
 pub use step::StepCacheService;
 pub use tags::TagsService;
 
+use auth::{AuthLayer, Tokens};
 use request_limits::RequestLimitsLayer;
+use tls::ServerTls;
 
 /// Limits and knobs of the gRPC server. Every limit on what a client can
 /// make the server hold or wait for is here, with why it has its default;
@@ -112,6 +119,15 @@ pub struct ServerConfig {
     /// stored messages free some (back-pressure, not an error). 256 MiB:
     /// four times the largest message, 256 upload messages of 1 MiB.
     pub upload_budget_bytes: usize,
+    /// The tokens the server accepts (`--tokens FILE`); `None` serves
+    /// every call to anyone, which only a loopback listener should do.
+    /// With tokens, a call needs one holding the scope `auth.rs` maps it
+    /// to.
+    pub tokens: Option<Arc<Tokens>>,
+    /// TLS identity (`--tls-cert`, `--tls-key`); `None` serves plain
+    /// HTTP/2. The handshake runs inside the connection permit and the
+    /// handshake deadline.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +144,8 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             upload_budget_bytes: 256 << 20,
+            tokens: None,
+            tls: None,
         }
     }
 }
@@ -222,8 +240,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
-/// The services behind the request limits, ready to serve.
-pub(crate) type LimitedRouter = Router<Stack<RequestLimitsLayer, Identity>>;
+/// The services behind the request limits and the token check, ready to
+/// serve.
+pub(crate) type LimitedRouter = Router<Stack<AuthLayer, Stack<RequestLimitsLayer, Identity>>>;
 
 fn router(store: Store, config: &ServerConfig) -> Result<LimitedRouter, StoreError> {
     let limit = config.max_message_bytes;
@@ -256,6 +275,7 @@ fn router(store: Store, config: &ServerConfig) -> Result<LimitedRouter, StoreErr
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .layer(RequestLimitsLayer::new(config))
+        .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(
             health
                 .max_decoding_message_size(limit)
@@ -309,8 +329,9 @@ pub async fn serve(
 }
 
 /// Serves the store over any stream of connections (the CLI's embedded mode
-/// uses in-memory pipes). The request limits apply; the connection limits
-/// (cap, handshake, idle) are the stream's business.
+/// uses in-memory pipes). The request limits and tokens apply; the
+/// connection limits (cap, handshake, idle) and TLS are the stream's
+/// business.
 pub async fn serve_incoming<IO, IE, I>(
     store: Store,
     config: ServerConfig,

@@ -1,6 +1,8 @@
-//! The sled index: chunk → location, manifest digest → manifest, step key →
-//! step result, tag name → object digest, chunks found rotten, and the
-//! per-segment watermarks that say how far each segment has been indexed.
+//! The sled index: chunk → location, manifest digest → manifest, the
+//! content indexes of verified manifests (content key, whole-object BLAKE3)
+//! and the verifier's verdicts and queue, step key → step result, tag name
+//! → object digest, chunks found rotten, and the per-segment watermarks
+//! that say how far each segment has been indexed.
 //!
 //! Nearly everything here can be rebuilt from the segments: the index is a
 //! cache of their contents, written only after the records it points to are
@@ -12,7 +14,13 @@ use super::segment::Location;
 
 /// Bumped when the index layout changes; an index of another version is
 /// rebuilt from the segments at open.
-pub const SCHEMA_VERSION: u32 = 4;
+///
+/// 5: content indexes hold verified manifests only (`verified`,
+/// `unverified`, `by_object_blake3`). A store of version 4 is rebuilt at
+/// open: its `by_content` entries, which no one verified, are dropped, and
+/// every manifest is queued for the background verifier, becoming findable
+/// by content again once proved.
+pub const SCHEMA_VERSION: u32 = 5;
 
 pub const SCHEMA_KEY: &[u8] = b"schema";
 

@@ -21,6 +21,10 @@
 //!   thread, like every other index change — so `FindMissing` reports it
 //!   and the next push of the same content stores it again, while reads of
 //!   it keep failing as corrupt until then;
+//! - only a manifest whose SHA-256 claim the background verifier has proved
+//!   (its chunks read back and hashed as one object, see `verify.rs`) can
+//!   be found by content — by chunk list or by whole-object BLAKE3 — so a
+//!   false claim can never shadow true content;
 //! - recovery loses at most the damaged records: a scan steps over bytes it
 //!   cannot read to the next record that provably starts, cuts only a tail
 //!   nothing valid follows (and only off the last segment, copied aside
@@ -35,6 +39,7 @@ mod error;
 mod index;
 mod record;
 mod segment;
+mod verify;
 mod writer;
 
 use std::collections::HashSet;
@@ -74,6 +79,11 @@ pub struct StoreConfig {
     pub segment_bytes: u64,
     /// Drop the index and rebuild it from the segments at open.
     pub rebuild_index: bool,
+    /// Run the background manifest verifier. Without it manifests are
+    /// stored and pullable but stay pending, never found by content; off
+    /// only for tests that need verification held back (a restart while
+    /// it is pending).
+    pub verify_manifests: bool,
 }
 
 impl Default for StoreConfig {
@@ -82,6 +92,7 @@ impl Default for StoreConfig {
             fsync: FsyncPolicy::Always,
             segment_bytes: 1 << 30,
             rebuild_index: false,
+            verify_manifests: true,
         }
     }
 }
@@ -178,6 +189,12 @@ pub struct StoreStats {
     /// the store was opened (not kept across restarts): the CPU an upload
     /// cost, which duplicates in one request must not multiply.
     pub chunks_verified: u64,
+    /// Manifests stored but not yet verified (or put aside until a chunk
+    /// they name is readable again): pullable, not yet found by content.
+    pub manifests_unverified: u64,
+    /// Manifests the verifier found to claim a false SHA-256: kept and
+    /// pullable by digest (pulls refuse them), never found by content.
+    pub manifests_refuted: u64,
 }
 
 /// What recording a step result did.
@@ -234,6 +251,8 @@ struct Counters {
     tail_bytes_cut: AtomicU64,
     rotten_chunks: AtomicU64,
     chunks_verified: AtomicU64,
+    manifests_unverified: AtomicU64,
+    manifests_refuted: AtomicU64,
 }
 
 /// State shared by the store handles and the writer thread.
@@ -242,8 +261,17 @@ struct Shared {
     db: sled::Db,
     chunks: sled::Tree,
     manifests: sled::Tree,
-    /// Content key (chunk list, length, media type) → manifest digest.
+    /// Content key (chunk list, length, media type) → digest of a verified
+    /// manifest (see `verify.rs`).
     by_content: sled::Tree,
+    /// Whole-object BLAKE3 ‖ media type → digest of a verified manifest.
+    by_object_blake3: sled::Tree,
+    /// Manifest digest → verdict byte ‖ whole-object BLAKE3. Kept across
+    /// rebuilds, like `rotten`: a verdict is a fact about immutable content.
+    verified: sled::Tree,
+    /// Manifest digests awaiting the verifier: its durable queue.
+    unverified: sled::Tree,
+    verify_queue: verify::VerifyQueue,
     /// Step key → encoded [`StepResult`].
     steps: sled::Tree,
     /// Tag name → object digest.
@@ -271,12 +299,16 @@ impl std::fmt::Debug for Store {
 
 struct Inner {
     shared: Arc<Shared>,
+    /// Stopped before the writer: it sends the writer verdicts.
+    verifier: Option<verify::Verifier>,
     writer_tx: Option<mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The verifier holds a sender to the writer: stop it first.
+        self.verifier.take();
         // Closing the queue lets the writer finish what is queued and exit;
         // joining it releases the index and the directory lock.
         self.writer_tx.take();
@@ -321,6 +353,10 @@ impl Store {
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
             by_content: db.open_tree("by_content")?,
+            by_object_blake3: db.open_tree("by_object_blake3")?,
+            verified: db.open_tree("verified")?,
+            unverified: db.open_tree("unverified")?,
+            verify_queue: verify::VerifyQueue::default(),
             steps: db.open_tree("steps")?,
             tags: db.open_tree("tags")?,
             rotten: db.open_tree("rotten")?,
@@ -361,9 +397,15 @@ impl Store {
             .name("strata-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::io("starting the writer thread", e))?;
+        let verifier = if shared.config.verify_manifests {
+            Some(verify::Verifier::start(shared.clone(), tx.clone())?)
+        } else {
+            None
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
+                verifier,
                 writer_tx: Some(tx),
                 writer_thread: Some(thread),
             }),
@@ -483,32 +525,9 @@ impl Store {
     /// (false too if the store is shutting down: the next read finds the rot
     /// again).
     fn drop_rotten_chunk(&self, digest: &Digest, raw_entry: &[u8]) -> bool {
-        let Some(tx) = self.inner.writer_tx.as_ref() else {
-            return false;
-        };
-        let (reply, rx) = oneshot::channel();
-        let job = Job::DropRotten {
-            digest: *digest,
-            entry: raw_entry.to_vec(),
-            reply,
-        };
-        // Reads run on blocking threads (see the module docs), where waiting
-        // for the writer is allowed; waiting makes the drop visible to the
-        // next request of the client that got the error.
-        if tx.blocking_send(job).is_err() {
-            return false;
-        }
-        match rx.blocking_recv() {
-            Ok(Ok(dropped)) => dropped,
-            Ok(Err(e)) => {
-                tracing::error!(
-                    digest = %digest,
-                    error = %e,
-                    "could not drop a rotten chunk from the index"
-                );
-                false
-            }
-            Err(_) => false,
+        match self.inner.writer_tx.as_ref() {
+            Some(tx) => drop_rotten_via(tx, digest, raw_entry),
+            None => false,
         }
     }
 
@@ -550,11 +569,13 @@ impl Store {
         let digest = Digest::of(&encoded);
         let records = vec![PendingRecord::Manifest {
             digest,
-            content_key: manifest.content_key(),
             total_length: manifest.total_length(),
             encoded,
         }];
         self.submit(|reply| Job::Put { records, reply }).await?;
+        // Stored again: if its verification was put aside for an unreadable
+        // chunk (which this push may just have healed), try it now.
+        self.shared().verify_queue.retry(&digest);
         Ok(digest)
     }
 
@@ -578,7 +599,7 @@ impl Store {
         })
     }
 
-    /// The manifest whose content key is `key`, if one is held.
+    /// The manifest whose content key is `key`, if a verified one is held.
     pub fn find_manifest(&self, key: &Digest) -> Result<Option<(Digest, Manifest)>, StoreError> {
         let Some(digest) = self.shared().by_content.get(key.as_bytes())? else {
             return Ok(None);
@@ -590,6 +611,55 @@ impl Store {
         })?;
         let manifest = self.get_manifest(&digest)?;
         Ok(Some((digest, manifest)))
+    }
+
+    /// The verified manifest of the object whose bytes hash (BLAKE3, as one
+    /// whole) to `object_blake3`, pushed as `media_type` — if one is held
+    /// with every chunk it names. A manifest missing a chunk (dropped as
+    /// rotten since) is no answer: the client then pushes the normal way,
+    /// which re-uploads that chunk and heals the store.
+    pub fn find_object(
+        &self,
+        object_blake3: &Digest,
+        media_type: &str,
+    ) -> Result<Option<(Digest, Manifest)>, StoreError> {
+        let key = verify::object_key(object_blake3, media_type);
+        let Some(digest) = self.shared().by_object_blake3.get(&key)? else {
+            return Ok(None);
+        };
+        let digest = Digest::from_slice(&digest).map_err(|_| StoreError::Corrupt {
+            what: "whole-object index entry of manifest",
+            digest: *object_blake3,
+            detail: "undecodable index entry; rebuild the index".into(),
+        })?;
+        let manifest = match self.get_manifest(&digest) {
+            Ok(m) => m,
+            Err(StoreError::ManifestNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if manifest.media_type() != media_type {
+            return Ok(None);
+        }
+        match self.check_manifest_complete(&manifest) {
+            Ok(()) => Ok(Some((digest, manifest))),
+            Err(
+                e @ (StoreError::ManifestIncomplete { .. }
+                | StoreError::ManifestLengthMismatch { .. }),
+            ) => {
+                tracing::info!(manifest = %digest, reason = %e,
+                    "a verified object lacks a chunk; answering a miss so a push heals it");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Blocks until the background verifier has decided every manifest
+    /// stored before the call (those put aside for an unreadable chunk stay
+    /// pending). Returns at once when the verifier is off. For tests,
+    /// benchmarks and tools that must know a push is findable by content.
+    pub fn wait_for_verification(&self) {
+        self.shared().verify_queue.wait_idle();
     }
 
     /// Records `result` under step `key` once its layer is held; the first
@@ -617,7 +687,7 @@ impl Store {
         let offered_layer = result.layer;
         let records = vec![PendingRecord::Step {
             key,
-            result,
+            result: Box::new(result),
             encoded,
         }];
         let outcome = self.submit(|reply| Job::Put { records, reply }).await?;
@@ -703,6 +773,8 @@ impl Store {
             recovery_tail_bytes_cut: c.tail_bytes_cut.load(Ordering::Relaxed),
             rotten_chunks: c.rotten_chunks.load(Ordering::Relaxed),
             chunks_verified: c.chunks_verified.load(Ordering::Relaxed),
+            manifests_unverified: c.manifests_unverified.load(Ordering::Relaxed),
+            manifests_refuted: c.manifests_refuted.load(Ordering::Relaxed),
         }
     }
 
@@ -781,12 +853,16 @@ impl Shared {
     /// clears it; see [`Shared::forget_healed`]).
     /// The trees a rebuild derives again from the segments. `rotten` is not
     /// among them: a chunk found rotten stays refused until it is stored
-    /// again, whatever its record says.
-    fn rebuilt_trees(&self) -> [&sled::Tree; 6] {
+    /// again, whatever its record says. Nor is `verified`: verdicts are
+    /// facts about immutable content, from which a rebuild re-derives
+    /// `by_content`, `by_object_blake3` and `unverified` (see `recover`).
+    fn rebuilt_trees(&self) -> [&sled::Tree; 8] {
         [
             &self.chunks,
             &self.manifests,
             &self.by_content,
+            &self.by_object_blake3,
+            &self.unverified,
             &self.steps,
             &self.tags,
             &self.meta,
@@ -831,6 +907,9 @@ impl Shared {
             let mut chunks = sled::Batch::default();
             let mut manifests = sled::Batch::default();
             let mut by_content = sled::Batch::default();
+            let mut by_object = sled::Batch::default();
+            let mut objects_in_batch: HashSet<Vec<u8>> = HashSet::new();
+            let mut unverified = sled::Batch::default();
             let mut steps = sled::Batch::default();
             let mut tags = sled::Batch::default();
             let scanned = self
@@ -851,8 +930,31 @@ impl Shared {
                         }
                         RecordKind::Manifest => {
                             report.manifests_indexed += 1;
-                            if let Ok(m) = Manifest::decode(&rec.payload) {
-                                by_content.insert(m.content_key().as_bytes(), key.as_bytes());
+                            // Content indexes hold verified manifests only:
+                            // re-enter those with a true verdict, queue
+                            // those without one, leave refuted ones out.
+                            match self.verified.get(key.as_bytes()) {
+                                Ok(Some(v)) => {
+                                    if let (Some(object), Ok(m)) = (
+                                        verify::true_object_blake3(&v),
+                                        Manifest::decode(&rec.payload),
+                                    ) {
+                                        by_content
+                                            .insert(m.content_key().as_bytes(), key.as_bytes());
+                                        let object = verify::object_key(&object, m.media_type());
+                                        if objects_in_batch.insert(object.clone())
+                                            && !self
+                                                .by_object_blake3
+                                                .contains_key(&object)
+                                                .unwrap_or(false)
+                                        {
+                                            by_object.insert(object, key.as_bytes());
+                                        }
+                                    }
+                                }
+                                Ok(None) => unverified.insert(key.as_bytes(), &[]),
+                                // An unreadable verdict: verify again.
+                                Err(_) => unverified.insert(key.as_bytes(), &[]),
                             }
                             manifests.insert(key.as_bytes(), rec.payload);
                         }
@@ -867,6 +969,8 @@ impl Shared {
             self.chunks.apply_batch(chunks)?;
             self.manifests.apply_batch(manifests)?;
             self.by_content.apply_batch(by_content)?;
+            self.by_object_blake3.apply_batch(by_object)?;
+            self.unverified.apply_batch(unverified)?;
             self.steps.apply_batch(steps)?;
             self.tags.apply_batch(tags)?;
 
@@ -1056,7 +1160,47 @@ impl Shared {
             .store(meta_figure(index::TAIL_BYTES_CUT_KEY)?, Ordering::Relaxed);
         c.rotten_chunks
             .store(self.rotten.len() as u64, Ordering::Relaxed);
+        c.manifests_unverified
+            .store(self.unverified.len() as u64, Ordering::Relaxed);
+        let mut refuted = 0u64;
+        for item in self.verified.iter() {
+            let (_, v) = item?;
+            refuted += u64::from(verify::is_false_verdict(&v));
+        }
+        c.manifests_refuted.store(refuted, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Asks the writer thread (the one place the index changes) through `tx`
+/// to drop `digest` from the index if it still has the entry `raw_entry`
+/// that was found rotten, and waits for it. Returns whether it was dropped.
+/// Blocks: call only from a blocking thread.
+fn drop_rotten_via(tx: &mpsc::Sender<Job>, digest: &Digest, raw_entry: &[u8]) -> bool {
+    let (reply, rx) = oneshot::channel();
+
+    let job = Job::DropRotten {
+        digest: *digest,
+        entry: raw_entry.to_vec(),
+        reply,
+    };
+    // Reads run on blocking threads (see the module docs), where waiting
+    // for the writer is allowed; waiting makes the drop visible to the
+    // next request of the client that got the error.
+    if tx.blocking_send(job).is_err() {
+        return false;
+    }
+    match rx.blocking_recv() {
+        Ok(Ok(dropped)) => dropped,
+        Ok(Err(e)) => {
+            tracing::error!(
+                digest = %digest,
+                error = %e,
+                "could not drop a rotten chunk from the index"
+            );
+            false
+        }
+        Err(_) => false,
     }
 }
 

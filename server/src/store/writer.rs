@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::index::{self, ChunkEntry};
 use super::record::{self, HEADER_LEN, RecordKind};
 use super::segment::Location;
+use super::verify::{self, Verdict};
 use super::{FsyncPolicy, PutOutcome, RebuildReport, Shared, StoreError, VerifiedChunk};
 
 /// A record waiting to be committed.
@@ -27,7 +28,6 @@ pub enum PendingRecord {
     Chunk(VerifiedChunk),
     Manifest {
         digest: Digest,
-        content_key: Digest,
         total_length: u64,
         encoded: Vec<u8>,
     },
@@ -35,7 +35,8 @@ pub enum PendingRecord {
     /// result stands), refused as divergent if the key has another outcome.
     Step {
         key: Digest,
-        result: StepResult,
+        /// Boxed: a result is far larger than the other records.
+        result: Box<StepResult>,
         encoded: Vec<u8>,
     },
     /// A tag change; skipped when the tag already names that object.
@@ -65,6 +66,14 @@ pub enum Job {
         digest: Digest,
         entry: Vec<u8>,
         reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Apply what the manifest verifier proved about manifest `digest`
+    /// (see `verify.rs`): enter it in the content indexes, or count it as
+    /// refuted, and take it off the `unverified` queue.
+    Verdict {
+        digest: Digest,
+        verdict: Verdict,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
@@ -126,6 +135,14 @@ impl Writer {
                         self.commit_and_reply(std::mem::take(&mut puts));
                         let _ = reply.send(self.drop_rotten(&digest, &entry));
                     }
+                    Job::Verdict {
+                        digest,
+                        verdict,
+                        reply,
+                    } => {
+                        self.commit_and_reply(std::mem::take(&mut puts));
+                        let _ = reply.send(verify::apply_verdict(&self.shared, &digest, &verdict));
+                    }
                 }
                 if puts.len() < MAX_GROUP_JOBS {
                     next = rx.try_recv().ok();
@@ -162,7 +179,9 @@ impl Writer {
         let mut in_group: HashSet<(RecordKind, Digest)> = HashSet::new();
         let mut chunk_entries = sled::Batch::default();
         let mut manifest_entries = sled::Batch::default();
-        let mut content_entries = sled::Batch::default();
+        // New manifests wait for the verifier before any content index
+        // names them.
+        let mut unverified_entries = sled::Batch::default();
         let mut step_entries = sled::Batch::default();
         let mut tag_entries = sled::Batch::default();
         // Step results of this group by key: a second job recording the same
@@ -281,10 +300,9 @@ impl Writer {
                     PendingRecord::Manifest {
                         encoded,
                         total_length,
-                        content_key,
                         ..
                     } => {
-                        content_entries.insert(content_key.as_bytes(), digest.as_bytes());
+                        unverified_entries.insert(index::digest_key(&digest), &[]);
                         manifest_entries.insert(index::digest_key(&digest), encoded);
                         new_manifests += 1;
                         new_logical += total_length;
@@ -295,7 +313,7 @@ impl Writer {
                         encoded,
                     } => {
                         step_entries.insert(key.as_bytes(), encoded);
-                        group_steps.insert(key, result);
+                        group_steps.insert(key, *result);
                         new_steps += 1;
                     }
                     PendingRecord::Tag { name, target } => {
@@ -317,7 +335,7 @@ impl Writer {
             }
         }
         shared.manifests.apply_batch(manifest_entries)?;
-        shared.by_content.apply_batch(content_entries)?;
+        shared.unverified.apply_batch(unverified_entries)?;
         shared.steps.apply_batch(step_entries)?;
         shared.tags.apply_batch(tag_entries)?;
         for (id, len) in watermarks {
@@ -332,6 +350,11 @@ impl Writer {
         c.manifests.fetch_add(new_manifests, Ordering::Relaxed);
         c.logical_bytes.fetch_add(new_logical, Ordering::Relaxed);
         c.steps.fetch_add(new_steps, Ordering::Relaxed);
+        if new_manifests > 0 {
+            c.manifests_unverified
+                .fetch_add(new_manifests, Ordering::Relaxed);
+            shared.verify_queue.notify();
+        }
         Ok(outcomes)
     }
 
@@ -420,6 +443,9 @@ impl Writer {
             shared.counters.segments.store(1, Ordering::Relaxed);
         }
         shared.db.flush()?;
+        // Manifests the rebuild found without a verdict wait in
+        // `unverified` again.
+        shared.verify_queue.retry_all();
         Ok(report)
     }
 }
@@ -434,7 +460,7 @@ fn open(shared: &Shared, id: u32) -> Result<(File, u64), StoreError> {
 }
 
 /// Lowers a counter, never below zero.
-fn sub(counter: &AtomicU64, n: u64) {
+pub(super) fn sub(counter: &AtomicU64, n: u64) {
     let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
         Some(v.saturating_sub(n))
     });

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use strata_builder::build::{BuildOptions, BuildReport, Event, StepStatus};
+use strata_builder::image::Compression;
 use strata_builder::progress::human_bytes;
+use strata_builder::source_date::image_created;
 use strata_builder::target::Target;
 use strata_dockerfile::{ImageRef, LayoutRef};
 use strata_sandbox::Limits;
@@ -57,6 +59,11 @@ pub struct BuildArgs {
     /// CPUs each RUN step may use, e.g. 1.5 (default: all; needs a cgroup).
     #[arg(long, value_name = "N")]
     cpus: Option<f64>,
+    /// How the layers this build makes are compressed in the image: gzip
+    /// (read by every tool), zstd (smaller, faster; needs newer tools) or
+    /// none. Deterministic; base-image layers keep their own blobs.
+    #[arg(long, value_name = "gzip|zstd|none", default_value = "gzip", value_parser = Compression::parse)]
+    compression: Compression,
     /// Let `RUN --network=host` steps run (they are marked non-hermetic).
     #[arg(long)]
     allow_host_network: bool,
@@ -80,11 +87,15 @@ pub async fn run(args: BuildArgs) -> Result<()> {
                 .with_context(|| format!("--build-arg {a:?}: expected NAME=VALUE"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        Err(_) => 0,
+    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH").ok();
+    let (created, _) = image_created(source_date_epoch.as_deref(), &args.context, &dockerfile)
+        .map_err(anyhow::Error::msg)?;
+    // Layer mtimes: SOURCE_DATE_EPOCH or 0, never the commit time, so a
+    // layer's digest does not change with every commit.
+    let epoch = if source_date_epoch.is_some() {
+        created
+    } else {
+        0
     };
     let limits = step_limits(args.memory.as_deref(), args.pids_limit, args.cpus)?;
     let opts = BuildOptions {
@@ -97,12 +108,14 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         limits,
         dry_run: args.dry_run,
         epoch,
+        created,
+        compression: args.compression,
         step_timeout: Some(std::time::Duration::from_secs(args.step_timeout)),
         allow_host_network: args.allow_host_network,
         scratch: std::env::temp_dir(),
         sandbox_helper: None,
     };
-    let config = args.chunking.client_config()?;
+    let config = args.server.connection(args.chunking.client_config()?)?;
     let target = Target::open(args.server.server.as_deref(), config).await?;
     let result = strata_builder::build::build(&target.client, &opts, &mut show_event).await;
     target.close().await?;
@@ -178,6 +191,7 @@ fn show_event(event: Event<'_>) {
             )
         }
         Event::Output(_, bytes) => err.write_all(bytes),
+        Event::Note(note) => writeln!(err, "strata: note: {note}"),
     };
 }
 

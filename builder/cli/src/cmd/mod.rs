@@ -5,18 +5,45 @@ pub mod pull;
 pub mod push;
 pub mod serve;
 pub mod stat;
+pub mod token;
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use strata_client::{ChunkerConfig, ClientConfig};
+use strata_client::{BearerToken, ChunkerConfig, ClientConfig};
 use strata_proto::Digest;
 
 #[derive(Args)]
 pub struct ServerArg {
-    /// Cache server URL (http://host:port). Without it, and without
-    /// STRATA_SERVER, the embedded store in the user's cache directory is used.
+    /// Cache server URL (http://host:port, or https://host:port for TLS).
+    /// Without it, and without STRATA_SERVER, the embedded store in the
+    /// user's cache directory is used.
     #[arg(long, env = "STRATA_SERVER")]
     pub server: Option<String>,
+    /// Bearer token for a server started with --tokens (from `strata token
+    /// new`). Prefer STRATA_TOKEN: a flag shows in the process list.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed an https:// server's certificate
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE", env = "STRATA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ServerArg {
+    /// `config` with this connection's token and TLS CA.
+    pub fn connection(&self, config: ClientConfig) -> Result<ClientConfig> {
+        let token = match &self.token {
+            Some(text) => Some(BearerToken::new(text).context("--token / STRATA_TOKEN")?),
+            None => None,
+        };
+        Ok(ClientConfig {
+            token,
+            tls_ca: self.tls_ca.clone(),
+            ..config
+        })
+    }
 }
 
 /// How new content is cut and compressed: every client of one cache should

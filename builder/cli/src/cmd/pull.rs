@@ -25,7 +25,8 @@ pub struct PullArgs {
 
 pub async fn run(args: PullArgs) -> Result<()> {
     let digest = parse_digest(&args.digest)?;
-    let target = Target::open(args.server.server.as_deref(), ClientConfig::default()).await?;
+    let config = args.server.connection(ClientConfig::default())?;
+    let target = Target::open(args.server.server.as_deref(), config).await?;
     let progress = Arc::new(Progress::new());
     let line = ProgressLine::start("pulling", progress.clone());
     let result = if args.output == Path::new("-") {

@@ -29,7 +29,7 @@ pub struct PushArgs {
 }
 
 pub async fn run(args: PushArgs) -> Result<()> {
-    let config = args.chunking.client_config()?;
+    let config = args.server.connection(args.chunking.client_config()?)?;
     let progress = Arc::new(Progress::new());
     let file = if args.file == Path::new("-") {
         None

@@ -1,14 +1,16 @@
 //! `strata serve`: the cache server in the foreground, until SIGINT or
-//! SIGTERM.
+//! SIGTERM. Open to anyone only on loopback: elsewhere it needs a token
+//! file (`--tokens`) or an explicit `--insecure-open`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
-use strata_server::{FsyncPolicy, ServerConfig, Store, StoreConfig};
+use strata_server::{FsyncPolicy, ServerConfig, ServerTls, Store, StoreConfig, Tokens};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -54,6 +56,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = ServerConfig::default().message_timeout.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     message_timeout: u64,
+    /// Token file (lines from `strata token new`): every call then needs a
+    /// bearer token holding the scope it needs (health checks excepted).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Serve without --tokens on an address other than loopback: anyone
+    /// who can reach it can then record step results other builds will
+    /// run. Only for networks where every client is trusted.
+    #[arg(long)]
+    insecure_open: bool,
+    /// PEM certificate chain (leaf first) to serve TLS with; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,6 +94,30 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot resolve listen address {:?}", args.listen))?
         .next()
         .with_context(|| format!("listen address {:?} resolves to nothing", args.listen))?;
+    let tokens = match &args.tokens {
+        Some(path) => {
+            let tokens = Tokens::load(path)?;
+            if tokens.is_empty() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the token file holds no token: every call but health checks will be refused"
+                );
+            }
+            Some(Arc::new(tokens))
+        }
+        None => None,
+    };
+    check_exposure(addr, tokens.is_some(), args.insecure_open)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    if tokens.is_some() && tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "tokens will cross the network in the clear: add --tls-cert and --tls-key"
+        );
+    }
     // Bind before opening the store: a taken port should not cost a recovery scan.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -101,6 +142,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         objects = stats.manifests,
         "store open"
     );
+    // Catch SIGTERM before saying we listen: a supervisor (or a test) may
+    // stop us the moment it reads that line, and must get a clean stop.
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     // Tests and scripts read this line to learn the port of `--listen :0`.
     eprintln!("strata: listening on {local}");
     let server_config = ServerConfig {
@@ -111,25 +156,34 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         message_timeout: Duration::from_secs(args.message_timeout),
+        tokens,
+        tls,
         ..ServerConfig::default()
     };
-    strata_server::serve(store, server_config, listener, shutdown_signal()).await?;
+    strata_server::serve(store, server_config, listener, shutdown_signal(terminate)).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+/// Refuses to serve an open cache beyond loopback unless told to: anyone
+/// who can reach an open server can record step results that every other
+/// builder will take (cache poisoning).
+fn check_exposure(addr: SocketAddr, has_tokens: bool, insecure_open: bool) -> Result<()> {
+    if has_tokens || insecure_open || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {addr} without authentication: anyone who can reach it could \
+         record step results and tags that other builds will use. Pass --tokens FILE \
+         (make tokens with `strata token new`), or --insecure-open if every client on \
+         this network is trusted"
+    )
+}
+
+async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
     tracing::info!("shutting down");
 }

@@ -23,7 +23,8 @@ pub struct StatArgs {
 }
 
 pub async fn run(args: StatArgs) -> Result<()> {
-    let target = Target::open(args.server.server.as_deref(), ClientConfig::default()).await?;
+    let config = args.server.connection(ClientConfig::default())?;
+    let target = Target::open(args.server.server.as_deref(), config).await?;
     let result = match &args.digest {
         Some(text) => stat_object(&target, parse_digest(text)?, args.json).await,
         None => stat_store(&target, args.json).await,
@@ -85,6 +86,8 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             "recovery_skipped_bytes": s.recovery_skipped_bytes,
             "recovery_tail_bytes_cut": s.recovery_tail_bytes_cut,
             "rotten_chunks": s.rotten_chunks,
+            "manifests_unverified": s.manifests_unverified,
+            "manifests_refuted": s.manifests_refuted,
             "dedup_ratio": dedup,
             "compression_ratio": compression,
         });
@@ -134,6 +137,13 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
                 out,
                 "rotten chunks      {} (a push of their content heals them)",
                 s.rotten_chunks
+            )?;
+        }
+        if s.manifests_unverified + s.manifests_refuted > 0 {
+            writeln!(
+                out,
+                "manifests          {} awaiting verification, {} refuted (false SHA-256: never found by content)",
+                s.manifests_unverified, s.manifests_refuted
             )?;
         }
     }
