@@ -105,7 +105,7 @@ pub struct Layer {
 /// What a fetched manifest turned out to be.
 pub(crate) enum ManifestKind {
     /// A single-platform image manifest.
-    Image(OciImageManifest),
+    Image(Box<OciImageManifest>),
     /// An index / manifest list.
     Index(OciImageIndex),
 }
@@ -157,7 +157,7 @@ pub(crate) fn parse_manifest(
         .ok_or_else(|| malformed("it names no media type and the registry sent none".to_owned()))?;
     match media_type.as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => serde_json::from_slice(body)
-            .map(ManifestKind::Image)
+            .map(|m| ManifestKind::Image(Box::new(m)))
             .map_err(|e| malformed(e.to_string())),
         OCI_INDEX | DOCKER_MANIFEST_LIST => serde_json::from_slice(body)
             .map(ManifestKind::Index)

@@ -150,7 +150,7 @@ impl RegistryClient {
                         .clone()
                         .or(fetched.content_type.clone())
                         .unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned());
-                    (fetched.body, media_type, top_digest, None, m)
+                    (fetched.body, media_type, top_digest, None, *m)
                 }
                 ManifestKind::Index(index) => {
                     let entry = manifest::select_platform(&name, &index, &self.options.platform)?;
@@ -185,7 +185,7 @@ impl RegistryClient {
                         ManifestKind::Image(m) => {
                             let media_type =
                                 m.media_type.clone().unwrap_or(entry.media_type.clone());
-                            (child.body, media_type, entry.digest, Some(top_digest), m)
+                            (child.body, media_type, entry.digest, Some(top_digest), *m)
                         }
                         ManifestKind::Index(_) => {
                             return Err(RegistryError::UnexpectedMediaType {

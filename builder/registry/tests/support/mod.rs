@@ -136,7 +136,7 @@ pub fn write_image(
     layout: &Path,
     os: &str,
     arch: &str,
-    layer_files: &[&[(&str, &[u8])]],
+    layer_files: &[&[(&str, &str)]],
 ) -> WrittenImage {
     let layers: Vec<(Vec<u8>, String, String)> = layer_files
         .iter()
