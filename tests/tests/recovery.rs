@@ -635,8 +635,15 @@ fn without_ansi_escapes(log: &str) -> String {
 // ---------------------------------------------------------------------------
 // Repair: rot found on read or by scrub leaves the index; a push heals it.
 
-/// Pushes `data` as a file and returns its digest and chunk digests.
-async fn push_file(client: &Client, dir: &Path, data: &[u8]) -> (Digest, Vec<Digest>, u64) {
+/// Pushes `data` as a file and returns its digest and chunk digests, once
+/// the background manifest verifier has read it: the verifier reads every
+/// chunk, so a test that rots one afterwards must not race it.
+async fn push_file(
+    server: &TestServer,
+    client: &Client,
+    dir: &Path,
+    data: &[u8],
+) -> (Digest, Vec<Digest>, u64) {
     let path = dir.join("input");
     std::fs::write(&path, data).unwrap();
     let report = client
@@ -645,6 +652,10 @@ async fn push_file(client: &Client, dir: &Path, data: &[u8]) -> (Digest, Vec<Dig
         .unwrap();
     let manifest = client.get_manifest(&report.digest).await.unwrap();
     let chunks = manifest.chunks().iter().map(|c| c.digest).collect();
+    let store = server.store.clone();
+    tokio::task::spawn_blocking(move || store.wait_for_verification())
+        .await
+        .unwrap();
     (report.digest, chunks, report.stored_chunks)
 }
 
@@ -694,7 +705,7 @@ async fn a_chunk_found_rotten_on_pull_is_reported_missing_and_healed_by_pushing_
     let server = TestServer::start(&data_dir).await;
     let client = server.client().await;
     let data = random_bytes(2 << 20, 51);
-    let (object, chunks, _) = push_file(&client, dir.path(), &data).await;
+    let (object, chunks, _) = push_file(&server, &client, dir.path(), &data).await;
     let held = server.store.stats().chunks;
     let rotten = rot_one_chunk(&data_dir, &chunks);
 
@@ -713,7 +724,7 @@ async fn a_chunk_found_rotten_on_pull_is_reported_missing_and_healed_by_pushing_
     assert_eq!(find_missing(&server.url, &chunks).await, vec![rotten]);
 
     // An honest re-push sends that chunk, and only it; the object is whole.
-    let (again, _, stored) = push_file(&client, dir.path(), &data).await;
+    let (again, _, stored) = push_file(&server, &client, dir.path(), &data).await;
     assert_eq!((again, stored), (object, 1));
     assert!(client.pull_to_vec(&object).await.unwrap() == data);
     assert!(find_missing(&server.url, &chunks).await.is_empty());
@@ -729,7 +740,7 @@ async fn a_chunk_found_rotten_by_scrub_is_reported_missing_and_healed_by_pushing
     let server = TestServer::start(&data_dir).await;
     let client = server.client().await;
     let data = random_bytes(2 << 20, 52);
-    let (object, chunks, _) = push_file(&client, dir.path(), &data).await;
+    let (object, chunks, _) = push_file(&server, &client, dir.path(), &data).await;
     let held = server.store.stats().chunks;
     let rotten = rot_one_chunk(&data_dir, &chunks);
 
@@ -746,7 +757,7 @@ async fn a_chunk_found_rotten_by_scrub_is_reported_missing_and_healed_by_pushing
         (held - 1, vec![rotten.to_vec()])
     );
 
-    let (again, _, stored) = push_file(&client, dir.path(), &data).await;
+    let (again, _, stored) = push_file(&server, &client, dir.path(), &data).await;
     assert_eq!((again, stored), (object, 1));
     assert!(client.pull_to_vec(&object).await.unwrap() == data);
     let scrub = admin.scrub(ScrubRequest {}).await.unwrap().into_inner();
