@@ -44,6 +44,7 @@ pub use error::ClientError;
 pub use progress::{Progress, human_bytes};
 pub use pull::PullReport;
 pub use push::PushReport;
+pub use whole_object::KnownObject;
 
 /// HTTP/2 flow-control windows; must match the server's for bulk streams
 /// not to stall on window updates.

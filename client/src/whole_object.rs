@@ -114,7 +114,7 @@ fn feed(hasher: &mut blake3::Hasher, file: &File, offset: u64, len: u64) -> std:
     Ok(())
 }
 
-/// A stored object found by its whole-object BLAKE3.
+/// A stored object found by a hash of its whole bytes.
 pub struct KnownObject {
     pub digest: Digest,
     pub manifest: Manifest,
@@ -130,11 +130,42 @@ impl Client {
         total_length: u64,
         media_type: &str,
     ) -> Result<Option<KnownObject>, ClientError> {
-        let mut manifests = self.manifests.clone();
-        let find = manifests.find_object(FindObjectRequest {
+        let request = FindObjectRequest {
             blake3: object.to_vec(),
             media_type: media_type.to_owned(),
-        });
+            sha256: Vec::new(),
+        };
+        self.find_whole_object(request, total_length).await
+    }
+
+    /// The stored object of `total_length` bytes whose SHA-256 is `sha256`,
+    /// pushed as `media_type` — a registry blob pulled through the cache,
+    /// say — if the server holds it, all its chunks present and its SHA-256
+    /// proved by the server's verifier. The answer is checked to be the
+    /// object asked for; its bytes are checked again when pulled.
+    pub async fn find_object_by_sha256(
+        &self,
+        sha256: &[u8; 32],
+        total_length: u64,
+        media_type: &str,
+    ) -> Result<Option<KnownObject>, ClientError> {
+        let request = FindObjectRequest {
+            blake3: Vec::new(),
+            media_type: media_type.to_owned(),
+            sha256: sha256.to_vec(),
+        };
+        let found = self.find_whole_object(request, total_length).await?;
+        Ok(found.filter(|known| known.manifest.sha256() == sha256))
+    }
+
+    async fn find_whole_object(
+        &self,
+        request: FindObjectRequest,
+        total_length: u64,
+    ) -> Result<Option<KnownObject>, ClientError> {
+        let media_type = request.media_type.clone();
+        let mut manifests = self.manifests.clone();
+        let find = manifests.find_object(request);
         let found = match within(self.config.idle_timeout, "find object", find).await? {
             Ok(found) => found.into_inner(),
             Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),

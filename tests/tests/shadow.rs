@@ -1,6 +1,8 @@
 //! Content lookups answer only verified manifests: a manifest with a false
-//! SHA-256 can never shadow the true object (issue #12), and an unchanged
-//! file is found by its whole-object BLAKE3 without being chunked (#14).
+//! SHA-256 can never shadow the true object (issue #12), nor be found by the
+//! SHA-256 it claims (how builders find registry blobs pulled through the
+//! cache, #11); and an unchanged file is found by its whole-object BLAKE3
+//! without being chunked (#14).
 //!
 //! Every test runs the real server and store on loopback; the attacker is a
 //! plain gRPC client calling `PutManifest` as anyone can.
@@ -103,6 +105,23 @@ async fn found_whole(url: &str, data: &[u8]) -> Option<Digest> {
         .find_object(FindObjectRequest {
             blake3: blake3::hash(data).as_bytes().to_vec(),
             media_type: MEDIA.into(),
+            sha256: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (!found.digest.is_empty()).then(|| Digest::from_slice(&found.digest).unwrap())
+}
+
+/// What `FindObject` answers for an object of `MEDIA` whose SHA-256 is
+/// `sha256` (how a builder finds a registry blob pulled through the cache).
+async fn found_by_sha256(url: &str, sha256: &[u8; 32]) -> Option<Digest> {
+    let mut manifests = ManifestStoreClient::connect(url.to_owned()).await.unwrap();
+    let found = manifests
+        .find_object(FindObjectRequest {
+            blake3: Vec::new(),
+            media_type: MEDIA.into(),
+            sha256: sha256.to_vec(),
         })
         .await
         .unwrap()
@@ -166,6 +185,10 @@ async fn a_false_sha256_manifest_stored_before_the_true_one_never_shadows_it() {
 
     assert_eq!(found_by_content(&server.url, &honest_shape).await, None);
     assert_eq!(found_whole(&server.url, &data).await, None);
+    // Nor is it found by the SHA-256 it claims, nor by the true one.
+    let claimed = *attacker.get_manifest(&fake).await.unwrap().sha256();
+    assert_eq!(found_by_sha256(&server.url, &claimed).await, None);
+    assert_eq!(found_by_sha256(&server.url, &sha256_of(&data)).await, None);
     let stats = server.store.stats();
     assert_eq!(stats.manifests_refuted, 1, "{stats:?}");
     assert_eq!(stats.manifests_unverified, 0, "{stats:?}");
@@ -173,6 +196,11 @@ async fn a_false_sha256_manifest_stored_before_the_true_one_never_shadows_it() {
     let honest = assert_honest_pushes_get_the_truth(&server, dir.path(), &data).await;
     assert_ne!(honest, fake);
     assert_eq!(honest, honest_shape.digest());
+    assert_eq!(
+        found_by_sha256(&server.url, &sha256_of(&data)).await,
+        Some(honest)
+    );
+    assert_eq!(found_by_sha256(&server.url, &claimed).await, None);
 
     // The false manifest stays pullable by its own digest, and the pull
     // refuses it at the end-to-end SHA-256 check.
@@ -431,6 +459,10 @@ async fn manifests_pending_at_a_restart_are_verified_after_it_and_none_wrongly()
     );
     assert_eq!(found_by_content(&server.url, &other_shape).await, None);
     assert_eq!(found_whole(&server.url, &other_data).await, None);
+    assert_eq!(
+        found_by_sha256(&server.url, &sha256_of(&true_data)).await,
+        Some(honest.digest)
+    );
 
     // A rebuild of the index keeps the verdicts and re-derives the lookups.
     server.store.rebuild_index().await.unwrap();
@@ -444,6 +476,10 @@ async fn manifests_pending_at_a_restart_are_verified_after_it_and_none_wrongly()
         found_whole(&server.url, &true_data).await,
         Some(honest.digest)
     );
+    assert_eq!(
+        found_by_sha256(&server.url, &sha256_of(&true_data)).await,
+        Some(honest.digest)
+    );
     assert_eq!(found_by_content(&server.url, &other_shape).await, None);
     server.stop().await;
 }
@@ -455,26 +491,41 @@ async fn a_whole_object_lookup_with_a_malformed_digest_or_media_type_is_refused(
     let mut manifests = ManifestStoreClient::connect(server.url.clone())
         .await
         .unwrap();
-    for bad in [Vec::new(), vec![7u8; 31], vec![7u8; 33], vec![0u8; 4096]] {
-        let status = manifests
-            .find_object(FindObjectRequest {
-                blake3: bad.clone(),
-                media_type: MEDIA.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            status.code(),
-            tonic::Code::InvalidArgument,
-            "{} bytes: {status:?}",
-            bad.len()
-        );
-        assert!(status.message().contains("BLAKE3"), "{status:?}");
+    let refusal = |blake3: Vec<u8>, sha256: Vec<u8>| {
+        let mut manifests = manifests.clone();
+        async move {
+            let (b, s) = (blake3.len(), sha256.len());
+            let status = manifests
+                .find_object(FindObjectRequest {
+                    blake3,
+                    media_type: MEDIA.into(),
+                    sha256,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{b} and {s} bytes: {status:?}"
+            );
+            status.message().to_owned()
+        }
+    };
+    for bad in [vec![7u8; 31], vec![7u8; 33], vec![0u8; 4096]] {
+        let message = refusal(bad.clone(), Vec::new()).await;
+        assert!(message.contains("BLAKE3"), "{message}");
+        let message = refusal(Vec::new(), bad).await;
+        assert!(message.contains("SHA-256"), "{message}");
+    }
+    for (blake3, sha256) in [(Vec::new(), Vec::new()), (vec![7u8; 32], vec![7u8; 32])] {
+        let message = refusal(blake3, sha256).await;
+        assert!(message.contains("exactly one"), "{message}");
     }
     let status = manifests
         .find_object(FindObjectRequest {
             blake3: vec![7u8; 32],
             media_type: "m".repeat(256),
+            sha256: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -484,6 +535,7 @@ async fn a_whole_object_lookup_with_a_malformed_digest_or_media_type_is_refused(
         .find_object(FindObjectRequest {
             blake3: vec![7u8; 32],
             media_type: String::new(),
+            sha256: Vec::new(),
         })
         .await
         .unwrap()

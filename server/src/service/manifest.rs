@@ -58,8 +58,6 @@ impl ManifestStore for ManifestService {
         request: Request<FindObjectRequest>,
     ) -> Result<Response<FindManifestResponse>, Status> {
         let request = request.into_inner();
-        let object = Digest::from_slice(&request.blake3)
-            .map_err(|e| Status::invalid_argument(format!("object BLAKE3: {e}")))?;
         let media_type = request.media_type;
         if media_type.len() > 255 {
             return Err(status_of(StoreError::BadManifest(
@@ -67,7 +65,27 @@ impl ManifestStore for ManifestService {
             )));
         }
         let store = self.store.clone();
-        let found = blocking(move || store.find_object(&object, &media_type)).await?;
+        let found = match (request.blake3.is_empty(), request.sha256.is_empty()) {
+            (false, true) => {
+                let object = Digest::from_slice(&request.blake3)
+                    .map_err(|e| Status::invalid_argument(format!("object BLAKE3: {e}")))?;
+                blocking(move || store.find_object(&object, &media_type)).await?
+            }
+            (true, false) => {
+                let sha256: [u8; 32] = request.sha256.as_slice().try_into().map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "object SHA-256: expected 32 bytes, got {}",
+                        request.sha256.len()
+                    ))
+                })?;
+                blocking(move || store.find_object_by_sha256(&sha256, &media_type)).await?
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "FindObject takes exactly one of blake3 and sha256",
+                ));
+            }
+        };
         Ok(Response::new(found_response(found)))
     }
 

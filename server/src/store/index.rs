@@ -1,5 +1,6 @@
 //! The sled index: chunk → location, manifest digest → manifest, the
-//! content indexes of verified manifests (content key, whole-object BLAKE3)
+//! content indexes of verified manifests (content key, whole-object BLAKE3
+//! and SHA-256)
 //! and the verifier's verdicts and queue, step key → step result, tag name
 //! → object digest, chunks found rotten, and the per-segment watermarks
 //! that say how far each segment has been indexed.
@@ -20,7 +21,10 @@ use super::segment::Location;
 /// open: its `by_content` entries, which no one verified, are dropped, and
 /// every manifest is queued for the background verifier, becoming findable
 /// by content again once proved.
-pub const SCHEMA_VERSION: u32 = 5;
+///
+/// 6: `by_object_sha256`, filled from the kept verdicts by the rebuild a
+/// store of version 5 gets at open.
+pub const SCHEMA_VERSION: u32 = 6;
 
 pub const SCHEMA_KEY: &[u8] = b"schema";
 

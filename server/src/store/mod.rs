@@ -266,6 +266,9 @@ struct Shared {
     by_content: sled::Tree,
     /// Whole-object BLAKE3 ‖ media type → digest of a verified manifest.
     by_object_blake3: sled::Tree,
+    /// Whole-object SHA-256 ‖ media type → digest of a verified manifest:
+    /// how a registry blob (`sha256:…`) pulled through the cache is found.
+    by_object_sha256: sled::Tree,
     /// Manifest digest → verdict byte ‖ whole-object BLAKE3. Kept across
     /// rebuilds, like `rotten`: a verdict is a fact about immutable content.
     verified: sled::Tree,
@@ -354,6 +357,7 @@ impl Store {
             manifests: db.open_tree("manifests")?,
             by_content: db.open_tree("by_content")?,
             by_object_blake3: db.open_tree("by_object_blake3")?,
+            by_object_sha256: db.open_tree("by_object_sha256")?,
             verified: db.open_tree("verified")?,
             unverified: db.open_tree("unverified")?,
             verify_queue: verify::VerifyQueue::default(),
@@ -623,13 +627,35 @@ impl Store {
         object_blake3: &Digest,
         media_type: &str,
     ) -> Result<Option<(Digest, Manifest)>, StoreError> {
-        let key = verify::object_key(object_blake3, media_type);
-        let Some(digest) = self.shared().by_object_blake3.get(&key)? else {
+        self.find_whole_object(
+            &self.shared().by_object_blake3,
+            object_blake3.as_bytes(),
+            media_type,
+        )
+    }
+
+    /// The verified manifest of the object whose SHA-256 is `sha256`, pushed
+    /// as `media_type`, on the same terms as [`Store::find_object`].
+    pub fn find_object_by_sha256(
+        &self,
+        sha256: &[u8; 32],
+        media_type: &str,
+    ) -> Result<Option<(Digest, Manifest)>, StoreError> {
+        self.find_whole_object(&self.shared().by_object_sha256, sha256, media_type)
+    }
+
+    fn find_whole_object(
+        &self,
+        tree: &sled::Tree,
+        hash: &[u8; 32],
+        media_type: &str,
+    ) -> Result<Option<(Digest, Manifest)>, StoreError> {
+        let Some(digest) = tree.get(verify::object_key(hash, media_type))? else {
             return Ok(None);
         };
         let digest = Digest::from_slice(&digest).map_err(|_| StoreError::Corrupt {
             what: "whole-object index entry of manifest",
-            digest: *object_blake3,
+            digest: Digest::from_array(*hash),
             detail: "undecodable index entry; rebuild the index".into(),
         })?;
         let manifest = match self.get_manifest(&digest) {
@@ -855,13 +881,15 @@ impl Shared {
     /// among them: a chunk found rotten stays refused until it is stored
     /// again, whatever its record says. Nor is `verified`: verdicts are
     /// facts about immutable content, from which a rebuild re-derives
-    /// `by_content`, `by_object_blake3` and `unverified` (see `recover`).
-    fn rebuilt_trees(&self) -> [&sled::Tree; 8] {
+    /// `by_content`, the whole-object indexes and `unverified` (see
+    /// `recover`).
+    fn rebuilt_trees(&self) -> [&sled::Tree; 9] {
         [
             &self.chunks,
             &self.manifests,
             &self.by_content,
             &self.by_object_blake3,
+            &self.by_object_sha256,
             &self.unverified,
             &self.steps,
             &self.tags,
@@ -907,8 +935,7 @@ impl Shared {
             let mut chunks = sled::Batch::default();
             let mut manifests = sled::Batch::default();
             let mut by_content = sled::Batch::default();
-            let mut by_object = sled::Batch::default();
-            let mut objects_in_batch: HashSet<Vec<u8>> = HashSet::new();
+            let mut by_object = verify::WholeObjectBatches::default();
             let mut unverified = sled::Batch::default();
             let mut steps = sled::Batch::default();
             let mut tags = sled::Batch::default();
@@ -941,15 +968,7 @@ impl Shared {
                                     ) {
                                         by_content
                                             .insert(m.content_key().as_bytes(), key.as_bytes());
-                                        let object = verify::object_key(&object, m.media_type());
-                                        if objects_in_batch.insert(object.clone())
-                                            && !self
-                                                .by_object_blake3
-                                                .contains_key(&object)
-                                                .unwrap_or(false)
-                                        {
-                                            by_object.insert(object, key.as_bytes());
-                                        }
+                                        by_object.enter(self, &key, &m, &object);
                                     }
                                 }
                                 Ok(None) => unverified.insert(key.as_bytes(), &[]),
@@ -969,7 +988,7 @@ impl Shared {
             self.chunks.apply_batch(chunks)?;
             self.manifests.apply_batch(manifests)?;
             self.by_content.apply_batch(by_content)?;
-            self.by_object_blake3.apply_batch(by_object)?;
+            by_object.apply(self)?;
             self.unverified.apply_batch(unverified)?;
             self.steps.apply_batch(steps)?;
             self.tags.apply_batch(tags)?;

@@ -6,8 +6,8 @@
 //! Why: a manifest's SHA-256 is the pushing client's claim. The server
 //! accepts any manifest whose chunks it holds (its own digest stays
 //! pullable, and a pull re-checks the SHA-256), but the content indexes —
-//! `by_content` (chunk list, length, media type) and `by_object_blake3`
-//! (whole-object BLAKE3, media type) — hand a manifest to *other* clients,
+//! `by_content` (chunk list, length, media type), `by_object_blake3` and
+//! `by_object_sha256` (a whole-object hash, media type) — hand a manifest to *other* clients,
 //! who reuse it without hashing. One false claim entered there would shadow
 //! the true one for everybody. So a manifest enters them only once this
 //! thread has proved it.
@@ -95,13 +95,13 @@ pub fn is_false_verdict(value: &[u8]) -> bool {
     value.first() == Some(&VERDICT_FALSE)
 }
 
-/// The `by_object_blake3` key: the whole-object BLAKE3, then the media
-/// type's bytes. The media type is part of the key because an object's
-/// manifest carries it: the same bytes pushed as two media types are two
-/// objects.
-pub fn object_key(object_blake3: &Digest, media_type: &str) -> Vec<u8> {
+/// The key of a whole-object index (`by_object_blake3`, `by_object_sha256`):
+/// the object's hash, then the media type's bytes. The media type is part
+/// of the key because an object's manifest carries it: the same bytes
+/// pushed as two media types are two objects.
+pub fn object_key(object_hash: &[u8; 32], media_type: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(32 + media_type.len());
-    key.extend_from_slice(object_blake3.as_bytes());
+    key.extend_from_slice(object_hash);
     key.extend_from_slice(media_type.as_bytes());
     key
 }
@@ -150,9 +150,9 @@ pub fn apply_verdict(
     Ok(())
 }
 
-/// Makes a proven manifest findable by content key and by whole-object
-/// BLAKE3. The first proven manifest for an object stands (any proven one
-/// is correct; keeping the first keeps answers stable).
+/// Makes a proven manifest findable by content key and by its whole-object
+/// BLAKE3 and SHA-256. The first proven manifest for an object stands (any
+/// proven one is correct; keeping the first keeps answers stable).
 fn enter_in_content_indexes(
     shared: &Shared,
     digest: &Digest,
@@ -162,11 +162,70 @@ fn enter_in_content_indexes(
     shared
         .by_content
         .insert(manifest.content_key().as_bytes(), digest.as_bytes())?;
-    let object = object_key(object_blake3, manifest.media_type());
-    if !shared.by_object_blake3.contains_key(&object)? {
-        shared.by_object_blake3.insert(object, digest.as_bytes())?;
+    for (tree, key) in whole_object_keys(shared, manifest, object_blake3) {
+        if !tree.contains_key(&key)? {
+            tree.insert(key, digest.as_bytes())?;
+        }
     }
     Ok(())
+}
+
+/// Each whole-object index with the key `manifest` (proven, with
+/// `object_blake3`) has in it.
+fn whole_object_keys<'a>(
+    shared: &'a Shared,
+    manifest: &Manifest,
+    object_blake3: &Digest,
+) -> [(&'a sled::Tree, Vec<u8>); 2] {
+    let media_type = manifest.media_type();
+    [
+        (
+            &shared.by_object_blake3,
+            object_key(object_blake3.as_bytes(), media_type),
+        ),
+        (
+            &shared.by_object_sha256,
+            object_key(manifest.sha256(), media_type),
+        ),
+    ]
+}
+
+/// The whole-object index entries a rebuild makes for one segment, batched
+/// like the rest of its index, keeping the first proven manifest for each
+/// object as [`enter_in_content_indexes`] does.
+#[derive(Default)]
+pub(super) struct WholeObjectBatches {
+    batches: [sled::Batch; 2],
+    entered: HashSet<(usize, Vec<u8>)>,
+}
+
+impl WholeObjectBatches {
+    /// Enters the proven manifest `digest` unless an earlier one (in this
+    /// batch or in the index) has its object.
+    pub(super) fn enter(
+        &mut self,
+        shared: &Shared,
+        digest: &Digest,
+        manifest: &Manifest,
+        object_blake3: &Digest,
+    ) {
+        for (i, (tree, key)) in whole_object_keys(shared, manifest, object_blake3)
+            .into_iter()
+            .enumerate()
+        {
+            if self.entered.insert((i, key.clone())) && !tree.contains_key(&key).unwrap_or(false) {
+                self.batches[i].insert(key, digest.as_bytes());
+            }
+        }
+    }
+
+    /// Writes the batches.
+    pub(super) fn apply(self, shared: &Shared) -> Result<(), StoreError> {
+        let [blake3, sha256] = self.batches;
+        shared.by_object_blake3.apply_batch(blake3)?;
+        shared.by_object_sha256.apply_batch(sha256)?;
+        Ok(())
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
