@@ -393,4 +393,5 @@ impl TestCertificates {
     }
 }
 
+pub mod builds;
 pub mod hostile;

@@ -7,44 +7,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
-use strata_tests::{ServerProcess, strata};
-
-const BUSYBOX: &str = "/bin/busybox";
-
-fn need(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "this test needs `{tool}`: apt-get install {package} (scripts/test installs it)"
-    );
-}
-
-/// A build context with a static busybox, a data file and `dockerfile`.
-fn context(dockerfile: &str) -> tempfile::TempDir {
-    assert!(
-        Path::new(BUSYBOX).exists(),
-        "this test needs a static busybox at {BUSYBOX}: apt-get install busybox-static (scripts/test installs it)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(BUSYBOX, dir.path().join("busybox")).unwrap();
-    std::fs::write(dir.path().join("data.txt"), "data v1\n").unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    // Outside git, the image's time is the Dockerfile's mtime: give every
-    // checkout the same one, as unpacking one source archive would.
-    std::fs::File::options()
-        .write(true)
-        .open(dir.path().join("Dockerfile"))
-        .unwrap()
-        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
-        .unwrap();
-    dir
-}
+use strata_tests::builds::{
+    build, build_json, context, need, oci_output, statuses, umoci_unpack,
+};
+use strata_tests::ServerProcess;
 
 const APP: &str = r#"# A small image: busybox, then steps that use it.
 FROM scratch
@@ -60,39 +29,6 @@ LABEL org.example.name=app
 EXPOSE 8080
 CMD ["/bin/sh", "-c", "cat /app/greeting.txt"]
 "#;
-
-fn build(cache: &Path, ctx: &Path, extra: &[&str]) -> Output {
-    strata(cache)
-        .arg("build")
-        .args(extra)
-        .arg(ctx)
-        .output()
-        .unwrap()
-}
-
-/// Builds and returns the JSON report, failing with stderr on error.
-fn build_json(cache: &Path, ctx: &Path, extra: &[&str]) -> Value {
-    let out = build(cache, ctx, &[&["--json"], extra].concat());
-    assert!(
-        out.status.success(),
-        "build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn statuses(report: &Value) -> Vec<String> {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn oci_output(dir: &Path, tag: &str) -> String {
-    format!("oci:{}:{tag}", dir.display())
-}
 
 #[test]
 fn the_image_is_accepted_by_skopeo_and_umoci_and_holds_what_the_steps_wrote() {
@@ -165,22 +101,6 @@ fn the_image_is_accepted_by_skopeo_and_umoci_and_holds_what_the_steps_wrote() {
         std::fs::symlink_metadata(rootfs.join("bin/vi")).is_err(),
         "a file the build deleted is gone (whiteout applied)"
     );
-}
-
-/// `umoci unpack` of `layout:tag` into `bundle`; returns its rootfs.
-fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
-    let unpack = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:{tag}", layout.display()))
-        .arg(bundle)
-        .output()
-        .unwrap();
-    assert!(
-        unpack.status.success(),
-        "umoci unpack: {}",
-        String::from_utf8_lossy(&unpack.stderr)
-    );
-    bundle.join("rootfs")
 }
 
 /// Builds `ctx` into an OCI layout under `out` (tag `v1`) and unpacks it

@@ -15,36 +15,12 @@ use std::process::{Command, Output, Stdio};
 use serde_json::{Value, json};
 use strata_proto::v1::Provenance;
 use strata_proto::{Digest, StepResult};
+use strata_tests::builds::{context, need, umoci_unpack};
 use strata_tests::{ServerProcess, strata};
 
-const BUSYBOX: &str = "/bin/busybox";
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const PLAIN: &str = "application/vnd.oci.image.layer.v1.tar";
-
-fn need(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "this test needs `{tool}`: apt-get install {package} (scripts/test installs it)"
-    );
-}
-
-/// A context with a static busybox, a data file and `dockerfile`.
-fn context(dockerfile: &str) -> tempfile::TempDir {
-    assert!(
-        Path::new(BUSYBOX).exists(),
-        "this test needs a static busybox at {BUSYBOX}: apt-get install busybox-static (scripts/test installs it)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(BUSYBOX, dir.path().join("busybox")).unwrap();
-    std::fs::write(dir.path().join("data.txt"), "data v1\n").unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    dir
-}
 
 const APP: &str = r#"FROM scratch
 COPY busybox /bin/busybox
@@ -171,16 +147,6 @@ fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
-    run_ok(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:{tag}", layout.display()))
-            .arg(bundle),
-    );
-    bundle.join("rootfs")
 }
 
 /// Each layer of `layout:tag`: (media type, blob digest, diff_id).

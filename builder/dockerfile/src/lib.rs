@@ -135,7 +135,8 @@ pub enum BaseImage {
     Scratch,
     /// `FROM oci:DIR[:TAG]`: an OCI image layout directory.
     OciLayout(LayoutRef),
-    /// `FROM NAME[:TAG]`: a named image (kept in the store under that name).
+    /// `FROM [HOST[:PORT]/]NAME[:TAG][@DIGEST]`: an image kept in the store
+    /// under that name, or on a registry.
     Named(ImageRef),
     /// `FROM name` of an earlier stage.
     Stage(StageRef),

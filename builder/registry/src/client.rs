@@ -371,10 +371,14 @@ impl RegistryClient {
 
 /// The error for a request that got no answer.
 pub(crate) fn unreachable(endpoint: &Endpoint, error: &reqwest::Error) -> RegistryError {
-    let hint = if endpoint.scheme == "https" {
+    let hint = if endpoint.host == crate::endpoint::DOCKER_HUB_HOST {
+        "; where Docker Hub is out of reach, name a mirror (`--registry-mirror HOST`) or a \
+         registry you can reach (`FROM HOST[:PORT]/REPO:TAG`)"
+            .to_owned()
+    } else if endpoint.scheme == "https" {
         format!(
-            "; if {} speaks plain HTTP, list it as an insecure registry",
-            endpoint.host
+            "; if {} speaks plain HTTP, list it as an insecure registry (`--insecure-registry {}`)",
+            endpoint.host, endpoint.host
         )
     } else {
         String::new()

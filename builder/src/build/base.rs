@@ -1,5 +1,6 @@
-//! The image a build starts from — `scratch`, an OCI layout directory, or
-//! an image kept in the store — and where each of its layers' bytes are.
+//! The image a build starts from — `scratch`, an OCI layout directory, an
+//! image kept in the store, or one on a registry (`pull_through.rs`) — and
+//! where each of its layers' bytes are.
 //!
 //! A base layer is a `(LayerRef, LayerSource)`: its descriptor and diff_id
 //! as the image states them, and where its blob is. Nothing downstream
@@ -10,10 +11,11 @@
 use std::path::{Path, PathBuf};
 
 use strata_client::Client;
-use strata_dockerfile::{BaseImage, Dockerfile};
+use strata_dockerfile::{BaseImage, Dockerfile, StageRef};
 use strata_proto::Digest;
 
 use super::error::{BuildError, Site};
+use super::pull_through::{self, Registries, RegistryBase};
 use super::stored::StoredImage;
 use crate::image::{HistoryEntry, LayerBlob, LayerRef, RuntimeConfig};
 use crate::key::{StepKey, base_key};
@@ -22,10 +24,18 @@ use crate::oci::OciLayout;
 /// The image a build starts from.
 pub(crate) struct Base {
     pub key: StepKey,
+    /// The image, pinned, as provenance names it: `scratch`,
+    /// `oci-layout@sha256:…`, `strata:NAME@sha256:…` (kept in the store) or
+    /// `REGISTRY/REPO@sha256:…`. Never a host path.
+    pub name: String,
     pub config: RuntimeConfig,
-    /// Layers with where their bytes are.
+    /// Layers with where their bytes are; empty for a registry image until
+    /// its layers are fetched (`registry`).
     pub layers: Vec<BuiltLayer>,
     pub history: Vec<HistoryEntry>,
+    /// For a registry image: how to fetch its layers, which a build does
+    /// before it runs anything on them (a dry run never does).
+    pub registry: Option<Box<RegistryBase>>,
 }
 
 /// A layer of the image being built.
@@ -98,11 +108,26 @@ pub(crate) enum LayerSource {
     Store(Digest),
 }
 
+/// A `FROM` image as the user wrote it (expanded).
+pub(crate) fn as_written(image: &BaseImage) -> String {
+    match image {
+        BaseImage::Scratch => "scratch".to_owned(),
+        BaseImage::OciLayout(layout) => layout.to_string(),
+        BaseImage::Named(name) => name.to_string(),
+        BaseImage::Stage(StageRef(j)) => format!("stage {j}"),
+    }
+}
+
 /// Resolves a `FROM` image (not a stage). The base's key is its manifest
 /// digest, so a moved layout or a retagged image keys by content, never by
 /// name.
+///
+/// A name is looked for among the images kept in the cache first (`strata
+/// build --tag`), as Docker looks at its local images first, then on its
+/// registry.
 pub(crate) async fn resolve_image(
     client: &Client,
+    registries: &Registries,
     df: &Dockerfile,
     stage: usize,
     image: BaseImage,
@@ -115,9 +140,11 @@ pub(crate) async fn resolve_image(
         BaseImage::Stage(_) => Err(site.error("FROM names a stage, not an image")),
         BaseImage::Scratch => Ok(Base {
             key: base_key("scratch"),
+            name: "scratch".into(),
             config: RuntimeConfig::default(),
             layers: Vec::new(),
             history: Vec::new(),
+            registry: None,
         }),
         BaseImage::OciLayout(layout_ref) => {
             let err = |e| site.error(format!("FROM {layout_ref}: {e}"));
@@ -125,6 +152,7 @@ pub(crate) async fn resolve_image(
             let image = layout.read_image(layout_ref.tag.as_deref()).map_err(err)?;
             Ok(Base {
                 key: base_key(&format!("oci {}", image.manifest_digest)),
+                name: format!("oci-layout@{}", image.manifest_digest),
                 config: image.config,
                 layers: image
                     .layers
@@ -132,19 +160,23 @@ pub(crate) async fn resolve_image(
                     .map(|(layer, path)| BuiltLayer::base(layer, LayerSource::File(path)))
                     .collect(),
                 history: image.history,
+                registry: None,
             })
         }
         BaseImage::Named(image_ref) => {
             let name = image_ref.store_name();
-            let digest = client
-                .get_tag(&name)
-                .await
-                .map_err(|e| site.error(format!("FROM {image_ref}: {e}")))?
-                .ok_or_else(|| {
-                    site.error(format!(
-                        "FROM {image_ref}: the cache has no image tagged {name} (build one with --tag {name})"
-                    ))
-                })?;
+            // A pinned reference names registry content; only a tag may
+            // name an image kept in the cache.
+            let kept = match image_ref.digest() {
+                Some(_) => None,
+                None => client
+                    .get_tag(&name)
+                    .await
+                    .map_err(|e| site.error(format!("FROM {image_ref}: {e}")))?,
+            };
+            let Some(digest) = kept else {
+                return pull_through::resolve(registries, &image_ref, site).await;
+            };
             let bytes = client
                 .pull_to_vec(&digest)
                 .await
@@ -153,9 +185,11 @@ pub(crate) async fn resolve_image(
                 .map_err(|e| site.error(format!("FROM {image_ref}: stored image {digest}: {e}")))?;
             Ok(Base {
                 key: base_key(&format!("stored {}", image.manifest_digest)),
+                name: format!("strata:{name}@{}", image.manifest_digest),
                 config: image.config,
                 layers: image.layers,
                 history: image.history,
+                registry: None,
             })
         }
     }

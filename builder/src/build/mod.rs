@@ -27,6 +27,7 @@ mod copy;
 mod error;
 mod output;
 mod plan;
+mod pull_through;
 mod run_step;
 mod runner;
 mod stages;
@@ -48,8 +49,9 @@ use crate::context::BuildContext;
 use crate::image::{
     Compression, HistoryEntry, LayerRef, RuntimeConfig, encode_image, platform_args,
 };
-use base::{Base, resolve_image};
+use base::{Base, BuiltLayer, resolve_image};
 use plan::{PlanBase, Planned, plan, provenance};
+use pull_through::Registries;
 use runner::Runner;
 use stages::needed_stages;
 use strata_dockerfile::{BaseImage, StageRef};
@@ -85,6 +87,8 @@ pub struct BuildOptions {
     pub allow_host_network: bool,
     /// Where working file systems are made (a temporary directory inside).
     pub scratch: PathBuf,
+    /// How to reach registries for `FROM` images not kept in the cache.
+    pub registry: strata_registry::RegistryOptions,
     /// The executable that serves as sandbox stage (None: this one).
     pub sandbox_helper: Option<PathBuf>,
 }
@@ -129,6 +133,11 @@ pub struct BuildReport {
     pub downloaded_bytes: u64,
     /// Layer bytes written into the output directory.
     pub output_bytes: u64,
+    /// Base-image blob bytes fetched from registries (layers the cache
+    /// already held are taken from it instead).
+    pub registry_bytes: u64,
+    /// Each stage's base image, pinned (see `Event::Base`), in build order.
+    pub base_images: Vec<String>,
     /// Layers this build compressed (a layer is compressed once and its
     /// blob kept in the cache, so a cached rebuild compresses none).
     pub compressed_layers: usize,
@@ -149,6 +158,9 @@ pub enum Event<'a> {
     Output(Stream, &'a [u8]),
     /// Something that does not fail the build, said once.
     Note(&'a str),
+    /// A `FROM` image resolved: as written, and pinned (a registry image by
+    /// its manifest digest).
+    Base { image: &'a str, pinned: &'a str },
 }
 
 /// Most keys in one lookup request (well under the server's limit).
@@ -176,6 +188,8 @@ pub async fn build(
     let needed = needed_stages(&df, target, &globals);
 
     // Plan every needed stage; an image base is resolved once.
+    let registries = Registries::new(opts.registry.clone());
+    let mut base_images = Vec::new();
     let mut stages: Vec<Option<StagePlan>> = (0..df.stages.len()).map(|_| None).collect();
     for &index in &needed {
         let stage_keys: Vec<Option<Digest>> = stages
@@ -184,13 +198,26 @@ pub async fn build(
             .collect();
         let base = match df.base_image(index, &globals)? {
             BaseImage::Stage(StageRef(j)) => StageBase::Stage(j),
-            image => StageBase::Image(Box::new(resolve_image(client, &df, index, image).await?)),
+            image => {
+                let written = base::as_written(&image);
+                let base = resolve_image(client, &registries, &df, index, image).await?;
+                events(Event::Base {
+                    image: &written,
+                    pinned: &base.name,
+                });
+                base_images.push(base.name.clone());
+                StageBase::Image(Box::new(base))
+            }
         };
-        let (base_key, base_config) = match &base {
-            StageBase::Image(b) => (b.key.digest, b.config.clone()),
+        let (base_key, base_config, base_name) = match &base {
+            StageBase::Image(b) => (b.key.digest, b.config.clone(), b.name.clone()),
             // needed_stages lists a stage after those it names.
             StageBase::Stage(j) => match &stages[*j] {
-                Some(earlier) => (earlier.final_key(), earlier.final_config().clone()),
+                Some(earlier) => (
+                    earlier.final_key(),
+                    earlier.final_config().clone(),
+                    format!("stage {j}"),
+                ),
                 None => {
                     return Err(BuildError::Usage(format!(
                         "stage {index} builds on stage {j}, which was not planned"
@@ -208,6 +235,7 @@ pub async fn build(
             PlanBase {
                 key: base_key,
                 config: &base_config,
+                name: &base_name,
             },
             &stage_keys,
         )?;
@@ -229,6 +257,8 @@ pub async fn build(
         uploaded_bytes: 0,
         downloaded_bytes: 0,
         output_bytes: 0,
+        registry_bytes: 0,
+        base_images,
         compressed_layers: 0,
         notes: Vec::new(),
     };
@@ -248,6 +278,14 @@ pub async fn build(
     }
 
     let total = all_steps.len();
+    // Base layers fetched from registries, for as long as the build runs.
+    let downloads = tempfile::Builder::new()
+        .prefix("strata-base-")
+        .tempdir_in(&opts.scratch)
+        .map_err(BuildError::io(format!(
+            "making a directory in {}",
+            opts.scratch.display()
+        )))?;
     let mut runners: Vec<Option<Runner>> = (0..df.stages.len()).map(|_| None).collect();
     let mut index = 0;
     let mut downloaded = 0;
@@ -258,7 +296,10 @@ pub async fn build(
             continue;
         };
         let (layers, history) = match &plan.base {
-            StageBase::Image(b) => (b.layers.clone(), b.history.clone()),
+            StageBase::Image(b) => (
+                base_layers(client, &registries, b, &downloads, &mut report, events).await?,
+                b.history.clone(),
+            ),
             StageBase::Stage(j) => match &runners[*j] {
                 Some(r) => (r.layers.clone(), r.history.clone()),
                 None => (Vec::new(), Vec::new()),
@@ -380,6 +421,33 @@ pub async fn build(
     report.manifest_digest = Some(manifest_blob.digest);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The layers of an image base, with where their bytes are: a registry
+/// image's are fetched now (from the cache where it holds them).
+async fn base_layers(
+    client: &Client,
+    registries: &Registries,
+    base: &Base,
+    downloads: &tempfile::TempDir,
+    report: &mut BuildReport,
+    events: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<Vec<BuiltLayer>, BuildError> {
+    let Some(registry) = &base.registry else {
+        return Ok(base.layers.clone());
+    };
+    let fetched = registry
+        .fetch_layers(client, registries, downloads.path())
+        .await?;
+    report.registry_bytes += fetched.registry_bytes;
+    report.uploaded_bytes += fetched.uploaded_bytes;
+    if let Some(note) = fetched.not_kept
+        && !report.notes.contains(&note)
+    {
+        events(Event::Note(&note));
+        report.notes.push(note);
+    }
+    Ok(fetched.layers)
 }
 
 /// What a stage starts from.

@@ -23,6 +23,8 @@ pub(crate) struct Planned {
     pub parent: Digest,
     pub config_before: RuntimeConfig,
     pub config_after: RuntimeConfig,
+    /// The stage's base, pinned (`Base::name`, or `stage N`).
+    pub base_image: String,
     pub args: BTreeMap<String, String>,
     /// For COPY and ADD from the context: the entries selected.
     pub copy: Option<Vec<CopyEntry>>,
@@ -34,6 +36,8 @@ pub(crate) struct Planned {
 pub(crate) struct PlanBase<'a> {
     pub key: Digest,
     pub config: &'a RuntimeConfig,
+    /// The base, pinned, for provenance.
+    pub name: &'a str,
 }
 
 /// The variables a step sees: the image's env over the ARGs in scope.
@@ -133,6 +137,7 @@ pub(crate) fn plan(
             key,
             config_before,
             config_after: config.clone(),
+            base_image: base.name.to_owned(),
             args: args.clone(),
             instruction,
             copy,
@@ -264,5 +269,6 @@ pub(crate) fn provenance(s: &Planned, took: Duration, sandbox: String) -> Proven
             .map_or(0, |d| d.as_secs() as i64),
         duration_seconds: took.as_secs_f64(),
         sandbox,
+        base_image: s.base_image.clone(),
     }
 }

@@ -13,6 +13,7 @@ use strata_builder::progress::human_bytes;
 use strata_builder::source_date::image_created;
 use strata_builder::target::Target;
 use strata_dockerfile::{ImageRef, LayoutRef};
+use strata_registry::RegistryOptions;
 use strata_sandbox::Limits;
 
 use super::{ChunkingArgs, ServerArg};
@@ -67,6 +68,19 @@ pub struct BuildArgs {
     /// Let `RUN --network=host` steps run (they are marked non-hermetic).
     #[arg(long)]
     allow_host_network: bool,
+    /// Registry credentials: a Docker config file (`auths`, `credHelpers`,
+    /// `credsStore`) read instead of `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`.
+    #[arg(long, value_name = "FILE")]
+    registry_auth: Option<PathBuf>,
+    /// A mirror (HOST[:PORT]) asked first for docker.io images; Docker Hub
+    /// itself is asked when the mirror fails or lacks the image.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    registry_mirror: Option<String>,
+    /// A registry (HOST[:PORT]) spoken to over plain HTTP (repeatable).
+    /// Loopback registries always are, as Docker does.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
     #[command(flatten)]
     chunking: ChunkingArgs,
     #[command(flatten)]
@@ -114,6 +128,12 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         allow_host_network: args.allow_host_network,
         scratch: std::env::temp_dir(),
         sandbox_helper: None,
+        registry: RegistryOptions {
+            docker_config: args.registry_auth,
+            docker_io_mirror: args.registry_mirror,
+            insecure_registries: args.insecure_registry,
+            ..RegistryOptions::default()
+        },
     };
     let config = args.server.connection(args.chunking.client_config()?)?;
     let target = Target::open(args.server.server.as_deref(), config).await?;
@@ -192,6 +212,10 @@ fn show_event(event: Event<'_>) {
         }
         Event::Output(_, bytes) => err.write_all(bytes),
         Event::Note(note) => writeln!(err, "strata: note: {note}"),
+        Event::Base { image, pinned } if image != pinned => {
+            writeln!(err, "FROM {image}: {pinned}")
+        }
+        Event::Base { .. } => Ok(()),
     };
 }
 

@@ -86,6 +86,20 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Where the registry keeps blob `digest` (`sha256:…`) on disk: a test
+    /// that deletes or changes it learns whether a client fetched it.
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = &digest["sha256:".len()..];
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
