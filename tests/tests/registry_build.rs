@@ -136,6 +136,11 @@ async fn a_registry_base_is_pulled_through_the_shared_cache_and_a_second_builder
     let rootfs = umoci_unpack(&out_a.path().join("image"), "v1", &out_a.path().join("b"));
     assert_eq!(read_file(&rootfs, "seen-by-a"), "v1\n");
     assert!(rootfs.join("bin/busybox").is_file());
+    // The step's provenance names the base by its digest.
+    let key: strata_proto::Digest = a["steps"][0]["key"].as_str().unwrap().parse().unwrap();
+    let recorded = server.client().await.lookup_steps(&[key]).await.unwrap();
+    let provenance = &recorded[0].as_ref().unwrap().provenance;
+    assert_eq!(provenance.base_image, pinned);
     settle(&server).await;
     for layer in &layers {
         assert!(
