@@ -293,3 +293,105 @@ fn an_unreachable_registry_or_unknown_image_is_a_clear_error_at_the_from_line() 
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
 }
+
+/// `skopeo inspect --raw` of `docker://IMAGE`: the manifest as the registry
+/// serves it.
+fn registry_manifest(image: &str) -> Vec<u8> {
+    support::run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ],
+    )
+}
+
+#[test]
+fn an_image_pushed_to_a_registry_is_read_back_by_skopeo_and_umoci_and_a_second_push_sends_no_layer() {
+    let registry = Registry::start();
+    push_base(&registry, "v1", &["v1"]);
+    let cache = tempfile::tempdir().unwrap();
+    let ctx = context(&format!(
+        "FROM {}/test/base:v1\nRUN cat /etc/base-version > /seen && echo app > /app.txt\n",
+        registry.addr
+    ));
+    let target = format!("{}/test/app:v1", registry.addr);
+    let pushed = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &format!("registry://{target}")],
+    );
+    let digest = pushed["manifest_digest"].as_str().unwrap();
+    assert_eq!(
+        pushed["pushed"],
+        format!("{}/test/app@{digest}", registry.addr)
+    );
+    // The registry serves exactly the manifest the build made.
+    let served = registry_manifest(&target);
+    assert_eq!(support::sha256(&served), digest);
+    // skopeo copies it out (every blob checked) and umoci unpacks it.
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("copy");
+    support::run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{target}"),
+            &oci_output(&layout, "v1"),
+        ],
+    );
+    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("b"));
+    assert_eq!(read_file(&rootfs, "seen"), "v1\n");
+    assert_eq!(read_file(&rootfs, "app.txt"), "app\n");
+    assert!(rootfs.join("bin/busybox").is_file());
+
+    // Pushed again under another tag of the same repository: every blob is
+    // there already, so no layer is sent, and both tags name one manifest.
+    let again = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &format!("registry://{}/test/app:v2", registry.addr)],
+    );
+    assert_eq!(statuses(&again), ["cached"]);
+    assert_eq!(again["output_bytes"], 0, "{again}");
+    assert_eq!(
+        registry_manifest(&format!("{}/test/app:v2", registry.addr)),
+        served
+    );
+}
+
+#[test]
+fn a_bad_push_target_is_refused_before_building_or_fails_naming_it() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let ctx = context("FROM scratch\nCOPY data.txt /data.txt\n");
+    // A digest cannot be pushed to; nor is a bare word an output.
+    for (output, expect) in [
+        (
+            format!("registry://{}/test/app@sha256:{}", registry.addr, "ab".repeat(32)),
+            "give a tag",
+        ),
+        ("somewhere".to_owned(), "expected oci:DIR[:TAG] or registry://"),
+    ] {
+        let out = build(cache.path(), ctx.path(), &["--output", &output]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{output}: {stderr}");
+        assert!(stderr.contains(expect), "{output}: {stderr}");
+        assert!(!stderr.contains("[1/"), "refused before building: {stderr}");
+    }
+    // A registry that cannot be reached fails the build naming the target.
+    let out = build(
+        cache.path(),
+        ctx.path(),
+        &["--output", "registry://127.0.0.1:9/test/app:v1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pushing the image to 127.0.0.1:9/test/app:v1"),
+        "{stderr}"
+    );
+}

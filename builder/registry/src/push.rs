@@ -24,6 +24,7 @@ use crate::digest::BlobDigest;
 use crate::endpoint::Endpoint;
 use crate::error::RegistryError;
 use crate::manifest::{self, Descriptor};
+use crate::options::RegistryOptions;
 
 /// Bytes read from a layer file per upload chunk.
 const UPLOAD_CHUNK_BYTES: usize = 4 << 20;
@@ -47,8 +48,11 @@ pub struct ImageToPush {
 pub struct LayerToPush {
     /// Its descriptor, as in the manifest.
     pub descriptor: Descriptor,
-    /// The file holding the blob's bytes (compressed as the media type says).
-    pub path: PathBuf,
+    /// The file holding the blob's bytes (compressed as the media type
+    /// says); `None` for a blob the caller learned the registry already
+    /// holds ([`RegistryClient::missing_blobs`]): pushing fails if it no
+    /// longer does.
+    pub path: Option<PathBuf>,
     /// Another repository on the same registry known to hold this blob
     /// (the base image's), to mount it from instead of uploading.
     pub mount_from: Option<ImageRef>,
@@ -82,11 +86,7 @@ impl RegistryClient {
                 "cannot push to {target}: a digest names content and cannot be assigned; give a tag"
             )));
         }
-        let endpoint = Endpoint::candidates(target, &self.options)
-            .pop()
-            .ok_or_else(|| {
-                RegistryError::InvalidInput(format!("no registry to push {target} to"))
-            })?;
+        let endpoint = push_endpoint(target, &self.options)?;
         let config_descriptor = check_image(&endpoint, image)?;
         let session = self.session(&endpoint).await?;
         let tag = target.tag_or_default();
@@ -147,6 +147,27 @@ impl RegistryClient {
         Ok(report)
     }
 
+    /// Which of `blobs` the repository of `target` lacks: a caller that
+    /// must fetch a blob before it can push it fetches only these.
+    pub async fn missing_blobs(
+        &self,
+        target: &ImageRef,
+        blobs: &[BlobDigest],
+    ) -> Result<Vec<BlobDigest>, RegistryError> {
+        let endpoint = push_endpoint(target, &self.options)?;
+        let session = self.session(&endpoint).await?;
+        let reference = endpoint.reference(target.tag_or_default());
+        self.authorize(&endpoint, &session, &reference, RegistryOperation::Push)
+            .await?;
+        let mut missing = Vec::new();
+        for digest in blobs {
+            if !self.blob_exists(&endpoint, &session, digest).await? {
+                missing.push(digest.clone());
+            }
+        }
+        Ok(missing)
+    }
+
     async fn push_layer(
         &self,
         endpoint: &Endpoint,
@@ -184,13 +205,19 @@ impl RegistryClient {
                 }
             }
         }
+        let Some(path) = &layer.path else {
+            return Err(RegistryError::InvalidInput(format!(
+                "cannot push {}: layer {digest} is not on the registry and no file holds it",
+                endpoint.image
+            )));
+        };
         let write_error = |source: std::io::Error| RegistryError::Write {
             image: endpoint.image.clone(),
             digest: digest.clone(),
-            target: format!("the upload (reading {})", layer.path.display()),
+            target: format!("the upload (reading {})", path.display()),
             source,
         };
-        let file = tokio::fs::File::open(&layer.path)
+        let file = tokio::fs::File::open(path)
             .await
             .map_err(write_error)?;
         let size = file.metadata().await.map_err(write_error)?.len();
@@ -198,7 +225,7 @@ impl RegistryClient {
             return Err(RegistryError::InvalidInput(format!(
                 "cannot push {}: layer file {} is {size} bytes but its descriptor says {}",
                 endpoint.image,
-                layer.path.display(),
+                path.display(),
                 layer.descriptor.size
             )));
         }
@@ -235,6 +262,13 @@ impl RegistryClient {
                 )
             })
     }
+}
+
+/// Where `target` is pushed: the registry itself, never a mirror.
+fn push_endpoint(target: &ImageRef, options: &RegistryOptions) -> Result<Endpoint, RegistryError> {
+    Endpoint::candidates(target, options)
+        .pop()
+        .ok_or_else(|| RegistryError::InvalidInput(format!("no registry to push {target} to")))
 }
 
 /// The next chunk of a layer file being uploaded, or `None` at its end.

@@ -276,7 +276,7 @@ async fn a_pushed_image_reads_back_with_skopeo_and_a_second_push_uploads_nothing
             .unwrap();
         layers.push(LayerToPush {
             descriptor: layer.descriptor.clone(),
-            path,
+            path: Some(path),
             mount_from: Some(base_name.clone()),
         });
     }
@@ -287,7 +287,7 @@ async fn a_pushed_image_reads_back_with_skopeo_and_a_second_push_uploads_nothing
     };
     layers.push(LayerToPush {
         descriptor: new_descriptor.clone(),
-        path: new_path,
+        path: Some(new_path),
         mount_from: None,
     });
     let mut diff_ids: Vec<String> = base.layers.iter().map(|(_, _, d)| d.clone()).collect();

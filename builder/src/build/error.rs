@@ -71,6 +71,9 @@ pub enum BuildError {
         #[source]
         source: OciError,
     },
+    /// The image could not be pushed to `--output registry://TARGET`.
+    #[error("pushing the image to {target}: {message}")]
+    Push { target: String, message: String },
     #[error("{what}: {source}")]
     Sandbox {
         what: &'static str,

@@ -14,8 +14,8 @@
 //!    build made is compressed once, its blob kept in the cache by content
 //!    (`compressed.rs`), so a cached rebuild compresses nothing.
 //! 6. Write the image: its config and manifest are computed from layer
-//!    digests alone; layer bytes move only into an output directory that
-//!    lacks them.
+//!    digests alone; layer bytes move only into an output directory or
+//!    registry that lacks them.
 //!
 //! The working root filesystem (the image state a RUN step starts from) is
 //! materialised lazily, in a temporary directory, and removed at the end.
@@ -38,11 +38,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use strata_client::{Client, ClientError};
-use strata_dockerfile::{ImageRef, LayoutRef};
+use strata_dockerfile::ImageRef;
 use strata_proto::{Digest, StepResult};
 use strata_sandbox::Stream;
 
 pub use error::BuildError;
+pub use output::OutputTarget;
 pub use stored::MEDIA_TYPE_STORED_IMAGE;
 
 use crate::context::BuildContext;
@@ -62,8 +63,8 @@ pub struct BuildOptions {
     pub dockerfile: PathBuf,
     pub context: PathBuf,
     pub build_args: Vec<(String, String)>,
-    /// `--output oci:DIR[:TAG]`.
-    pub output: Option<LayoutRef>,
+    /// `--output oci:DIR[:TAG]` or `--output registry://REPO[:TAG]`.
+    pub output: Option<OutputTarget>,
     /// `--tag NAME[:TAG]`: keep the image in the store under this name.
     pub tag: Option<ImageRef>,
     /// Memory, process and CPU limits of each RUN step.
@@ -131,8 +132,11 @@ pub struct BuildReport {
     pub seconds: f64,
     pub uploaded_bytes: u64,
     pub downloaded_bytes: u64,
-    /// Layer bytes written into the output directory.
+    /// Layer bytes written into the output directory, or uploaded to the
+    /// output registry (blobs it already held are not sent).
     pub output_bytes: u64,
+    /// `REGISTRY/REPO@sha256:…`: the image pushed by `--output registry://`.
+    pub pushed: Option<String>,
     /// Base-image blob bytes fetched from registries (layers the cache
     /// already held are taken from it instead).
     pub registry_bytes: u64,
@@ -257,6 +261,7 @@ pub async fn build(
         uploaded_bytes: 0,
         downloaded_bytes: 0,
         output_bytes: 0,
+        pushed: None,
         registry_bytes: 0,
         base_images,
         compressed_layers: 0,
@@ -395,16 +400,34 @@ pub async fn build(
     let layers: Vec<LayerRef> = chosen.layers.iter().map(|l| l.layer.clone()).collect();
     let (config_blob, manifest_blob) =
         encode_image(&config, &layers, &runner.history, opts.created);
-    if let Some(output) = &opts.output {
-        let written = output::write_output(
-            client,
-            &chosen.layers,
-            output,
-            &config_blob.bytes,
-            &manifest_blob.bytes,
-        )
-        .await?;
+    let written = match &opts.output {
+        Some(OutputTarget::Layout(layout)) => Some(
+            output::write_output(
+                client,
+                &chosen.layers,
+                layout,
+                &config_blob.bytes,
+                &manifest_blob.bytes,
+            )
+            .await?,
+        ),
+        Some(OutputTarget::Registry(target)) => Some(
+            output::push_output(
+                client,
+                &registries,
+                &chosen.layers,
+                target,
+                &config_blob.bytes,
+                &manifest_blob.bytes,
+                downloads.path(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    if let Some(written) = written {
         report.output_bytes = written.layer_bytes;
+        report.pushed = written.pushed;
         downloaded += written.downloaded;
     }
     if let Some(name) = &opts.tag {

@@ -47,7 +47,7 @@ impl Registries {
         }
     }
 
-    async fn client(&self) -> Result<&RegistryClient, strata_registry::RegistryError> {
+    pub async fn client(&self) -> Result<&RegistryClient, strata_registry::RegistryError> {
         self.client
             .get_or_try_init(|| async { RegistryClient::new(self.options.clone()) })
             .await

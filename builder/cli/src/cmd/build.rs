@@ -7,12 +7,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use strata_builder::build::{BuildOptions, BuildReport, Event, StepStatus};
+use strata_builder::build::{BuildOptions, BuildReport, Event, OutputTarget, StepStatus};
 use strata_builder::image::Compression;
 use strata_builder::progress::human_bytes;
 use strata_builder::source_date::image_created;
 use strata_builder::target::Target;
-use strata_dockerfile::{ImageRef, LayoutRef};
+use strata_dockerfile::ImageRef;
 use strata_registry::RegistryOptions;
 use strata_sandbox::Limits;
 
@@ -28,10 +28,11 @@ pub struct BuildArgs {
     /// A build argument, NAME=VALUE (repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE")]
     build_args: Vec<String>,
-    /// Write the image to an OCI layout: oci:DIR[:TAG] (tag default
-    /// "latest"; the directory ends at the first `:`, as skopeo reads it).
-    #[arg(long, value_name = "oci:DIR[:TAG]", value_parser = LayoutRef::parse)]
-    output: Option<LayoutRef>,
+    /// Write the image to an OCI layout, oci:DIR[:TAG] (tag default
+    /// "latest"; the directory ends at the first `:`, as skopeo reads it),
+    /// or push it to a registry, registry://[HOST[:PORT]/]REPO[:TAG].
+    #[arg(long, value_name = "oci:DIR[:TAG]|registry://REPO[:TAG]", value_parser = OutputTarget::parse)]
+    output: Option<OutputTarget>,
     /// Keep the image in the cache as NAME[:TAG] (tag default "latest"),
     /// for `FROM NAME[:TAG]` in later builds, here or on any client of the
     /// same server. Names are lower-case, as Docker's are.
@@ -238,6 +239,9 @@ fn print_build_report(report: &BuildReport, json: bool, dry_run: bool) -> Result
             )?;
         }
     } else if let Some(d) = &report.manifest_digest {
+        if let Some(pushed) = &report.pushed {
+            eprintln!("strata: pushed {pushed}");
+        }
         writeln!(out, "{d}")?;
     }
     Ok(())
