@@ -395,3 +395,56 @@ fn a_bad_push_target_is_refused_before_building_or_fails_naming_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn copy_from_an_image_copies_out_of_the_pinned_image_and_a_moved_tag_misses() {
+    let registry = Registry::start();
+    push_base(&registry, "v1", &["latest"]);
+    let cache = tempfile::tempdir().unwrap();
+    let dockerfile = format!(
+        "FROM scratch\n\
+         COPY --from={0}/test/base /etc/base-version /copied\n\
+         COPY --from={0}/test/base /bin/busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"cp\", \"/copied\", \"/ran\"]\n",
+        registry.addr
+    );
+    let ctx = context(&dockerfile);
+    let out = tempfile::tempdir().unwrap();
+    let first = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&out.path().join("one"), "v1")],
+    );
+    assert_eq!(statuses(&first), ["executed", "executed", "executed"]);
+    let rootfs = umoci_unpack(&out.path().join("one"), "v1", &out.path().join("b1"));
+    assert_eq!(read_file(&rootfs, "copied"), "v1\n");
+    assert_eq!(read_file(&rootfs, "ran"), "v1\n");
+    let again = build_json(cache.path(), ctx.path(), &[]);
+    assert_eq!(statuses(&again), ["cached", "cached", "cached"]);
+
+    // The image moves: both copies miss (their source changed), and so
+    // does every later step.
+    push_base(&registry, "v2", &["latest"]);
+    let moved = build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&out.path().join("two"), "v1")],
+    );
+    assert_eq!(statuses(&moved), ["executed", "executed", "executed"]);
+    let rootfs = umoci_unpack(&out.path().join("two"), "v1", &out.path().join("b2"));
+    assert_eq!(read_file(&rootfs, "ran"), "v2\n");
+
+    // A number that is no earlier stage, and a name that is neither a
+    // stage nor an image, are refused at their line.
+    for (from, expect) in [
+        ("3", "no earlier stage has that number"),
+        ("Not_An-Image!", "no earlier stage has that name"),
+    ] {
+        let ctx = context(&format!("FROM scratch\nCOPY data.txt /\nCOPY --from={from} /x /y\n"));
+        let out = build(cache.path(), ctx.path(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{from}: {stderr}");
+        assert!(stderr.contains("Dockerfile:3"), "{from}: {stderr}");
+        assert!(stderr.contains(expect), "{from}: {stderr}");
+    }
+}

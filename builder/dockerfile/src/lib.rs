@@ -221,6 +221,31 @@ impl Dockerfile {
         self.stage_named(reference, index)
     }
 
+    /// What a `COPY --from` in stage `index` names: an earlier stage (see
+    /// [`copy_source_stage`](Self::copy_source_stage)), else an image, as
+    /// BuildKit reads it (`COPY --from=busybox:1.36 /bin/busybox /bin/`).
+    pub fn copy_source(&self, reference: &str, index: usize) -> Result<BaseImage, String> {
+        if let Some(stage) = self.copy_source_stage(reference, index) {
+            return Ok(BaseImage::Stage(stage));
+        }
+        if reference.parse::<usize>().is_ok() {
+            return Err(format!(
+                "COPY --from={reference}: no earlier stage has that number"
+            ));
+        }
+        match parse_image(reference) {
+            Ok(BaseImage::Named(image)) => Ok(BaseImage::Named(image)),
+            Ok(_) => Err(format!(
+                "COPY --from={reference}: copying from scratch or an OCI layout is not supported; \
+                 name an earlier stage or an image"
+            )),
+            Err(e) => Err(format!(
+                "COPY --from={reference}: no earlier stage has that name, and it is not an image \
+                 name: {e}"
+            )),
+        }
+    }
+
     /// The index of the stage named `name` (case-insensitively, as Docker
     /// matches), among those before stage `before`.
     pub fn stage_named(&self, name: &str, before: usize) -> Option<StageRef> {
@@ -387,12 +412,16 @@ fn expand_literal(word: &str, escape: char) -> Result<String, String> {
 
 /// `scratch`, `oci:DIR[:TAG]` or a named image.
 fn parse_base_image(reference: &str) -> Result<BaseImage, String> {
-    let parsed = if reference == "scratch" {
+    parse_image(reference)
+        .map_err(|e| format!("FROM: {e} (expected scratch, oci:DIR[:TAG] or NAME[:TAG])"))
+}
+
+fn parse_image(reference: &str) -> Result<BaseImage, ReferenceError> {
+    if reference == "scratch" {
         Ok(BaseImage::Scratch)
     } else if reference.starts_with("oci:") {
         LayoutRef::parse(reference).map(BaseImage::OciLayout)
     } else {
         ImageRef::parse(reference).map(BaseImage::Named)
-    };
-    parsed.map_err(|e| format!("FROM: {e} (expected scratch, oci:DIR[:TAG] or NAME[:TAG])"))
+    }
 }

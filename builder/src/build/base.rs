@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use strata_client::Client;
-use strata_dockerfile::{BaseImage, Dockerfile, StageRef};
+use strata_dockerfile::{BaseImage, StageRef};
 use strata_proto::Digest;
 
 use super::error::{BuildError, Site};
@@ -128,14 +128,9 @@ pub(crate) fn as_written(image: &BaseImage) -> String {
 pub(crate) async fn resolve_image(
     client: &Client,
     registries: &Registries,
-    df: &Dockerfile,
-    stage: usize,
+    site: Site,
     image: BaseImage,
 ) -> Result<Base, BuildError> {
-    let site = Site {
-        file: df.file_name.clone(),
-        line: df.stages[stage].from.line,
-    };
     match image {
         BaseImage::Stage(_) => Err(site.error("FROM names a stage, not an image")),
         BaseImage::Scratch => Ok(Base {

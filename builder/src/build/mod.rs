@@ -51,7 +51,8 @@ use crate::image::{
     Compression, HistoryEntry, LayerRef, RuntimeConfig, encode_image, platform_args,
 };
 use base::{Base, BuiltLayer, resolve_image};
-use plan::{PlanBase, Planned, plan, provenance};
+use error::Site;
+use plan::{CopySource, PlanBase, Planned, plan, provenance};
 use pull_through::Registries;
 use runner::Runner;
 use stages::needed_stages;
@@ -194,6 +195,7 @@ pub async fn build(
     // Plan every needed stage; an image base is resolved once.
     let registries = Registries::new(opts.registry.clone());
     let mut base_images = Vec::new();
+    let mut copy_images: Vec<(String, Base)> = Vec::new();
     let mut stages: Vec<Option<StagePlan>> = (0..df.stages.len()).map(|_| None).collect();
     for &index in &needed {
         let stage_keys: Vec<Option<Digest>> = stages
@@ -203,16 +205,27 @@ pub async fn build(
         let base = match df.base_image(index, &globals)? {
             BaseImage::Stage(StageRef(j)) => StageBase::Stage(j),
             image => {
-                let written = base::as_written(&image);
-                let base = resolve_image(client, &registries, &df, index, image).await?;
-                events(Event::Base {
-                    image: &written,
-                    pinned: &base.name,
-                });
+                let site = Site {
+                    file: df.file_name.clone(),
+                    line: df.stages[index].from.line,
+                };
+                let base = resolve_announced(client, &registries, site, image, events).await?;
                 base_images.push(base.name.clone());
                 StageBase::Image(Box::new(base))
             }
         };
+        // Images a COPY --from names, each resolved once.
+        for (name, site) in copy_images_named(&df, index, &globals)? {
+            if !copy_images.iter().any(|(known, _)| *known == name) {
+                let image = BaseImage::Named(ImageRef::parse(&name).map_err(|e| site.error(e.to_string()))?);
+                let base = resolve_announced(client, &registries, site, image, events).await?;
+                copy_images.push((name, base));
+            }
+        }
+        let copy_image_keys: Vec<(String, Digest)> = copy_images
+            .iter()
+            .map(|(name, base)| (name.clone(), base.key.digest))
+            .collect();
         let (base_key, base_config, base_name) = match &base {
             StageBase::Image(b) => (b.key.digest, b.config.clone(), b.name.clone()),
             // needed_stages lists a stage after those it names.
@@ -242,6 +255,7 @@ pub async fn build(
                 name: &base_name,
             },
             &stage_keys,
+            &copy_image_keys,
         )?;
         stages[index] = Some(StagePlan {
             base,
@@ -292,6 +306,8 @@ pub async fn build(
             opts.scratch.display()
         )))?;
     let mut runners: Vec<Option<Runner>> = (0..df.stages.len()).map(|_| None).collect();
+    // Working roots of the images COPY --from names, made when first needed.
+    let mut image_runners: Vec<Option<Runner>> = copy_images.iter().map(|_| None).collect();
     let mut index = 0;
     let mut downloaded = 0;
     // Cleared once the server says this client may not record results.
@@ -331,7 +347,28 @@ pub async fn build(
                 }
                 None => {
                     let mut r = StepReport::new(index - 1, s, StepStatus::Executed);
-                    let from_root = match s.copy_from.and_then(|j| runners[j].as_mut()) {
+                    let source = match s.copy_from {
+                        Some(CopySource::Stage(j)) => runners[j].as_mut(),
+                        Some(CopySource::Image(k)) => {
+                            if image_runners[k].is_none() {
+                                let base = &copy_images[k].1;
+                                let layers = base_layers(
+                                    client,
+                                    &registries,
+                                    base,
+                                    &downloads,
+                                    &mut report,
+                                    events,
+                                )
+                                .await?;
+                                image_runners[k] =
+                                    Some(Runner::new(client, opts, layers, base.history.clone())?);
+                            }
+                            image_runners[k].as_mut()
+                        }
+                        None => None,
+                    };
+                    let from_root = match source {
                         Some(source) => Some(source.materialise().await?),
                         None => None,
                     };
@@ -444,6 +481,57 @@ pub async fn build(
     report.manifest_digest = Some(manifest_blob.digest);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Resolves a `FROM` or `COPY --from` image and tells the user what it
+/// pinned.
+async fn resolve_announced(
+    client: &Client,
+    registries: &Registries,
+    site: Site,
+    image: BaseImage,
+    events: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<Base, BuildError> {
+    let written = base::as_written(&image);
+    let base = resolve_image(client, registries, site, image).await?;
+    events(Event::Base {
+        image: &written,
+        pinned: &base.name,
+    });
+    Ok(base)
+}
+
+/// The images (not stages) stage `index`'s `COPY --from` steps name, with
+/// their lines, read with the global ARGs in scope (as stage references
+/// are; a name made by an ARG set inside the stage is refused when planned).
+fn copy_images_named(
+    df: &strata_dockerfile::Dockerfile,
+    index: usize,
+    globals: &[(String, String)],
+) -> Result<Vec<(String, Site)>, BuildError> {
+    let mut named = Vec::new();
+    for step in &df.stages[index].steps {
+        let strata_dockerfile::Instruction::Copy {
+            from: Some(reference),
+            ..
+        } = &step.instruction
+        else {
+            continue;
+        };
+        let site = Site {
+            file: df.file_name.clone(),
+            line: step.line,
+        };
+        let Ok(name) = strata_dockerfile::expand(reference, df.escape, &globals.to_vec()) else {
+            continue;
+        };
+        match df.copy_source(&name, index) {
+            Ok(BaseImage::Stage(_)) => {}
+            Ok(_) => named.push((name, site)),
+            Err(message) => return Err(site.error(message)),
+        }
+    }
+    Ok(named)
 }
 
 /// The layers of an image base, with where their bytes are: a registry

@@ -28,8 +28,17 @@ pub(crate) struct Planned {
     pub args: BTreeMap<String, String>,
     /// For COPY and ADD from the context: the entries selected.
     pub copy: Option<Vec<CopyEntry>>,
-    /// For `COPY --from` of an earlier stage: its index.
-    pub copy_from: Option<usize>,
+    /// For `COPY --from`: the earlier stage or image it copies from.
+    pub copy_from: Option<CopySource>,
+}
+
+/// What a `COPY --from` copies from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CopySource {
+    /// An earlier stage, by index.
+    Stage(usize),
+    /// An image, by its index among the images the build's COPY steps name.
+    Image(usize),
 }
 
 /// What a stage starts from, as the plan needs it: a key and a config.
@@ -60,7 +69,8 @@ impl Scope for StepScope<'_> {
 /// there, as Docker's does.
 ///
 /// `stage_keys[j]` is the final key of earlier stage `j`, if it is planned:
-/// a `COPY --from` of it is keyed by that key.
+/// a `COPY --from` of it is keyed by that key. `copy_images` are the images
+/// `COPY --from` names, with their base keys (pinned digests), keyed alike.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     df: &Dockerfile,
@@ -71,6 +81,7 @@ pub(crate) fn plan(
     allow_host_network: bool,
     base: PlanBase<'_>,
     stage_keys: &[Option<Digest>],
+    copy_images: &[(String, Digest)],
 ) -> Result<Vec<Planned>, BuildError> {
     let build_args_map: BTreeMap<String, String> = build_args.iter().cloned().collect();
     // In order, so a declared global shadows a platform ARG of its name.
@@ -92,7 +103,7 @@ pub(crate) fn plan(
             },
         )?;
         check_network(&instruction, allow_host_network, &site)?;
-        let copy_from = copy_source_stage(df, stage, &instruction, stage_keys, &site)?;
+        let copy_from = copy_source(df, stage, &instruction, stage_keys, copy_images, &site)?;
         let (copy, files) = match copy_from {
             Some((_, key)) => (
                 None,
@@ -141,22 +152,23 @@ pub(crate) fn plan(
             args: args.clone(),
             instruction,
             copy,
-            copy_from: copy_from.map(|(index, _)| index),
+            copy_from: copy_from.map(|(source, _)| source),
         });
         parent = next_parent;
     }
     Ok(planned)
 }
 
-/// The earlier stage a `COPY --from` names, with its final key; an image
-/// there is refused for now.
-fn copy_source_stage(
+/// What a `COPY --from` names, with its key: an earlier stage's final key,
+/// or an image's base key (its pinned digest).
+fn copy_source(
     df: &Dockerfile,
     stage: usize,
     instruction: &Instruction,
     stage_keys: &[Option<Digest>],
+    copy_images: &[(String, Digest)],
     site: &Site,
-) -> Result<Option<(usize, Digest)>, BuildError> {
+) -> Result<Option<(CopySource, Digest)>, BuildError> {
     let Instruction::Copy {
         from: Some(from), ..
     } = instruction
@@ -164,12 +176,19 @@ fn copy_source_stage(
         return Ok(None);
     };
     let Some(StageRef(index)) = df.copy_source_stage(from, stage) else {
-        return Err(site.error(format!(
-            "COPY --from={from}: no earlier stage has that name or number (copying from an image is not supported yet)"
-        )));
+        return match copy_images.iter().position(|(name, _)| name == from) {
+            Some(k) => Ok(Some((CopySource::Image(k), copy_images[k].1))),
+            None => Err(site.error(match df.copy_source(from, stage) {
+                Err(message) => message,
+                Ok(_) => format!(
+                    "COPY --from={from}: an image named through an ARG set inside a stage is \
+                     not supported; declare the ARG before the first FROM"
+                ),
+            })),
+        };
     };
     match stage_keys.get(index).copied().flatten() {
-        Some(key) => Ok(Some((index, key))),
+        Some(key) => Ok(Some((CopySource::Stage(index), key))),
         None => Err(site.error(format!(
             "COPY --from={from}: stage {index} was not planned (a stage named through an ARG set inside a stage is not supported)"
         ))),
