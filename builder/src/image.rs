@@ -41,6 +41,81 @@ pub struct RuntimeConfig {
     /// `MAINTAINER`: the image's author, empty when unset.
     #[serde(default)]
     pub author: String,
+    /// `HEALTHCHECK`, as the image config's `Healthcheck` holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthcheckConfig>,
+}
+
+/// A health check in the image config's terms: `Test` is `["NONE"]`,
+/// `["CMD", argv...]` or `["CMD-SHELL", command]`; durations are
+/// nanoseconds, 0 meaning the runtime's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthcheckConfig {
+    pub test: Vec<String>,
+    #[serde(default)]
+    pub interval: u64,
+    #[serde(default)]
+    pub timeout: u64,
+    #[serde(default)]
+    pub start_period: u64,
+    #[serde(default)]
+    pub start_interval: u64,
+    #[serde(default)]
+    pub retries: u64,
+}
+
+impl HealthcheckConfig {
+    fn of(check: &strata_dockerfile::Healthcheck) -> HealthcheckConfig {
+        let test = match &check.command {
+            None => vec!["NONE".to_owned()],
+            Some(Command::Exec(argv)) => [vec!["CMD".to_owned()], argv.clone()].concat(),
+            Some(Command::Shell(text)) => vec!["CMD-SHELL".to_owned(), text.clone()],
+        };
+        HealthcheckConfig {
+            test,
+            interval: check.interval_ns,
+            timeout: check.timeout_ns,
+            start_period: check.start_period_ns,
+            start_interval: check.start_interval_ns,
+            retries: check.retries,
+        }
+    }
+
+    /// The config's `Healthcheck` object (zero fields left out, as Docker
+    /// writes it).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"Test": self.test});
+        for (name, value) in [
+            ("Interval", self.interval),
+            ("Timeout", self.timeout),
+            ("StartPeriod", self.start_period),
+            ("StartInterval", self.start_interval),
+            ("Retries", self.retries),
+        ] {
+            if value != 0 {
+                v[name] = serde_json::json!(value);
+            }
+        }
+        v
+    }
+
+    /// Reads a config's `Healthcheck` object; `None` if it has no `Test`.
+    pub fn from_json(v: &serde_json::Value) -> Option<HealthcheckConfig> {
+        let test: Vec<String> = v["Test"]
+            .as_array()?
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<_>>()?;
+        let n = |name: &str| v[name].as_u64().unwrap_or(0);
+        Some(HealthcheckConfig {
+            test,
+            interval: n("Interval"),
+            timeout: n("Timeout"),
+            start_period: n("StartPeriod"),
+            start_interval: n("StartInterval"),
+            retries: n("Retries"),
+        })
+    }
 }
 
 impl RuntimeConfig {
@@ -116,6 +191,9 @@ impl RuntimeConfig {
             }
             Instruction::StopSignal(signal) => self.stop_signal = signal.clone(),
             Instruction::Maintainer(name) => self.author = name.clone(),
+            Instruction::Healthcheck(check) => {
+                self.healthcheck = Some(HealthcheckConfig::of(check));
+            }
             Instruction::Run { .. }
             | Instruction::Copy { .. }
             | Instruction::Add { .. }
@@ -398,6 +476,9 @@ pub fn encode_image(
     }
     if !config.stop_signal.is_empty() {
         runtime.insert("StopSignal".into(), serde_json::json!(config.stop_signal));
+    }
+    if let Some(check) = &config.healthcheck {
+        runtime.insert("Healthcheck".into(), check.to_json());
     }
     // Not in the OCI spec, but where Docker and BuildKit keep it, so an
     // image built FROM this one inherits it.

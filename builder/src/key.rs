@@ -167,6 +167,15 @@ fn canonical_instruction(i: &Instruction) -> String {
         ),
         Instruction::StopSignal(signal) => format!("STOPSIGNAL {}", quote(signal)),
         Instruction::Maintainer(name) => format!("MAINTAINER {}", quote(name)),
+        Instruction::Healthcheck(check) => format!(
+            "HEALTHCHECK command={} interval={} timeout={} start-period={} start-interval={} retries={}",
+            check.command.as_ref().map_or("NONE".into(), command),
+            check.interval_ns,
+            check.timeout_ns,
+            check.start_period_ns,
+            check.start_interval_ns,
+            check.retries
+        ),
     }
 }
 

@@ -359,6 +359,7 @@ pub fn runtime_config_of(c: &Value) -> RuntimeConfig {
             v
         },
         stop_signal: c["StopSignal"].as_str().unwrap_or_default().into(),
+        healthcheck: crate::image::HealthcheckConfig::from_json(&c["Healthcheck"]),
         // The author is the image's, not inherited by images built on it.
         author: String::new(),
     }

@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use strata_tests::builds::{
-    build, build_json, context, need, oci_output, statuses, umoci_unpack,
-};
 use strata_tests::ServerProcess;
+use strata_tests::builds::{build, build_json, context, need, oci_output, statuses, umoci_unpack};
 
 const APP: &str = r#"# A small image: busybox, then steps that use it.
 FROM scratch
@@ -893,4 +891,78 @@ fn a_step_over_its_memory_limit_fails_naming_it_and_provenance_says_what_confine
     );
     let bad = build(cache.path(), ctx.path(), &["--memory", "lots"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--memory \"lots\""));
+}
+
+/// `skopeo inspect --config` of `layout:tag`: the image config.
+fn image_config(layout: &Path, tag: &str) -> Value {
+    need("skopeo", "skopeo");
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw", &oci_output(layout, tag)])
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    serde_json::from_slice(&inspect.stdout).unwrap()
+}
+
+#[test]
+fn a_healthcheck_reaches_the_image_is_inherited_and_none_turns_it_off() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let base = out.path().join("base");
+    let ctx = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         HEALTHCHECK --interval=30s --start-period=1m --retries=3 CMD wget -q -O- localhost:8080 || exit 1\n",
+    );
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&base, "v1")],
+    );
+    let expected = serde_json::json!({
+        "Test": ["CMD-SHELL", "wget -q -O- localhost:8080 || exit 1"],
+        "Interval": 30_000_000_000u64,
+        "StartPeriod": 60_000_000_000u64,
+        "Retries": 3,
+    });
+    assert_eq!(image_config(&base, "v1")["config"]["Healthcheck"], expected);
+
+    // An image built on it inherits the check, as Docker's do.
+    let derived = out.path().join("derived");
+    let ctx = context(&format!(
+        "FROM {}\nCOPY data.txt /data.txt\n",
+        oci_output(&base, "v1")
+    ));
+    build_json(
+        cache.path(),
+        ctx.path(),
+        &["--output", &oci_output(&derived, "v1")],
+    );
+    assert_eq!(
+        image_config(&derived, "v1")["config"]["Healthcheck"],
+        expected
+    );
+
+    // HEALTHCHECK NONE turns it off; an exec form is kept as CMD.
+    for (line, test) in [
+        ("HEALTHCHECK NONE", serde_json::json!(["NONE"])),
+        (
+            r#"HEALTHCHECK CMD ["/bin/busybox", "true"]"#,
+            serde_json::json!(["CMD", "/bin/busybox", "true"]),
+        ),
+    ] {
+        let image = out.path().join("other");
+        let ctx = context(&format!("FROM {}\n{line}\n", oci_output(&base, "v1")));
+        build_json(
+            cache.path(),
+            ctx.path(),
+            &["--output", &oci_output(&image, "v1")],
+        );
+        let check = &image_config(&image, "v1")["config"]["Healthcheck"];
+        assert_eq!(check["Test"], test, "{line}");
+        assert!(check.get("Interval").is_none(), "{line}: {check}");
+    }
 }

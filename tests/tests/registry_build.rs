@@ -47,12 +47,7 @@ fn push_base(registry: &Registry, version: &str, tags: &[&str]) -> (String, Vec<
     );
     let manifest_digest = report["manifest_digest"].as_str().unwrap().to_owned();
     for tag in tags {
-        support::skopeo_push(
-            &layout,
-            "v1",
-            &registry.addr,
-            &format!("test/base:{tag}"),
-        );
+        support::skopeo_push(&layout, "v1", &registry.addr, &format!("test/base:{tag}"));
     }
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(blob(&layout, &manifest_digest)).unwrap()).unwrap();
@@ -189,7 +184,8 @@ async fn a_tag_that_moves_is_a_cache_miss_and_a_digest_pins_the_old_image() {
     let registry = Registry::start();
     let (v1, _) = push_base(&registry, "v1", &["latest"]);
     let cache = tempfile::tempdir().unwrap();
-    let dockerfile = |from: &str| context(&format!("FROM {from}\nRUN cat /etc/base-version > /seen\n"));
+    let dockerfile =
+        |from: &str| context(&format!("FROM {from}\nRUN cat /etc/base-version > /seen\n"));
     let by_tag = format!("{}/test/base", registry.addr);
 
     let first = build_json(cache.path(), dockerfile(&by_tag).path(), &[]);
@@ -262,7 +258,10 @@ async fn a_registry_serving_a_wrong_layer_fails_the_build_at_the_from_line_and_c
     assert!(stderr.contains("digest"), "{stderr}");
     assert!(!out.path().join("image").exists(), "no image was written");
     settle(&server).await;
-    assert!(!cached_blob(&server, rotten).await, "the bad blob is not cached");
+    assert!(
+        !cached_blob(&server, rotten).await,
+        "the bad blob is not cached"
+    );
 
     // The registry heals; the same build now succeeds.
     std::fs::write(&path, &good).unwrap();
@@ -309,7 +308,8 @@ fn registry_manifest(image: &str) -> Vec<u8> {
 }
 
 #[test]
-fn an_image_pushed_to_a_registry_is_read_back_by_skopeo_and_umoci_and_a_second_push_sends_no_layer() {
+fn an_image_pushed_to_a_registry_is_read_back_by_skopeo_and_umoci_and_a_second_push_sends_no_layer()
+{
     let registry = Registry::start();
     push_base(&registry, "v1", &["v1"]);
     let cache = tempfile::tempdir().unwrap();
@@ -353,7 +353,10 @@ fn an_image_pushed_to_a_registry_is_read_back_by_skopeo_and_umoci_and_a_second_p
     let again = build_json(
         cache.path(),
         ctx.path(),
-        &["--output", &format!("registry://{}/test/app:v2", registry.addr)],
+        &[
+            "--output",
+            &format!("registry://{}/test/app:v2", registry.addr),
+        ],
     );
     assert_eq!(statuses(&again), ["cached"]);
     assert_eq!(again["output_bytes"], 0, "{again}");
@@ -371,10 +374,17 @@ fn a_bad_push_target_is_refused_before_building_or_fails_naming_it() {
     // A digest cannot be pushed to; nor is a bare word an output.
     for (output, expect) in [
         (
-            format!("registry://{}/test/app@sha256:{}", registry.addr, "ab".repeat(32)),
+            format!(
+                "registry://{}/test/app@sha256:{}",
+                registry.addr,
+                "ab".repeat(32)
+            ),
             "give a tag",
         ),
-        ("somewhere".to_owned(), "expected oci:DIR[:TAG] or registry://"),
+        (
+            "somewhere".to_owned(),
+            "expected oci:DIR[:TAG] or registry://",
+        ),
     ] {
         let out = build(cache.path(), ctx.path(), &["--output", &output]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -440,7 +450,9 @@ fn copy_from_an_image_copies_out_of_the_pinned_image_and_a_moved_tag_misses() {
         ("3", "no earlier stage has that number"),
         ("Not_An-Image!", "no earlier stage has that name"),
     ] {
-        let ctx = context(&format!("FROM scratch\nCOPY data.txt /\nCOPY --from={from} /x /y\n"));
+        let ctx = context(&format!(
+            "FROM scratch\nCOPY data.txt /\nCOPY --from={from} /x /y\n"
+        ));
         let out = build(cache.path(), ctx.path(), &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{from}: {stderr}");

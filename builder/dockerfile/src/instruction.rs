@@ -70,6 +70,26 @@ pub enum Instruction {
     /// `MAINTAINER name` (deprecated in Docker, still accepted): the
     /// image's author.
     Maintainer(String),
+    /// `HEALTHCHECK [--interval=..] [--timeout=..] [--start-period=..]
+    /// [--start-interval=..] [--retries=N] CMD command`, or `HEALTHCHECK
+    /// NONE`. Never expanded (the check's shell does that when it runs).
+    Healthcheck(Healthcheck),
+}
+
+/// A container health check, as `HEALTHCHECK` declares it. Durations are
+/// nanoseconds, as the image config stores them; 0 means the runtime's
+/// default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Healthcheck {
+    /// The check; `None` for `HEALTHCHECK NONE`, which turns off a check
+    /// the base image declares.
+    pub command: Option<Command>,
+    pub interval_ns: u64,
+    pub timeout_ns: u64,
+    pub start_period_ns: u64,
+    pub start_interval_ns: u64,
+    /// Consecutive failures before the container is unhealthy (0: default).
+    pub retries: u64,
 }
 
 /// How a `RUN`, `CMD` or `ENTRYPOINT` command is written.
@@ -198,6 +218,7 @@ impl Instruction {
             Instruction::Volume(_) => "VOLUME",
             Instruction::StopSignal(_) => "STOPSIGNAL",
             Instruction::Maintainer(_) => "MAINTAINER",
+            Instruction::Healthcheck(_) => "HEALTHCHECK",
         }
     }
 
@@ -217,7 +238,8 @@ impl Instruction {
             | Instruction::Cmd(_)
             | Instruction::Entrypoint(_)
             | Instruction::Shell(_)
-            | Instruction::Maintainer(_) => self.clone(),
+            | Instruction::Maintainer(_)
+            | Instruction::Healthcheck(_) => self.clone(),
             Instruction::Volume(paths) => Instruction::Volume(
                 paths
                     .iter()

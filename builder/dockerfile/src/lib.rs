@@ -68,7 +68,9 @@ mod tests;
 use thiserror::Error;
 
 pub use expand::{EmptyScope, ExpandError, Scope, expand};
-pub use instruction::{AddSource, Arg, Checksum, Command, Instruction, KeyValue, Network};
+pub use instruction::{
+    AddSource, Arg, Checksum, Command, Healthcheck, Instruction, KeyValue, Network,
+};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageRef, LayoutRef, ReferenceError};
 
 use parser::{Keyword, Parsed};

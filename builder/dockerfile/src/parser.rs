@@ -7,7 +7,9 @@
 
 use std::fmt;
 
-use super::instruction::{AddSource, Arg, Checksum, Command, Instruction, KeyValue, Network};
+use super::instruction::{
+    AddSource, Arg, Checksum, Command, Healthcheck, Instruction, KeyValue, Network,
+};
 use super::json::{JsonArray, parse_array};
 use super::words::{
     extract_flags, find_heredoc, split_keyword, split_shell_words, split_whitespace,
@@ -15,10 +17,10 @@ use super::words::{
 
 /// The instructions we support, for error messages.
 pub(crate) const SUPPORTED: &str = "FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, CMD, \
-     ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER";
+     ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER, HEALTHCHECK";
 
 /// Docker instructions we deliberately do not support (as opposed to typos).
-const UNSUPPORTED: [&str; 2] = ["ONBUILD", "HEALTHCHECK"];
+const UNSUPPORTED: [&str; 1] = ["ONBUILD"];
 
 /// An instruction keyword.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,10 +41,11 @@ pub(crate) enum Keyword {
     Volume,
     StopSignal,
     Maintainer,
+    Healthcheck,
 }
 
 impl Keyword {
-    const ALL: [Keyword; 16] = [
+    const ALL: [Keyword; 17] = [
         Keyword::From,
         Keyword::Run,
         Keyword::Copy,
@@ -59,6 +62,7 @@ impl Keyword {
         Keyword::Volume,
         Keyword::StopSignal,
         Keyword::Maintainer,
+        Keyword::Healthcheck,
     ];
 
     /// Recognises a keyword in any case; errors name the word and what is
@@ -100,6 +104,7 @@ impl Keyword {
             Keyword::Volume => "VOLUME",
             Keyword::StopSignal => "STOPSIGNAL",
             Keyword::Maintainer => "MAINTAINER",
+            Keyword::Healthcheck => "HEALTHCHECK",
         }
     }
 
@@ -109,6 +114,13 @@ impl Keyword {
             Keyword::Run => &["network"],
             Keyword::Copy => &["chown", "chmod", "from"],
             Keyword::Add => &["chown", "chmod", "checksum"],
+            Keyword::Healthcheck => &[
+                "interval",
+                "timeout",
+                "start-period",
+                "start-interval",
+                "retries",
+            ],
             _ => &[],
         }
     }
@@ -168,6 +180,7 @@ pub(crate) fn parse_instruction(
         Keyword::Volume => Instruction::Volume(parse_volumes(rest, escape)?),
         Keyword::StopSignal => Instruction::StopSignal(parse_rest(keyword, rest, "a signal")?),
         Keyword::Maintainer => Instruction::Maintainer(parse_rest(keyword, rest, "a name")?),
+        Keyword::Healthcheck => Instruction::Healthcheck(parse_healthcheck(&flags, rest, escape)?),
     };
     Ok(Parsed::Instruction(instruction))
 }
@@ -479,6 +492,96 @@ fn parse_volumes(rest: &str, escape: char) -> Result<Vec<String>, String> {
     Ok(paths)
 }
 
+/// `HEALTHCHECK [flags] CMD command` or `HEALTHCHECK NONE`.
+fn parse_healthcheck(flags: &Flags, rest: &str, escape: char) -> Result<Healthcheck, String> {
+    let (word, command) = split_keyword(rest);
+    if word.eq_ignore_ascii_case("none") {
+        if !command.is_empty() {
+            return Err(format!(
+                "HEALTHCHECK: expected nothing after NONE, found `{command}`"
+            ));
+        }
+        if !flags.values.is_empty() {
+            return Err("HEALTHCHECK: NONE takes no flags".to_owned());
+        }
+        return Ok(Healthcheck::default());
+    }
+    if !word.eq_ignore_ascii_case("cmd") {
+        return Err(format!(
+            "HEALTHCHECK: expected `CMD command` or `NONE`, found `{rest}`"
+        ));
+    }
+    let command = parse_command(Keyword::Healthcheck, command, escape)?;
+    if command == Command::Exec(Vec::new()) {
+        return Err("HEALTHCHECK: expected a command, found an empty exec form []".to_owned());
+    }
+    let duration = |name: &str| -> Result<u64, String> {
+        flags.get(name).map_or(Ok(0), |text| {
+            let ns = parse_duration(text).ok_or_else(|| {
+                format!(
+                    "HEALTHCHECK: --{name}={text}: expected a duration like 30s, 1m30s or 500ms"
+                )
+            })?;
+            // Docker's rule: a duration, if given, is at least 1ms.
+            if ns < 1_000_000 {
+                return Err(format!(
+                    "HEALTHCHECK: --{name}={text}: must be at least 1ms"
+                ));
+            }
+            Ok(ns)
+        })
+    };
+    let retries = match flags.get("retries") {
+        Some(text) => text.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            format!("HEALTHCHECK: --retries={text}: expected a count of at least 1")
+        })?,
+        None => 0,
+    };
+    Ok(Healthcheck {
+        command: Some(command),
+        interval_ns: duration("interval")?,
+        timeout_ns: duration("timeout")?,
+        start_period_ns: duration("start-period")?,
+        start_interval_ns: duration("start-interval")?,
+        retries,
+    })
+}
+
+/// A Go duration (`1h30m`, `1.5s`, `300ms`, `2us`, `10ns`) in nanoseconds,
+/// as Docker reads `HEALTHCHECK` flags; `None` if malformed or too long.
+fn parse_duration(text: &str) -> Option<u64> {
+    const UNITS: [(&str, f64); 7] = [
+        ("ns", 1.0),
+        ("us", 1e3),
+        ("µs", 1e3),
+        ("ms", 1e6),
+        ("s", 1e9),
+        ("m", 60e9),
+        ("h", 3600e9),
+    ];
+    if text == "0" {
+        return Some(0);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        // The longest unit that matches: `ms` before `m`.
+        let (unit, scale) = UNITS
+            .iter()
+            .filter(|(unit, _)| rest.starts_with(unit))
+            .max_by_key(|(unit, _)| unit.len())?;
+        rest = &rest[unit.len()..];
+        total += number * scale;
+    }
+    // Go's durations stop at about 292 years.
+    (total.is_finite() && total <= i64::MAX as f64).then_some(total as u64)
+}
+
 fn parse_expose(rest: &str) -> Result<Vec<String>, String> {
     let ports = split_whitespace(rest);
     if ports.is_empty() {
@@ -503,8 +606,8 @@ mod tests {
     #[test]
     fn unknown_words_and_unsupported_instructions_are_told_apart() {
         assert_eq!(
-            Keyword::parse("healthcheck").unwrap_err(),
-            format!("unsupported instruction HEALTHCHECK (supported: {SUPPORTED})")
+            Keyword::parse("onbuild").unwrap_err(),
+            format!("unsupported instruction ONBUILD (supported: {SUPPORTED})")
         );
         assert_eq!(
             Keyword::parse("RUNN").unwrap_err(),

@@ -304,13 +304,14 @@ fn errors_use_the_given_file_name() {
 
 #[test]
 fn unsupported_docker_instructions_are_named_with_their_line() {
-    let text = "FROM scratch\n\n# comment\nRUN a \\\n  b\n\nhealthcheck NONE\n";
+    let text = "FROM scratch\n\n# comment\nRUN a \\\n  b\n\nonbuild RUN make\n";
     assert_eq!(
         parse_err(text),
-        "Dockerfile:7: unsupported instruction HEALTHCHECK (supported: FROM, RUN, COPY, ADD, ENV, \
-         ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER)"
+        "Dockerfile:7: unsupported instruction ONBUILD (supported: FROM, RUN, COPY, ADD, ENV, \
+         ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER, \
+         HEALTHCHECK)"
     );
-    for keyword in ["ONBUILD RUN x", "HEALTHCHECK NONE"] {
+    for keyword in ["ONBUILD RUN x"] {
         let upper = keyword.split(' ').next().unwrap();
         assert!(
             step_err(keyword)
@@ -1258,4 +1259,69 @@ fn shell_volume_stopsignal_and_maintainer_parse_as_docker_has_them() {
         df.expand_step(&df.stages[0].steps[1], &scope).unwrap(),
         Instruction::StopSignal("SIGQUIT".into())
     );
+}
+
+#[test]
+fn healthcheck_parses_as_docker_reads_it() {
+    assert_eq!(
+        only_step(
+            "HEALTHCHECK --interval=5m --timeout=3s --start-period=1m30s --start-interval=500ms \
+             --retries=4 CMD curl -f http://localhost/ || exit 1"
+        ),
+        Instruction::Healthcheck(Healthcheck {
+            command: Some(shell("curl -f http://localhost/ || exit 1")),
+            interval_ns: 300_000_000_000,
+            timeout_ns: 3_000_000_000,
+            start_period_ns: 90_000_000_000,
+            start_interval_ns: 500_000_000,
+            retries: 4,
+        })
+    );
+    assert_eq!(
+        only_step("healthcheck cmd [\"/bin/check\", \"--quick\"]"),
+        Instruction::Healthcheck(Healthcheck {
+            command: Some(exec(&["/bin/check", "--quick"])),
+            ..Healthcheck::default()
+        })
+    );
+    assert_eq!(
+        only_step("HEALTHCHECK NONE"),
+        Instruction::Healthcheck(Healthcheck::default())
+    );
+    // A variable is not expanded: the check's shell sees it.
+    assert_eq!(
+        expanded_step("HEALTHCHECK CMD test -f $MARKER", &[("MARKER", "/x")]).unwrap(),
+        Instruction::Healthcheck(Healthcheck {
+            command: Some(shell("test -f $MARKER")),
+            ..Healthcheck::default()
+        })
+    );
+    for (step, expect) in [
+        ("HEALTHCHECK", "expected `CMD command` or `NONE`"),
+        (
+            "HEALTHCHECK curl -f http://x/",
+            "expected `CMD command` or `NONE`",
+        ),
+        ("HEALTHCHECK CMD", "expected a command, found nothing"),
+        ("HEALTHCHECK CMD []", "empty exec form"),
+        ("HEALTHCHECK NONE now", "expected nothing after NONE"),
+        ("HEALTHCHECK --retries=2 NONE", "NONE takes no flags"),
+        ("HEALTHCHECK --interval=5 CMD true", "expected a duration"),
+        ("HEALTHCHECK --interval=-5s CMD true", "expected a duration"),
+        ("HEALTHCHECK --interval=5x CMD true", "expected a duration"),
+        (
+            "HEALTHCHECK --timeout=10us CMD true",
+            "must be at least 1ms",
+        ),
+        ("HEALTHCHECK --retries=0 CMD true", "at least 1"),
+        ("HEALTHCHECK --retries=many CMD true", "at least 1"),
+        ("HEALTHCHECK --port=80 CMD true", "unknown flag --port"),
+        (
+            "HEALTHCHECK --interval=99999999999h CMD true",
+            "expected a duration",
+        ),
+    ] {
+        let message = step_err(step);
+        assert!(message.contains(expect), "{step}: {message}");
+    }
 }

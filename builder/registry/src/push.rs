@@ -217,9 +217,7 @@ impl RegistryClient {
             target: format!("the upload (reading {})", path.display()),
             source,
         };
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(write_error)?;
+        let file = tokio::fs::File::open(path).await.map_err(write_error)?;
         let size = file.metadata().await.map_err(write_error)?.len();
         if size != layer.descriptor.size {
             return Err(RegistryError::InvalidInput(format!(

@@ -165,7 +165,10 @@ pub enum Event<'a> {
     Note(&'a str),
     /// A `FROM` image resolved: as written, and pinned (a registry image by
     /// its manifest digest).
-    Base { image: &'a str, pinned: &'a str },
+    Base {
+        image: &'a str,
+        pinned: &'a str,
+    },
 }
 
 /// Most keys in one lookup request (well under the server's limit).
@@ -217,7 +220,9 @@ pub async fn build(
         // Images a COPY --from names, each resolved once.
         for (name, site) in copy_images_named(&df, index, &globals)? {
             if !copy_images.iter().any(|(known, _)| *known == name) {
-                let image = BaseImage::Named(ImageRef::parse(&name).map_err(|e| site.error(e.to_string()))?);
+                let image = BaseImage::Named(
+                    ImageRef::parse(&name).map_err(|e| site.error(e.to_string()))?,
+                );
                 let base = resolve_announced(client, &registries, site, image, events).await?;
                 copy_images.push((name, base));
             }

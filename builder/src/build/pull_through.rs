@@ -140,7 +140,8 @@ impl RegistryBase {
             if out.not_kept.is_none() {
                 out.not_kept = fetch.not_kept;
             }
-            out.layers.push(BuiltLayer::base(layer.clone(), fetch.source));
+            out.layers
+                .push(BuiltLayer::base(layer.clone(), fetch.source));
         }
         Ok(out)
     }
@@ -155,7 +156,10 @@ impl RegistryBase {
     ) -> Result<LayerFetch, BuildError> {
         let media_type = layer.blob.compression.media_type();
         let sha256 = sha256_of_digest(&layer.blob.digest).ok_or_else(|| {
-            self.error(layer, &"its digest is not a sha256 digest; only sha256 blobs are pulled")
+            self.error(
+                layer,
+                &"its digest is not a sha256 digest; only sha256 blobs are pulled",
+            )
         })?;
         let cached = client
             .find_object_by_sha256(&sha256, layer.blob.size, media_type)
@@ -170,28 +174,29 @@ impl RegistryBase {
             });
         }
         let descriptor = &self.resolved.layers[index].descriptor;
-        let path = scratch.join(format!("base-layer-{}", &layer.blob.digest["sha256:".len()..]));
+        let path = scratch.join(format!(
+            "base-layer-{}",
+            &layer.blob.digest["sha256:".len()..]
+        ));
         let registry_bytes = registry
             .fetch_blob_to_file(&self.resolved, descriptor, &path)
             .await
             .map_err(|e| self.error(layer, &e))?;
         let file = std::fs::File::open(&path)
             .map_err(BuildError::io(format!("opening {}", path.display())))?;
-        let (uploaded_bytes, not_kept) = match client
-            .push_file(file, media_type, &Progress::new())
-            .await
-        {
-            Ok(pushed) => (pushed.sent_bytes, None),
-            // A read-only token builds from the registry alone.
-            Err(ClientError::PermissionDenied { message, .. }) => (
-                0,
-                Some(format!(
-                    "base layers are not kept in the cache: {message}; every builder fetches \
+        let (uploaded_bytes, not_kept) =
+            match client.push_file(file, media_type, &Progress::new()).await {
+                Ok(pushed) => (pushed.sent_bytes, None),
+                // A read-only token builds from the registry alone.
+                Err(ClientError::PermissionDenied { message, .. }) => (
+                    0,
+                    Some(format!(
+                        "base layers are not kept in the cache: {message}; every builder fetches \
                      them from the registry"
-                )),
-            ),
-            Err(e) => return Err(BuildError::cache("keeping a base layer in the cache")(e)),
-        };
+                    )),
+                ),
+                Err(e) => return Err(BuildError::cache("keeping a base layer in the cache")(e)),
+            };
         // This build reads the verified local copy, not the cache's.
         Ok(LayerFetch {
             source: LayerSource::File(path),
@@ -237,10 +242,7 @@ mod tests {
     #[test]
     fn only_well_formed_sha256_digests_give_bytes() {
         let hex = "ab".repeat(32);
-        assert_eq!(
-            sha256_of_digest(&format!("sha256:{hex}")),
-            Some([0xab; 32])
-        );
+        assert_eq!(sha256_of_digest(&format!("sha256:{hex}")), Some([0xab; 32]));
         for bad in [
             hex.clone(),
             format!("sha512:{hex}"),
