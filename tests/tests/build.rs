@@ -966,3 +966,34 @@ fn a_healthcheck_reaches_the_image_is_inherited_and_none_turns_it_off() {
         assert!(check.get("Interval").is_none(), "{line}: {check}");
     }
 }
+
+#[test]
+fn run_heredocs_run_as_scripts_and_feed_commands() {
+    let ctx = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN <<EOF\nset -e\n# a comment in the script\nmkdir -p /out\n\necho \"script ran\" > /out/script.txt\nEOF\n\
+         RUN cat <<EOF > /out/motd\nhello\n  indented\nEOF\n\
+         RUN <<-EOT\n\techo tabs stripped > /out/tabs.txt\n\tEOT\n",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (report, rootfs, _) = build_and_unpack(cache.path(), ctx.path(), out.path());
+    assert_eq!(
+        statuses(&report),
+        ["executed", "executed", "executed", "executed", "executed"]
+    );
+    let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap();
+    assert_eq!(read("out/script.txt"), "script ran\n");
+    assert_eq!(read("out/motd"), "hello\n  indented\n");
+    assert_eq!(read("out/tabs.txt"), "tabs stripped\n");
+
+    // A changed heredoc body is a changed step.
+    let changed = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN <<EOF\nset -e\n# a comment in the script\nmkdir -p /out\n\necho \"script ran again\" > /out/script.txt\nEOF\n",
+    );
+    let again = build_json(cache.path(), changed.path(), &[]);
+    assert_eq!(statuses(&again), ["cached", "cached", "executed"]);
+}

@@ -12,10 +12,17 @@
 //!   continues on the next line; the escape and the newline are removed and
 //!   the pieces joined with nothing in between, as Docker does.
 //!
+//! - A `RUN` line that opens heredocs (`<<EOF`, `<<-EOF`, quoted or not)
+//!   takes the lines after it, up to each terminator, into its text as
+//!   written: comments and blank lines included, nothing joined.
+//!
 //! Unlike Docker, a continuation still open at the end of the file is an
-//! error: it is almost always a truncated file or a stray escape.
+//! error: it is almost always a truncated file or a stray escape; so is a
+//! heredoc without its terminating line.
 
 use std::collections::HashMap;
+
+use super::words::{HeredocMarker, heredoc_markers, split_keyword};
 
 /// The escape character when no `# escape=` directive is given.
 pub(crate) const DEFAULT_ESCAPE: char = '\\';
@@ -146,11 +153,53 @@ fn join_continuations(physical: &[&str], escape: char) -> Result<Vec<LogicalLine
             text.push_str(piece);
             continues = more;
         }
-        if !text.trim().is_empty() {
-            logical.push(LogicalLine { line: start, text });
+        if text.trim().is_empty() {
+            continue;
         }
+        if opens_heredocs(&text) {
+            for marker in heredoc_markers(&text, escape) {
+                read_heredoc(&mut text, &marker, &mut rest, start)?;
+            }
+        }
+        logical.push(LogicalLine { line: start, text });
     }
     Ok(logical)
+}
+
+/// Whether heredocs on this instruction line have bodies to read: `RUN`
+/// only (COPY and ADD heredocs are refused when parsed, at their line).
+fn opens_heredocs(text: &str) -> bool {
+    split_keyword(text).0.eq_ignore_ascii_case("run")
+}
+
+/// Appends one heredoc's lines, terminator included, to `text` exactly as
+/// written (the shell that runs the step reads them as a heredoc).
+fn read_heredoc<'a>(
+    text: &mut String,
+    marker: &HeredocMarker,
+    rest: &mut impl Iterator<Item = (usize, &'a &'a str)>,
+    start: usize,
+) -> Result<(), LexError> {
+    for (_, raw) in rest.by_ref() {
+        text.push('\n');
+        text.push_str(raw);
+        let line = if marker.strip_tabs {
+            raw.trim_start_matches('\t')
+        } else {
+            raw
+        };
+        if line == marker.delimiter {
+            return Ok(());
+        }
+    }
+    Err(LexError {
+        line: start,
+        message: format!(
+            "unexpected end of file: the heredoc <<{} opened on this line has no line `{}` \
+             ending it",
+            marker.delimiter, marker.delimiter
+        ),
+    })
 }
 
 fn unterminated_continuation(start: usize, escape: char) -> LexError {

@@ -12,7 +12,8 @@ use super::instruction::{
 };
 use super::json::{JsonArray, parse_array};
 use super::words::{
-    extract_flags, find_heredoc, split_keyword, split_shell_words, split_whitespace,
+    extract_flags, find_heredoc, heredoc_markers, split_keyword, split_shell_words,
+    split_whitespace,
 };
 
 /// The instructions we support, for error messages.
@@ -166,10 +167,10 @@ pub(crate) fn parse_instruction(
         Keyword::Arg => Instruction::Arg(parse_args(rest, escape)?),
         Keyword::Workdir => Instruction::Workdir(parse_rest(keyword, rest, "a path")?),
         Keyword::User => Instruction::User(parse_rest(keyword, rest, "user[:group]")?),
-        Keyword::Cmd => Instruction::Cmd(parse_command(keyword, rest, escape)?),
-        Keyword::Entrypoint => Instruction::Entrypoint(parse_command(keyword, rest, escape)?),
+        Keyword::Cmd => Instruction::Cmd(parse_command(keyword, rest)?),
+        Keyword::Entrypoint => Instruction::Entrypoint(parse_command(keyword, rest)?),
         Keyword::Expose => Instruction::Expose(parse_expose(rest)?),
-        Keyword::Shell => match parse_command(keyword, rest, escape)? {
+        Keyword::Shell => match parse_command(keyword, rest)? {
             Command::Exec(argv) if !argv.is_empty() => Instruction::Shell(argv),
             _ => {
                 return Err(format!(
@@ -177,10 +178,10 @@ pub(crate) fn parse_instruction(
                 ));
             }
         },
-        Keyword::Volume => Instruction::Volume(parse_volumes(rest, escape)?),
+        Keyword::Volume => Instruction::Volume(parse_volumes(rest)?),
         Keyword::StopSignal => Instruction::StopSignal(parse_rest(keyword, rest, "a signal")?),
         Keyword::Maintainer => Instruction::Maintainer(parse_rest(keyword, rest, "a name")?),
-        Keyword::Healthcheck => Instruction::Healthcheck(parse_healthcheck(&flags, rest, escape)?),
+        Keyword::Healthcheck => Instruction::Healthcheck(parse_healthcheck(&flags, rest)?),
     };
     Ok(Parsed::Instruction(instruction))
 }
@@ -284,10 +285,13 @@ fn stage_name(name: &str) -> Result<String, String> {
     Ok(name)
 }
 
-/// `RUN [--network=..] command`.
+/// `RUN [--network=..] command`, where the command may read heredocs.
 fn parse_run(flags: &Flags, rest: &str, escape: char) -> Result<Instruction, String> {
     let network = flags.get("network").map(parse_network).transpose()?;
-    let command = parse_command(Keyword::Run, rest, escape)?;
+    let command = match rest.split_once('\n') {
+        Some((first, bodies)) => run_with_heredocs(first, bodies, escape)?,
+        None => parse_command(Keyword::Run, rest)?,
+    };
     if command == Command::Exec(Vec::new()) {
         return Err("RUN: expected a command, found an empty exec form []".to_owned());
     }
@@ -309,20 +313,54 @@ fn parse_network(value: &str) -> Result<Network, String> {
 
 /// Exec form if the arguments are a JSON array of strings, shell form if
 /// they are not JSON at all.
-fn parse_command(keyword: Keyword, rest: &str, escape: char) -> Result<Command, String> {
+fn parse_command(keyword: Keyword, rest: &str) -> Result<Command, String> {
     if rest.is_empty() {
         return Err(format!("{keyword}: expected a command, found nothing"));
     }
     match parse_array(rest) {
         JsonArray::Strings(argv) => Ok(Command::Exec(argv)),
         JsonArray::NotStrings(what) => Err(not_strings(keyword, &what)),
-        JsonArray::NotJson => {
-            if keyword == Keyword::Run {
-                refuse_heredoc(keyword, rest, escape)?;
-            }
-            Ok(Command::Shell(rest.to_owned()))
-        }
+        // A RUN's heredocs are read by the lexer and handled by `parse_run`.
+        JsonArray::NotJson => Ok(Command::Shell(rest.to_owned())),
     }
+}
+
+/// A `RUN` whose first line opens heredocs and whose `bodies` follow (as
+/// the lexer read them). `RUN <<EOF` alone runs the heredoc as a shell
+/// script, as BuildKit does; `RUN cmd <<EOF` hands the whole text to the
+/// shell, which feeds the heredoc to `cmd`.
+fn run_with_heredocs(first: &str, bodies: &str, escape: char) -> Result<Command, String> {
+    let markers = heredoc_markers(first, escape);
+    let only_heredocs = split_shell_words(first, escape).len() == markers.len();
+    if !only_heredocs {
+        return Ok(Command::Shell(format!("{first}\n{bodies}")));
+    }
+    let [marker] = markers.as_slice() else {
+        return Err(format!(
+            "RUN: expected one heredoc as the script, found {}; put a command before them",
+            markers.len()
+        ));
+    };
+    let mut lines: Vec<&str> = bodies.split('\n').collect();
+    lines.pop(); // the terminator
+    let script: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            if marker.strip_tabs {
+                l.trim_start_matches('\t')
+            } else {
+                l
+            }
+        })
+        .collect();
+    if script.first().is_some_and(|l| l.starts_with("#!")) {
+        return Err(format!(
+            "RUN <<{}: a heredoc script with its own interpreter (#!) is not supported; \
+             write `RUN INTERPRETER <<{}` instead",
+            marker.delimiter, marker.delimiter
+        ));
+    }
+    Ok(Command::Shell(script.join("\n")))
 }
 
 fn not_strings(keyword: Keyword, what: &str) -> String {
@@ -477,9 +515,9 @@ fn parse_rest(keyword: Keyword, rest: &str, expected: &str) -> Result<String, St
 }
 
 /// `VOLUME ["/a", "/b"]` or `VOLUME /a /b`.
-fn parse_volumes(rest: &str, escape: char) -> Result<Vec<String>, String> {
+fn parse_volumes(rest: &str) -> Result<Vec<String>, String> {
     let paths = if rest.trim_start().starts_with('[') {
-        match parse_command(Keyword::Volume, rest, escape)? {
+        match parse_command(Keyword::Volume, rest)? {
             Command::Exec(paths) => paths,
             Command::Shell(_) => Vec::new(),
         }
@@ -493,7 +531,7 @@ fn parse_volumes(rest: &str, escape: char) -> Result<Vec<String>, String> {
 }
 
 /// `HEALTHCHECK [flags] CMD command` or `HEALTHCHECK NONE`.
-fn parse_healthcheck(flags: &Flags, rest: &str, escape: char) -> Result<Healthcheck, String> {
+fn parse_healthcheck(flags: &Flags, rest: &str) -> Result<Healthcheck, String> {
     let (word, command) = split_keyword(rest);
     if word.eq_ignore_ascii_case("none") {
         if !command.is_empty() {
@@ -511,7 +549,7 @@ fn parse_healthcheck(flags: &Flags, rest: &str, escape: char) -> Result<Healthch
             "HEALTHCHECK: expected `CMD command` or `NONE`, found `{rest}`"
         ));
     }
-    let command = parse_command(Keyword::Healthcheck, command, escape)?;
+    let command = parse_command(Keyword::Healthcheck, command)?;
     if command == Command::Exec(Vec::new()) {
         return Err("HEALTHCHECK: expected a command, found an empty exec form []".to_owned());
     }

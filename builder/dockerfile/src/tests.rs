@@ -447,11 +447,76 @@ fn flags_are_only_recognised_before_the_first_argument() {
 }
 
 #[test]
-fn heredocs_are_refused() {
-    assert_eq!(
-        step_err("RUN cat <<EOF > /x"),
-        "Dockerfile:2: RUN: heredocs are not supported (found <<EOF)"
+fn run_heredocs_are_read_as_buildkit_reads_them() {
+    // A command reading a heredoc: the shell gets the whole text.
+    let df = parse_ok(
+        "FROM scratch\nRUN cat <<EOF > /etc/motd\nhello $USER\n# not a comment\n\nEOF\nRUN true\n",
     );
+    let steps: Vec<(usize, &Instruction)> = df.stages[0]
+        .steps
+        .iter()
+        .map(|s| (s.line, &s.instruction))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (
+                2,
+                &Instruction::Run {
+                    command: shell("cat <<EOF > /etc/motd\nhello $USER\n# not a comment\n\nEOF"),
+                    network: Network::None
+                }
+            ),
+            (
+                7,
+                &Instruction::Run {
+                    command: shell("true"),
+                    network: Network::None
+                }
+            ),
+        ]
+    );
+    // A heredoc alone is the script; `<<-` strips leading tabs; quotes
+    // around the delimiter do not change where it ends.
+    assert_eq!(
+        parse_ok("FROM scratch\nRUN --network=none <<-\"EOT\"\n\tset -e\n\techo a\n\tEOT\n").stages
+            [0]
+        .steps[0]
+            .instruction,
+        Instruction::Run {
+            command: shell("set -e\necho a"),
+            network: Network::None
+        }
+    );
+    // Two heredocs for one command, in order.
+    assert_eq!(
+        parse_ok("FROM scratch\nRUN paste <<A <<B\n1\nA\n2\nB\n").stages[0].steps[0].instruction,
+        Instruction::Run {
+            command: shell("paste <<A <<B\n1\nA\n2\nB"),
+            network: Network::None
+        }
+    );
+    for (text, expect) in [
+        (
+            "FROM scratch\nRUN <<EOF\necho never ends\n",
+            "Dockerfile:2: unexpected end of file: the heredoc <<EOF opened on this line",
+        ),
+        (
+            "FROM scratch\nRUN <<A <<B\n1\nA\n2\nB\n",
+            "Dockerfile:2: RUN: expected one heredoc as the script, found 2",
+        ),
+        (
+            "FROM scratch\nRUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n",
+            "Dockerfile:2: RUN <<EOF: a heredoc script with its own interpreter (#!) is not supported",
+        ),
+    ] {
+        let message = parse_err(text);
+        assert!(message.starts_with(expect), "{text:?}: {message}");
+    }
+}
+
+#[test]
+fn copy_and_add_heredocs_are_refused() {
     assert_eq!(
         step_err("COPY <<-EOT /etc/motd"),
         "Dockerfile:2: COPY: heredocs are not supported (found <<-EOT)"

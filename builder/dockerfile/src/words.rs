@@ -104,6 +104,40 @@ pub(crate) fn find_heredoc(text: &str, escape: char) -> Option<String> {
         .find(|word| is_heredoc_marker(word))
 }
 
+/// A heredoc a line opens: `<<WORD`, `<<-WORD` (tabs stripped from its
+/// lines), quoted or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeredocMarker {
+    /// The terminating line, quotes removed.
+    pub delimiter: String,
+    /// `<<-`: leading tabs are stripped from the body and the terminator.
+    pub strip_tabs: bool,
+}
+
+/// Every heredoc `text` opens, in order.
+pub(crate) fn heredoc_markers(text: &str, escape: char) -> Vec<HeredocMarker> {
+    split_shell_words(text, escape)
+        .into_iter()
+        .filter(|word| is_heredoc_marker(word))
+        .map(|word| {
+            let rest = word
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start_matches("<<");
+            let strip_tabs = rest.starts_with('-');
+            let delimiter = rest
+                .strip_prefix('-')
+                .unwrap_or(rest)
+                .chars()
+                .filter(|&c| c != '"' && c != '\'' && c != escape)
+                .collect();
+            HeredocMarker {
+                delimiter,
+                strip_tabs,
+            }
+        })
+        .collect()
+}
+
 fn is_heredoc_marker(word: &str) -> bool {
     let Some(rest) = word
         .trim_start_matches(|c: char| c.is_ascii_digit())
