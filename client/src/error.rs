@@ -44,6 +44,14 @@ pub enum ClientError {
 impl ClientError {
     /// Classifies a failed call to `what`.
     pub fn from_status(what: &'static str, s: Status) -> Self {
+        // No answer at all (the connection broke, the server went away):
+        // unavailable, whatever code the transport put on it.
+        if is_transport_failure(&s) {
+            return ClientError::Unavailable {
+                what,
+                message: status_chain(&s),
+            };
+        }
         let message = s.message().to_owned();
         match s.code() {
             Code::NotFound => ClientError::NotFound(message),
@@ -62,6 +70,15 @@ impl ClientError {
                 message,
             },
         }
+    }
+
+    /// Whether trying again may succeed: the server was unavailable, not
+    /// refusing or lying.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unavailable { .. } | ClientError::Unreachable { .. }
+        )
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
@@ -132,4 +149,47 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unavailable_server_is_worth_trying_again() {
+        for code in [
+            Code::NotFound,
+            Code::DataLoss,
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::AlreadyExists,
+            Code::Internal,
+            Code::Unknown,
+        ] {
+            let e = ClientError::from_status("pull", Status::new(code, "no"));
+            assert!(!e.is_transient(), "{code:?}: {e}");
+        }
+        let e = ClientError::from_status("pull", Status::unavailable("restarting"));
+        assert!(e.is_transient(), "{e}");
+        // No answer at all, whatever code the transport chose: unavailable.
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        let e = ClientError::from_status("push", broken);
+        assert!(
+            matches!(e, ClientError::Unavailable { .. }) && e.is_transient(),
+            "{e}"
+        );
+        assert!(!ClientError::Integrity("bad chunk".into()).is_transient());
+        assert!(
+            !ClientError::Timeout {
+                what: "pull",
+                after: std::time::Duration::from_secs(60)
+            }
+            .is_transient()
+        );
+    }
 }

@@ -15,6 +15,7 @@ mod error;
 mod progress;
 mod pull;
 mod push;
+mod retry;
 mod whole_object;
 
 use std::path::PathBuf;
@@ -82,6 +83,12 @@ pub struct ClientConfig {
     /// PEM file of the CA(s) an `https://` server's certificate must chain
     /// to (`--tls-ca`, `STRATA_TLS_CA`); without it, the system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// How often a push of a file or a pull is started again when the
+    /// server becomes unavailable (restarting, a broken connection), after
+    /// waits of 0.25 s, doubling: 5 retries span about 8 s. Safe because
+    /// every step is idempotent: what the server stored before is found,
+    /// not sent again. 0 turns retries off.
+    pub retries: u32,
 }
 
 impl Default for ClientConfig {
@@ -97,6 +104,7 @@ impl Default for ClientConfig {
             idle_timeout: Duration::from_secs(60),
             token: None,
             tls_ca: None,
+            retries: 5,
         }
     }
 }

@@ -24,6 +24,11 @@ impl Progress {
         self.done.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Starts the count again (a transfer retried from its beginning).
+    pub fn restart(&self) {
+        self.done.store(0, Ordering::Relaxed);
+    }
+
     pub fn done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
     }

@@ -93,8 +93,14 @@ impl Client {
     }
 
     /// Pulls object `digest` into memory (small objects, tests).
+    /// Retried as [`Client::pull_to_file`] is.
     pub async fn pull_to_vec(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
-        Ok(self.pull(digest, Vec::new(), &Progress::new()).await?.1)
+        let progress = Progress::new();
+        let progress = &progress;
+        self.retrying("pull", progress, move || async move {
+            Ok(self.pull(digest, Vec::new(), progress).await?.1)
+        })
+        .await
     }
 
     /// Pulls into a temporary file beside `output`, renamed into place only
@@ -103,7 +109,22 @@ impl Client {
     /// in any order, by the threads that decoded them.
     /// The file is not fsynced (as `zstd -d`, curl or tar do not): the cache
     /// holds the bytes durably, and a sync would cost more than the pull.
+    ///
+    /// A pull the server breaks off is started again, up to
+    /// [`ClientConfig::retries`](crate::ClientConfig) times.
     pub async fn pull_to_file(
+        &self,
+        digest: &Digest,
+        output: &Path,
+        progress: &Progress,
+    ) -> Result<PullReport, ClientError> {
+        self.retrying("pull", progress, move || async move {
+            self.pull_to_file_once(digest, output, progress).await
+        })
+        .await
+    }
+
+    async fn pull_to_file_once(
         &self,
         digest: &Digest,
         output: &Path,

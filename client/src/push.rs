@@ -107,7 +107,29 @@ impl Client {
     /// its SHA-256 is computed by a second, positional reader, and only when
     /// needed: when the file's chunks already form a stored object, the
     /// known SHA-256 is reused.
+    ///
+    /// A push the server breaks off (it restarts, the connection drops) is
+    /// started again, up to [`ClientConfig::retries`](crate::ClientConfig)
+    /// times: what the server stored before is found, not sent again.
     pub async fn push_file(
+        &self,
+        file: std::fs::File,
+        media_type: &str,
+        progress: &Progress,
+    ) -> Result<PushReport, ClientError> {
+        let file = &file;
+        self.retrying("push", progress, move || async move {
+            let mut again = file
+                .try_clone()
+                .map_err(|e| ClientError::io("reopening the input", e))?;
+            std::io::Seek::seek(&mut again, std::io::SeekFrom::Start(0))
+                .map_err(|e| ClientError::io("rewinding the input", e))?;
+            self.push_file_once(again, media_type, progress).await
+        })
+        .await
+    }
+
+    async fn push_file_once(
         &self,
         file: std::fs::File,
         media_type: &str,

@@ -117,8 +117,14 @@ impl ServerProcess {
     /// Starts `strata serve` on an ephemeral port over `data` and waits
     /// until it listens.
     pub fn start(data: &Path, extra_args: &[&str]) -> ServerProcess {
+        ServerProcess::start_at(data, "127.0.0.1:0", extra_args)
+    }
+
+    /// Starts `strata serve` listening on `addr` (a restart at the address
+    /// clients already use) and waits until it listens.
+    pub fn start_at(data: &Path, addr: &str, extra_args: &[&str]) -> ServerProcess {
         let mut child = Command::new(strata_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", addr, "--data"])
             .arg(data)
             .args(extra_args)
             .env("RUST_LOG", "info")
@@ -207,6 +213,33 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The figures of the server at `url` once its background verifier has
+/// decided every manifest stored so far: a figure taken while work is
+/// pending (`manifests_unverified`) would race the verifier.
+pub async fn settled_stats(url: &str) -> strata_proto::v1::StatsResponse {
+    use strata_proto::v1::StatsRequest;
+    use strata_proto::v1::admin_client::AdminClient;
+    let mut admin = AdminClient::connect(url.to_owned())
+        .await
+        .expect("connect to the server's admin service");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = admin
+            .stats(StatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner();
+        if stats.manifests_unverified == 0 {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the verifier did not finish within a minute: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The real `strata serve` process killed, restarted and tampered with:
-//! acknowledged data survives SIGKILL, and bytes that rot on disk are
-//! reported as integrity errors, never served.
+//! acknowledged data survives SIGKILL, a push cut by a restart resumes and
+//! completes, and bytes that rot on disk are reported as integrity errors,
+//! never served.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +13,10 @@ use sha2::{Digest as _, Sha256};
 use strata_client::{Client, ClientError, Progress};
 use strata_proto::Digest;
 use strata_proto::v1::admin_client::AdminClient;
-use strata_proto::v1::{RebuildIndexRequest, ScrubRequest, StatsRequest, StatsResponse};
-use strata_tests::{RandomReader, ServerProcess, layer_like_bytes, segment_files, strata};
+use strata_proto::v1::{RebuildIndexRequest, ScrubRequest};
+use strata_tests::{
+    RandomReader, ServerProcess, layer_like_bytes, segment_files, settled_stats, strata,
+};
 
 /// A writer that only hashes what it is given.
 #[derive(Default)]
@@ -33,11 +36,6 @@ fn sha256_of_reader(mut r: impl std::io::Read) -> Vec<u8> {
     let mut w = HashingWriter::default();
     std::io::copy(&mut r, &mut w).unwrap();
     w.0.finalize().to_vec()
-}
-
-async fn admin_stats(url: &str) -> StatsResponse {
-    let mut admin = AdminClient::connect(url.to_owned()).await.unwrap();
-    admin.stats(StatsRequest {}).await.unwrap().into_inner()
 }
 
 async fn push_bytes(client: &Client, data: &[u8]) -> Digest {
@@ -92,14 +90,14 @@ async fn sigkill_during_a_large_push_loses_nothing_acknowledged() {
     }
     // The counters agree with a rebuild from the segments, and every chunk
     // the index names reads back and verifies.
-    let stats = admin_stats(&server.url).await;
+    let stats = settled_stats(&server.url).await;
     assert_eq!(stats.manifests, 3);
     let mut admin = AdminClient::connect(server.url.clone()).await.unwrap();
     let scrub = admin.scrub(ScrubRequest {}).await.unwrap().into_inner();
     assert!(scrub.corrupt.is_empty());
     assert_eq!(scrub.chunks_checked, stats.chunks);
     admin.rebuild_index(RebuildIndexRequest {}).await.unwrap();
-    assert_eq!(admin_stats(&server.url).await, stats);
+    assert_eq!(settled_stats(&server.url).await, stats);
 
     // Pushing again completes, and the object pulls back intact.
     let report = client
@@ -221,6 +219,55 @@ async fn a_flipped_byte_on_disk_is_an_integrity_error_naming_the_chunk() {
         server.log().contains("fails its checksum"),
         "{}",
         server.log()
+    );
+    drop(client);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_cut_by_a_server_restart_is_retried_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let addr = server.url.strip_prefix("http://").unwrap().to_owned();
+    let client = server.client().await;
+    const SIZE: u64 = 256 << 20;
+    let path = dir.path().join("input");
+    std::io::copy(
+        &mut RandomReader::new(SIZE, 21),
+        &mut std::fs::File::create(&path).unwrap(),
+    )
+    .unwrap();
+
+    let progress = std::sync::Arc::new(Progress::new());
+    let push = {
+        let (client, progress, path) = (client.clone(), progress.clone(), path.clone());
+        tokio::spawn(async move {
+            client
+                .push_file(std::fs::File::open(&path).unwrap(), "x", &progress)
+                .await
+        })
+    };
+    while progress.done() < 32 << 20 {
+        assert!(!push.is_finished(), "the push ended before the kill");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    // Back at the same address well within the client's retries.
+    let server = ServerProcess::start_at(&data_dir, &addr, &[]);
+    let report = push
+        .await
+        .unwrap()
+        .expect("the push resumes after the restart and completes");
+    assert_eq!(report.total_bytes, SIZE);
+    let out = dir.path().join("output");
+    client
+        .pull_to_file(&report.digest, &out, &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        sha256_of_reader(std::fs::File::open(&out).unwrap()),
+        sha256_of_reader(std::fs::File::open(&path).unwrap())
     );
     drop(client);
     server.stop();

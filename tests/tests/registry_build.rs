@@ -16,7 +16,6 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_proto::v1::FindObjectRequest;
@@ -67,12 +66,7 @@ fn blob(layout: &Path, digest: &str) -> std::path::PathBuf {
 /// Waits until the server's background verifier has proved every manifest
 /// stored so far: only then are objects found by their SHA-256.
 async fn settle(server: &ServerProcess) {
-    let client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.stats().await.unwrap().manifests_unverified > 0 {
-        assert!(Instant::now() < deadline, "the verifier did not finish");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    strata_tests::settled_stats(&server.url).await;
 }
 
 /// What `FindObject` answers for a gzip layer blob named `digest`.

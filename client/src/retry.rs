@@ -1,0 +1,46 @@
+//! Starting a transfer again while the server is unavailable (restarting,
+//! or the connection broke): every step of a push or pull is idempotent —
+//! chunks and manifests are content-addressed, so what the server stored
+//! before the break is found, not sent again — and a pull writes to a
+//! temporary file or buffer it starts afresh. Only [`ClientError::is_transient`]
+//! failures are retried; a refusal or an integrity error never is.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::{Client, ClientError, Progress};
+
+/// The first wait before a retry; each further wait doubles it.
+const FIRST_WAIT: Duration = Duration::from_millis(250);
+
+impl Client {
+    /// Runs `attempt` until it succeeds, fails for good, or the configured
+    /// retries are spent, waiting between tries; `progress` restarts with
+    /// each try.
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        progress: &Progress,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let mut wait = FIRST_WAIT;
+        let mut left = self.config.retries;
+        loop {
+            match attempt().await {
+                Err(e) if e.is_transient() && left > 0 => {
+                    tracing::warn!(error = %e, ?wait, retries_left = left,
+                        "the server is unavailable during {what}; starting it again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    left -= 1;
+                    progress.restart();
+                }
+                result => return result,
+            }
+        }
+    }
+}
