@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use strata_tests::ServerProcess;
 use strata_tests::builds::{build, build_json, context, need, oci_output, statuses, umoci_unpack};
+use strata_tests::{ServerProcess, strata_bin};
 
 const APP: &str = r#"# A small image: busybox, then steps that use it.
 FROM scratch
@@ -241,8 +241,24 @@ RUN set -e; \
         escape = escape.display(),
     );
     std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    // The builder runs where there is a network to hide: a network
+    // namespace of its own with a veth pair, up and addressed.
+    let host = NetNs::with_veth();
+    let seen = host.run(&["ls", "/sys/class/net"]);
+    assert!(
+        seen.contains("strata-v0"),
+        "the builder's side has the veth: {seen}"
+    );
     let cache = tempfile::tempdir().unwrap();
-    let out = build(cache.path(), ctx.path(), &[]);
+    let out = host
+        .command(&strata_bin())
+        .env("STRATA_CACHE_DIR", cache.path())
+        .env_remove("STRATA_SERVER")
+        .env("RUST_LOG", "warn")
+        .arg("build")
+        .arg(ctx.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -996,4 +1012,72 @@ fn run_heredocs_run_as_scripts_and_feed_commands() {
     );
     let again = build_json(cache.path(), changed.path(), &[]);
     assert_eq!(statuses(&again), ["cached", "cached", "executed"]);
+}
+
+/// A network namespace of its own (`ip netns`), removed on drop.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// A namespace holding a veth pair (strata-v0, strata-v1), up, with an
+    /// address: interfaces a step must not see.
+    fn with_veth() -> NetNs {
+        need("ip", "iproute2");
+        let name = format!("strata-test-{}", std::process::id());
+        let ns = NetNs { name };
+        ns.ip(&["netns", "add", &ns.name]);
+        for args in [
+            &[
+                "link",
+                "add",
+                "strata-v0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "strata-v1",
+            ][..],
+            &["link", "set", "strata-v0", "up"],
+            &["link", "set", "strata-v1", "up"],
+            &["addr", "add", "10.231.0.1/24", "dev", "strata-v0"],
+        ] {
+            ns.ip(&[&["netns", "exec", &ns.name, "ip"][..], args].concat());
+        }
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `program` to run inside the namespace.
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `argv` inside the namespace; its stdout.
+    fn run(&self, argv: &[&str]) -> String {
+        let out = self
+            .command(Path::new(argv[0]))
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
