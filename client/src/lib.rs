@@ -83,12 +83,13 @@ pub struct ClientConfig {
     /// PEM file of the CA(s) an `https://` server's certificate must chain
     /// to (`--tls-ca`, `STRATA_TLS_CA`); without it, the system's roots.
     pub tls_ca: Option<PathBuf>,
-    /// How often a push of a file or a pull is started again when the
-    /// server becomes unavailable (restarting, a broken connection), after
-    /// waits of 0.25 s, doubling: 5 retries span about 8 s. Safe because
-    /// every step is idempotent: what the server stored before is found,
-    /// not sent again. 0 turns retries off.
-    pub retries: u32,
+    /// How long a push of a file or a pull keeps starting again while the
+    /// server is unavailable (restarting, a broken connection), waiting
+    /// 0.25 s, then doubling up to 5 s between tries (`--retry-for`,
+    /// default 30 s). Safe because every step is idempotent: what the
+    /// server stored before is found, not sent again. Zero turns retries
+    /// off.
+    pub retry_for: Duration,
 }
 
 impl Default for ClientConfig {
@@ -104,7 +105,7 @@ impl Default for ClientConfig {
             idle_timeout: Duration::from_secs(60),
             token: None,
             tls_ca: None,
-            retries: 5,
+            retry_for: Duration::from_secs(30),
         }
     }
 }

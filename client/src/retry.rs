@@ -6,17 +6,19 @@
 //! failures are retried; a refusal or an integrity error never is.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{Client, ClientError, Progress};
 
-/// The first wait before a retry; each further wait doubles it.
+/// The first wait before a retry; each further wait doubles it, up to
+/// [`LONGEST_WAIT`].
 const FIRST_WAIT: Duration = Duration::from_millis(250);
+const LONGEST_WAIT: Duration = Duration::from_secs(5);
 
 impl Client {
-    /// Runs `attempt` until it succeeds, fails for good, or the configured
-    /// retries are spent, waiting between tries; `progress` restarts with
-    /// each try.
+    /// Runs `attempt` until it succeeds, fails for good, or has failed for
+    /// longer than the configured `retry_for`, waiting between tries;
+    /// `progress` restarts with each try.
     pub(crate) async fn retrying<T, F, Fut>(
         &self,
         what: &str,
@@ -28,15 +30,19 @@ impl Client {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let mut wait = FIRST_WAIT;
-        let mut left = self.config.retries;
+        let mut first_failure: Option<Instant> = None;
         loop {
             match attempt().await {
-                Err(e) if e.is_transient() && left > 0 => {
-                    tracing::warn!(error = %e, ?wait, retries_left = left,
+                Err(e) if e.is_transient() => {
+                    let since = *first_failure.get_or_insert_with(Instant::now);
+                    let spent = since.elapsed();
+                    if spent + wait > self.config.retry_for {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, ?wait, ?spent,
                         "the server is unavailable during {what}; starting it again");
                     tokio::time::sleep(wait).await;
-                    wait *= 2;
-                    left -= 1;
+                    wait = (wait * 2).min(LONGEST_WAIT);
                     progress.restart();
                 }
                 result => return result,

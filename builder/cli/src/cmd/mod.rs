@@ -29,6 +29,10 @@ pub struct ServerArg {
     /// (default: the system's roots).
     #[arg(long, value_name = "FILE", env = "STRATA_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Seconds a push or pull keeps trying again while the server is
+    /// unavailable (restarting, connection lost); 0 for never.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub retry_for: u64,
 }
 
 impl ServerArg {
@@ -41,6 +45,7 @@ impl ServerArg {
         Ok(ClientConfig {
             token,
             tls_ca: self.tls_ca.clone(),
+            retry_for: std::time::Duration::from_secs(self.retry_for),
             ..config
         })
     }
