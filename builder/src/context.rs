@@ -15,6 +15,7 @@
 //! machines give the same key.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use strata_proto::Digest;
 
@@ -73,6 +74,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContextErro
 pub struct BuildContext {
     root: PathBuf,
     ignore: Vec<IgnoreRule>,
+    /// Where `COPY <<EOF` bodies are written as files, made on first use
+    /// and removed with the last clone of the context.
+    inline: Arc<Mutex<Option<tempfile::TempDir>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -95,6 +99,7 @@ impl BuildContext {
         Ok(BuildContext {
             root: root.to_path_buf(),
             ignore,
+            inline: Arc::default(),
         })
     }
 
@@ -114,6 +119,66 @@ impl BuildContext {
             }
         }
         ignored
+    }
+
+    /// The entries `COPY <<A [<<B ...] dest` makes: one file per heredoc,
+    /// named by its delimiter when `dest` is a directory, else `dest`
+    /// itself, mode 0644 unless `chmod` says otherwise.
+    pub fn select_inline(
+        &self,
+        files: &[strata_dockerfile::InlineFile],
+        dest: &str,
+        cwd: &str,
+        chmod: Option<u32>,
+    ) -> Result<Vec<CopyEntry>, ContextError> {
+        let dest_abs = crate::image::resolve_path(cwd, dest);
+        let into_dir =
+            dest.ends_with('/') || dest == "." || dest.ends_with("/.") || files.len() > 1;
+        let mut out = Vec::with_capacity(files.len());
+        for file in files {
+            let host = self.inline_file(&file.content)?;
+            let dest = if into_dir {
+                crate::image::resolve_path(&dest_abs, &file.name)
+            } else {
+                dest_abs.clone()
+            };
+            out.push(CopyEntry {
+                host,
+                dest,
+                kind: EntryKind::File,
+                mode: chmod.unwrap_or(0o644),
+                into_existing_dir: !into_dir,
+                named: true,
+            });
+        }
+        out.sort_by(|a, b| a.dest.cmp(&b.dest));
+        Ok(out)
+    }
+
+    /// A file holding `content`, in the context's inline directory.
+    fn inline_file(&self, content: &str) -> Result<PathBuf, ContextError> {
+        let mut dir = self
+            .inline
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if dir.is_none() {
+            *dir = Some(
+                tempfile::Builder::new()
+                    .prefix("strata-heredoc-")
+                    .tempdir()
+                    .map_err(io_err("making a directory for COPY heredocs"))?,
+            );
+        }
+        let Some(dir) = dir.as_ref() else {
+            return Err(io_err("COPY heredocs")(std::io::Error::other(
+                "no directory",
+            )));
+        };
+        let path = dir
+            .path()
+            .join(blake3::hash(content.as_bytes()).to_hex().as_str());
+        std::fs::write(&path, content).map_err(io_err(path.display().to_string()))?;
+        Ok(path)
     }
 
     /// The entries `COPY sources... dest` selects, sorted by destination.

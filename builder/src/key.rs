@@ -122,13 +122,26 @@ fn canonical_instruction(i: &Instruction) -> String {
             chown,
             chmod,
             from: _,
-        } => format!(
-            "COPY sources={} dest={} chown={} chmod={}",
-            serde_json::to_string(sources).unwrap_or_default(),
-            quote(dest),
-            opt(chown),
-            mode(chmod)
-        ),
+            heredocs,
+        } => {
+            // The heredocs' contents enter through the `files` digest.
+            let inline = if heredocs.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = heredocs.iter().map(|h| h.name.as_str()).collect();
+                format!(
+                    " heredocs={}",
+                    serde_json::to_string(&names).unwrap_or_default()
+                )
+            };
+            format!(
+                "COPY sources={} dest={} chown={} chmod={}{inline}",
+                serde_json::to_string(sources).unwrap_or_default(),
+                quote(dest),
+                opt(chown),
+                mode(chmod)
+            )
+        }
         Instruction::Add {
             sources,
             dest,

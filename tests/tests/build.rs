@@ -1081,3 +1081,45 @@ impl Drop for NetNs {
             .status();
     }
 }
+
+#[test]
+fn copy_heredocs_write_inline_files_into_the_image() {
+    let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         WORKDIR /app\n\
+         COPY --chmod=755 <<'EOF' hello\n#!/bin/sh\necho \"hello $1\" > /app/said\nEOF\n\
+         COPY <<a.conf <<b.conf conf/\nalpha\na.conf\nbeta\nb.conf\n\
+         RUN ./hello world\n";
+    let ctx = context(dockerfile);
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (_, rootfs, _) = build_and_unpack(cache.path(), ctx.path(), out.path());
+    let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap();
+    assert_eq!(read("app/said"), "hello world\n");
+    assert_eq!(read("app/conf/a.conf"), "alpha\n");
+    assert_eq!(read("app/conf/b.conf"), "beta\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(rootfs.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!((mode("app/hello"), mode("app/conf/a.conf")), (0o755, 0o644));
+
+    // Same file, same keys; a changed body misses that step and later ones.
+    let again = build_json(cache.path(), context(dockerfile).path(), &[]);
+    assert!(statuses(&again).iter().all(|s| s == "cached"), "{again}");
+    let changed = build_json(
+        cache.path(),
+        context(&dockerfile.replace("beta", "gamma")).path(),
+        &[],
+    );
+    assert_eq!(
+        statuses(&changed),
+        [
+            "cached", "cached", "cached", "cached", "executed", "executed"
+        ]
+    );
+}

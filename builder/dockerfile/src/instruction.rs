@@ -32,6 +32,9 @@ pub enum Instruction {
         /// `--from=STAGE|INDEX|IMAGE`: copy from an earlier stage's (or an
         /// image's) file system instead of the build context.
         from: Option<String>,
+        /// `COPY <<EOF dest`: files written inline, in the order named
+        /// (then `sources` is empty).
+        heredocs: Vec<InlineFile>,
     },
     /// `ADD [--chown=..] [--chmod=..] [--checksum=sha256:..] src... dest`.
     Add {
@@ -74,6 +77,14 @@ pub enum Instruction {
     /// [--start-interval=..] [--retries=N] CMD command`, or `HEALTHCHECK
     /// NONE`. Never expanded (the check's shell does that when it runs).
     Healthcheck(Healthcheck),
+}
+
+/// A file a `COPY` heredoc writes: named by its delimiter, holding its
+/// body as written (no variable expansion: see the parser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineFile {
+    pub name: String,
+    pub content: String,
 }
 
 /// A container health check, as `HEALTHCHECK` declares it. Durations are
@@ -257,7 +268,9 @@ impl Instruction {
                 chown,
                 chmod,
                 from,
+                heredocs,
             } => Instruction::Copy {
+                heredocs: heredocs.clone(),
                 sources: ex.paths(sources.iter().map(String::as_str))?,
                 dest: ex.non_empty(dest, "destination")?,
                 chown: ex.chown(chown.as_deref())?,

@@ -12,7 +12,7 @@
 //!   continues on the next line; the escape and the newline are removed and
 //!   the pieces joined with nothing in between, as Docker does.
 //!
-//! - A `RUN` line that opens heredocs (`<<EOF`, `<<-EOF`, quoted or not)
+//! - A `RUN` or `COPY` line that opens heredocs (`<<EOF`, `<<-EOF`, quoted or not)
 //!   takes the lines after it, up to each terminator, into its text as
 //!   written: comments and blank lines included, nothing joined.
 //!
@@ -167,9 +167,10 @@ fn join_continuations(physical: &[&str], escape: char) -> Result<Vec<LogicalLine
 }
 
 /// Whether heredocs on this instruction line have bodies to read: `RUN`
-/// only (COPY and ADD heredocs are refused when parsed, at their line).
+/// and `COPY` (ADD heredocs are refused when parsed, at their line).
 fn opens_heredocs(text: &str) -> bool {
-    split_keyword(text).0.eq_ignore_ascii_case("run")
+    let keyword = split_keyword(text).0;
+    keyword.eq_ignore_ascii_case("run") || keyword.eq_ignore_ascii_case("copy")
 }
 
 /// Appends one heredoc's lines, terminator included, to `text` exactly as

@@ -69,7 +69,7 @@ use thiserror::Error;
 
 pub use expand::{EmptyScope, ExpandError, Scope, expand};
 pub use instruction::{
-    AddSource, Arg, Checksum, Command, Healthcheck, Instruction, KeyValue, Network,
+    AddSource, Arg, Checksum, Command, Healthcheck, InlineFile, Instruction, KeyValue, Network,
 };
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, ImageRef, LayoutRef, ReferenceError};
 

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::instruction::{
-    AddSource, Arg, Checksum, Command, Healthcheck, Instruction, KeyValue, Network,
+    AddSource, Arg, Checksum, Command, Healthcheck, InlineFile, Instruction, KeyValue, Network,
 };
 use super::json::{JsonArray, parse_array};
 use super::words::{
@@ -378,14 +378,79 @@ fn refuse_heredoc(keyword: Keyword, rest: &str, escape: char) -> Result<(), Stri
 
 /// `COPY [flags] src... dest` or `COPY [flags] ["src", ..., "dest"]`.
 fn parse_copy(flags: &Flags, rest: &str, escape: char) -> Result<Instruction, String> {
-    let (sources, dest) = parse_sources_and_dest(Keyword::Copy, rest, escape)?;
+    let (sources, dest, heredocs) = match rest.split_once('\n') {
+        Some((first, bodies)) => {
+            let (dest, heredocs) = copy_heredocs(first, bodies, escape)?;
+            if flags.get("from").is_some() {
+                return Err("COPY: --from copies files, not heredocs".to_owned());
+            }
+            (Vec::new(), dest, heredocs)
+        }
+        None => {
+            let (sources, dest) = parse_sources_and_dest(Keyword::Copy, rest, escape)?;
+            (sources, dest, Vec::new())
+        }
+    };
     Ok(Instruction::Copy {
         sources,
         dest,
         chown: flags.get("chown").map(str::to_owned),
         chmod: parse_chmod(Keyword::Copy, flags)?,
         from: flags.get("from").map(str::to_owned),
+        heredocs,
     })
+}
+
+/// `COPY <<A [<<B ...] dest` and the bodies the lexer read after it: the
+/// destination and one inline file per heredoc, named by its delimiter.
+///
+/// Bodies are copied as written. An unquoted delimiter asks Docker to
+/// expand variables in the body; rather than copy such a body differently
+/// from Docker, one holding a `$` is refused, saying to quote the delimiter.
+fn copy_heredocs(
+    first: &str,
+    bodies: &str,
+    escape: char,
+) -> Result<(String, Vec<InlineFile>), String> {
+    let markers = heredoc_markers(first, escape);
+    let mut words = split_shell_words(first, escape);
+    let dest = words.pop().unwrap_or_default();
+    if words.len() != markers.len() || heredoc_markers(&dest, escape).len() == 1 {
+        return Err(
+            "COPY: expected heredocs then a destination (`COPY <<EOF /path`); heredocs and \
+             context files in one COPY are not supported, use two"
+                .to_owned(),
+        );
+    }
+    let mut lines = bodies.split('\n');
+    let mut files = Vec::with_capacity(markers.len());
+    for marker in markers {
+        let mut content = String::new();
+        for line in lines.by_ref() {
+            let line = if marker.strip_tabs {
+                line.trim_start_matches('\t')
+            } else {
+                line
+            };
+            if line == marker.delimiter {
+                break;
+            }
+            content.push_str(line);
+            content.push('\n');
+        }
+        if !marker.quoted && content.contains('$') {
+            return Err(format!(
+                "COPY <<{0}: the body holds `$`, which Docker would expand; quote the \
+                 delimiter (<<'{0}') to copy it as written",
+                marker.delimiter
+            ));
+        }
+        files.push(InlineFile {
+            name: marker.delimiter,
+            content,
+        });
+    }
+    Ok((dest, files))
 }
 
 /// `ADD [flags] src... dest`; URL sources are classified as written (a

@@ -516,11 +516,57 @@ fn run_heredocs_are_read_as_buildkit_reads_them() {
 }
 
 #[test]
-fn copy_and_add_heredocs_are_refused() {
+fn copy_heredocs_are_inline_files_and_add_heredocs_are_refused() {
     assert_eq!(
-        step_err("COPY <<-EOT /etc/motd"),
-        "Dockerfile:2: COPY: heredocs are not supported (found <<-EOT)"
+        parse_ok("FROM scratch\nCOPY --chmod=755 <<-'EOT' /usr/local/bin/hello\n\t#!/bin/sh\n\techo \"hi $1\"\n\tEOT\n")
+            .stages[0]
+            .steps[0]
+            .instruction,
+        Instruction::Copy {
+            sources: Vec::new(),
+            dest: "/usr/local/bin/hello".into(),
+            chown: None,
+            chmod: Some(0o755),
+            from: None,
+            heredocs: vec![InlineFile {
+                name: "EOT".into(),
+                content: "#!/bin/sh\necho \"hi $1\"\n".into(),
+            }],
+        }
     );
+    let df =
+        parse_ok("FROM scratch\nCOPY <<a.txt <<b.txt /etc/\none\na.txt\ntwo\nb.txt\nRUN true\n");
+    let Instruction::Copy { heredocs, dest, .. } = &df.stages[0].steps[0].instruction else {
+        panic!("{:?}", df.stages[0].steps[0]);
+    };
+    assert_eq!(dest, "/etc/");
+    let files: Vec<(&str, &str)> = heredocs
+        .iter()
+        .map(|f| (f.name.as_str(), f.content.as_str()))
+        .collect();
+    assert_eq!(files, [("a.txt", "one\n"), ("b.txt", "two\n")]);
+    assert_eq!(df.stages[0].steps[1].line, 7);
+    for (text, expect) in [
+        (
+            "COPY <<EOF /x\nhello $USER\nEOF\n",
+            "COPY <<EOF: the body holds `$`, which Docker would expand; quote the delimiter",
+        ),
+        (
+            "COPY <<EOF data.txt /x\nhi\nEOF\n",
+            "COPY: expected heredocs then a destination",
+        ),
+        (
+            "COPY --from=build <<EOF /x\nhi\nEOF\n",
+            "COPY: --from copies files, not heredocs",
+        ),
+        (
+            "ADD <<-EOT /etc/motd\nhi\nEOT\n",
+            "ADD: heredocs are not supported (found <<-EOT)",
+        ),
+    ] {
+        let message = parse_err(&format!("FROM scratch\n{text}"));
+        assert!(message.contains(expect), "{text:?}: {message}");
+    }
     assert_eq!(
         only_step("RUN cat <<< 'here string' && echo '<<EOF'"),
         Instruction::Run {
@@ -605,6 +651,7 @@ fn copy_takes_sources_and_a_destination() {
             chown: None,
             chmod: None,
             from: None,
+            heredocs: Vec::new(),
         }
     );
 }
@@ -619,6 +666,7 @@ fn copy_json_form_allows_spaces_in_paths() {
             chown: None,
             chmod: None,
             from: None,
+            heredocs: Vec::new(),
         }
     );
 }
@@ -633,6 +681,7 @@ fn copy_flags_chown_and_chmod() {
             chown: Some("app:staff".to_owned()),
             chmod: Some(0o640),
             from: None,
+            heredocs: Vec::new(),
         }
     );
     assert_eq!(
@@ -643,6 +692,7 @@ fn copy_flags_chown_and_chmod() {
             chown: Some("1000".to_owned()),
             chmod: None,
             from: None,
+            heredocs: Vec::new(),
         }
     );
 }
@@ -690,6 +740,7 @@ fn copy_words_are_expanded_and_unquoted() {
             chown: Some("app:app".to_owned()),
             chmod: None,
             from: None,
+            heredocs: Vec::new(),
         }
     );
 }
@@ -1061,6 +1112,7 @@ fn backtick_escape_directive_for_windows_style_paths() {
                 chown: Some("app".to_owned()),
                 chmod: None,
                 from: None,
+                heredocs: Vec::new(),
             },
             Instruction::Env(vec![kv("MSG", "say \"hi\""), kv("PRICE", "$5")])
         ]
@@ -1212,6 +1264,7 @@ CMD ["--listen", ":8080"]
             chown: Some("app:app".to_owned()),
             chmod: Some(0o755),
             from: None,
+            heredocs: Vec::new(),
         }
     );
     assert_eq!(

@@ -112,6 +112,8 @@ pub(crate) struct HeredocMarker {
     pub delimiter: String,
     /// `<<-`: leading tabs are stripped from the body and the terminator.
     pub strip_tabs: bool,
+    /// `<<"EOF"` or `<<'EOF'`: the body is taken literally.
+    pub quoted: bool,
 }
 
 /// Every heredoc `text` opens, in order.
@@ -124,15 +126,16 @@ pub(crate) fn heredoc_markers(text: &str, escape: char) -> Vec<HeredocMarker> {
                 .trim_start_matches(|c: char| c.is_ascii_digit())
                 .trim_start_matches("<<");
             let strip_tabs = rest.starts_with('-');
+            let rest = rest.strip_prefix('-').unwrap_or(rest);
+            let quoted = rest.contains(['"', '\'']) || rest.contains(escape);
             let delimiter = rest
-                .strip_prefix('-')
-                .unwrap_or(rest)
                 .chars()
                 .filter(|&c| c != '"' && c != '\'' && c != escape)
                 .collect();
             HeredocMarker {
                 delimiter,
                 strip_tabs,
+                quoted,
             }
         })
         .collect()

@@ -230,6 +230,17 @@ fn select_copy_sources(
 ) -> Result<Option<Vec<CopyEntry>>, BuildError> {
     let (name, sources, dest, chmod) = match instruction {
         Instruction::Copy {
+            dest,
+            chmod,
+            heredocs,
+            ..
+        } if !heredocs.is_empty() => {
+            return context
+                .select_inline(heredocs, dest, config.cwd(), *chmod)
+                .map(Some)
+                .map_err(|e| site.error(format!("COPY: {e}")));
+        }
+        Instruction::Copy {
             sources,
             dest,
             chmod,

@@ -232,6 +232,7 @@ impl<'a> Runner<'a> {
                 sources,
                 dest,
                 from: Some(from),
+                ..
             } => {
                 let root = self.materialise().await?;
                 let owner = chown_ids(chown.as_deref(), &root)
