@@ -34,7 +34,7 @@ enum Command {
     /// Show the store's figures, or one object's size.
     Stat(cmd::stat::StatArgs),
     /// Build an OCI image from a Dockerfile, asking the cache before each step.
-    Build(cmd::build::BuildArgs),
+    Build(Box<cmd::build::BuildArgs>),
     /// Make bearer tokens for `strata serve --tokens`.
     Token(cmd::token::TokenArgs),
     /// Measure push, pull, lookups, dedup and settings, each beside a
@@ -81,7 +81,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => cmd::push::run(args).await,
         Command::Pull(args) => cmd::pull::run(args).await,
         Command::Stat(args) => cmd::stat::run(args).await,
-        Command::Build(args) => cmd::build::run(args).await,
+        Command::Build(args) => cmd::build::run(*args).await,
         Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => strata_benches::run_cli(args).await,
     }

@@ -311,14 +311,10 @@ fn unsupported_docker_instructions_are_named_with_their_line() {
          ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, VOLUME, STOPSIGNAL, MAINTAINER, \
          HEALTHCHECK)"
     );
-    for keyword in ["ONBUILD RUN x"] {
-        let upper = keyword.split(' ').next().unwrap();
-        assert!(
-            step_err(keyword)
-                .starts_with(&format!("Dockerfile:2: unsupported instruction {upper} ")),
-            "{keyword}"
-        );
-    }
+    assert!(
+        step_err("ONBUILD RUN x").starts_with("Dockerfile:2: unsupported instruction ONBUILD "),
+        "ONBUILD"
+    );
 }
 
 #[test]
