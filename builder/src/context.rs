@@ -74,8 +74,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContextErro
 pub struct BuildContext {
     root: PathBuf,
     ignore: Vec<IgnoreRule>,
-    /// Where `COPY <<EOF` bodies are written as files, made on first use
-    /// and removed with the last clone of the context.
+    /// Where `COPY <<EOF` bodies and `ADD <url>` downloads are written as
+    /// files, made on first use and removed with the last clone of the
+    /// context.
     inline: Arc<Mutex<Option<tempfile::TempDir>>>,
 }
 
@@ -157,27 +158,39 @@ impl BuildContext {
 
     /// A file holding `content`, in the context's inline directory.
     fn inline_file(&self, content: &str) -> Result<PathBuf, ContextError> {
+        let path = self
+            .inline_dir()?
+            .join(blake3::hash(content.as_bytes()).to_hex().as_str());
+        std::fs::write(&path, content).map_err(io_err(path.display().to_string()))?;
+        Ok(path)
+    }
+
+    /// Where the file an `ADD <url>` pinned by `sha256_hex` is fetched to
+    /// when its step runs, named `name`.
+    pub fn download_path(&self, sha256_hex: &str, name: &str) -> Result<PathBuf, ContextError> {
+        let dir = self.inline_dir()?.join(sha256_hex);
+        std::fs::create_dir_all(&dir).map_err(io_err(dir.display().to_string()))?;
+        Ok(dir.join(name))
+    }
+
+    /// The directory for files the Dockerfile itself supplies (heredocs,
+    /// downloads), made on first use, 0700.
+    fn inline_dir(&self) -> Result<PathBuf, ContextError> {
         let mut dir = self
             .inline
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if dir.is_none() {
-            *dir = Some(
-                tempfile::Builder::new()
-                    .prefix("strata-heredoc-")
-                    .tempdir()
-                    .map_err(io_err("making a directory for COPY heredocs"))?,
-            );
+        if let Some(dir) = dir.as_ref() {
+            return Ok(dir.path().to_path_buf());
         }
-        let Some(dir) = dir.as_ref() else {
-            return Err(io_err("COPY heredocs")(std::io::Error::other(
-                "no directory",
-            )));
-        };
-        let path = dir
-            .path()
-            .join(blake3::hash(content.as_bytes()).to_hex().as_str());
-        std::fs::write(&path, content).map_err(io_err(path.display().to_string()))?;
+        let made = tempfile::Builder::new()
+            .prefix("strata-inline-")
+            .tempdir()
+            .map_err(io_err(
+                "making a directory for COPY heredocs and ADD downloads",
+            ))?;
+        let path = made.path().to_path_buf();
+        *dir = Some(made);
         Ok(path)
     }
 

@@ -449,7 +449,7 @@ pub(crate) fn verify_digest(
 
 /// rustls needs one process-wide crypto provider; reqwest is built without
 /// one so that ring (no C toolchain beyond its own, no OpenSSL) is it.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     // Err means a provider is already installed (by us or by the program):
     // either way there is one.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -12,6 +12,9 @@
 //! 3. [`RegistryClient::push_image`]: blobs (skipped if present, mounted
 //!    across repositories where allowed), config, manifest, tag.
 //!
+//! Beside images, `ADD <url>` sources: [`fetch_url_to_file`] fetches one,
+//! checked against the SHA-256 its `--checksum` pins.
+//!
 //! The protocol itself (auth flows, blob transfer, uploads) is ORAS's
 //! `oci-client`; see `client.rs` for what is done beside it and why.
 //!
@@ -29,6 +32,7 @@ mod options;
 mod platform;
 mod pull;
 mod push;
+mod url;
 
 pub use client::RegistryClient;
 pub use digest::BlobDigest;
@@ -44,3 +48,4 @@ pub use options::{
 pub use platform::Platform;
 pub use pull::{BlobStream, ResolvedImage};
 pub use push::{ImageToPush, LayerToPush, PushReport};
+pub use url::{UrlError, fetch_url_to_file};

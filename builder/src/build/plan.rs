@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_dockerfile::{AddSource, Dockerfile, Instruction, Network, Scope, StageRef};
+use strata_dockerfile::{AddSource, Checksum, Dockerfile, Instruction, Network, Scope, StageRef};
 use strata_proto::Digest;
 use strata_proto::v1::Provenance;
 
 use super::error::{BuildError, Site};
-use crate::context::{BuildContext, CopyEntry, digest_entries};
+use crate::context::{BuildContext, CopyEntry, EntryKind, digest_entries};
 use crate::image::RuntimeConfig;
 use crate::key::{StepKey, step_key};
 
@@ -30,6 +30,17 @@ pub(crate) struct Planned {
     pub copy: Option<Vec<CopyEntry>>,
     /// For `COPY --from`: the earlier stage or image it copies from.
     pub copy_from: Option<CopySource>,
+    /// For `ADD <url> --checksum=…`: what to fetch into its one copy
+    /// entry's host path when the step runs (never on a hit or dry run:
+    /// the key pins the checksum, not the bytes of today's download).
+    pub fetch: Option<UrlFetch>,
+}
+
+/// An `ADD` URL source and the checksum that pins it.
+#[derive(Clone, Debug)]
+pub(crate) struct UrlFetch {
+    pub url: String,
+    pub checksum: Checksum,
 }
 
 /// What a `COPY --from` copies from.
@@ -104,12 +115,25 @@ pub(crate) fn plan(
         )?;
         check_network(&instruction, allow_host_network, &site)?;
         let copy_from = copy_source(df, stage, &instruction, stage_keys, copy_images, &site)?;
-        let (copy, files) = match copy_from {
-            Some((_, key)) => (
+        let fetch = add_url(&instruction);
+        let (copy, files) = match (copy_from, &fetch) {
+            (Some((_, key)), _) => (
                 None,
                 Some(Digest::of(format!("copy-from {key}").as_bytes())),
             ),
-            None => {
+            (None, Some(fetch)) => {
+                let entry = url_entry(&instruction, fetch, context, &config)
+                    .map_err(|e| site.error(format!("ADD {}: {e}", fetch.url)))?;
+                let files = Digest::of(
+                    format!(
+                        "add-url {} dest {} mode {:o}",
+                        fetch.checksum, entry.dest, entry.mode
+                    )
+                    .as_bytes(),
+                );
+                (Some(vec![entry]), Some(files))
+            }
+            (None, None) => {
                 let copy = select_copy_sources(&instruction, context, &config, &site)?;
                 let files = copy
                     .as_deref()
@@ -153,6 +177,7 @@ pub(crate) fn plan(
             instruction,
             copy,
             copy_from: copy_from.map(|(source, _)| source),
+            fetch,
         });
         parent = next_parent;
     }
@@ -221,6 +246,77 @@ fn check_network(
     Ok(())
 }
 
+/// An `ADD` of a URL (the parser allows one, with its checksum).
+fn add_url(instruction: &Instruction) -> Option<UrlFetch> {
+    let Instruction::Add {
+        sources,
+        checksum: Some(checksum),
+        ..
+    } = instruction
+    else {
+        return None;
+    };
+    match sources.as_slice() {
+        [AddSource::Url(url)] => Some(UrlFetch {
+            url: url.clone(),
+            checksum: checksum.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Where an `ADD <url>` puts its file: `dest/NAME` for a directory
+/// destination (NAME the URL path's last segment), else `dest`; mode 0600
+/// unless `--chmod`, as Docker's. Never unpacked, as Docker's URL sources
+/// are not.
+fn url_entry(
+    instruction: &Instruction,
+    fetch: &UrlFetch,
+    context: &BuildContext,
+    config: &RuntimeConfig,
+) -> Result<CopyEntry, String> {
+    let Instruction::Add { dest, chmod, .. } = instruction else {
+        return Err("not an ADD".to_owned());
+    };
+    let path = fetch
+        .url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .splitn(4, '/')
+        .nth(3)
+        .unwrap_or_default();
+    let name = path.rsplit('/').next().unwrap_or_default();
+    let into_dir = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
+    let name = match name {
+        "" | "." | ".." if into_dir => {
+            return Err(
+                "the URL names no file; give the destination as a file path (no trailing /)"
+                    .to_owned(),
+            );
+        }
+        "" | "." | ".." => "download",
+        name => name,
+    };
+    let dest_abs = crate::image::resolve_path(config.cwd(), dest);
+    let dest = if into_dir {
+        crate::image::resolve_path(&dest_abs, name)
+    } else {
+        dest_abs
+    };
+    let host = context
+        .download_path(fetch.checksum.sha256_hex(), name)
+        .map_err(|e| e.to_string())?;
+    Ok(CopyEntry {
+        host,
+        dest,
+        kind: EntryKind::File,
+        mode: chmod.unwrap_or(0o600),
+        into_existing_dir: !into_dir,
+        named: false,
+    })
+}
+
 /// The context entries a COPY or ADD takes (`None` for other steps).
 fn select_copy_sources(
     instruction: &Instruction,
@@ -256,9 +352,10 @@ fn select_copy_sources(
             for s in sources {
                 match s {
                     AddSource::Path(p) => paths.push(p.clone()),
+                    // With its checksum, the parser's only form: `add_url`.
                     AddSource::Url(u) => {
                         return Err(site.error(format!(
-                            "ADD {u}: fetching URLs is not supported yet (the build has no network); download it into the context and COPY it"
+                            "ADD {u}: a URL source needs --checksum=sha256:<hex> and no other source"
                         )));
                     }
                 }

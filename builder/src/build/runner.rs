@@ -19,7 +19,7 @@ use super::archive::{archive_kind, unpack};
 use super::base::{BuiltLayer, LayerContent, LayerSource};
 use super::copy::{chown_ids, copy_items, stage_copy_items};
 use super::error::BuildError;
-use super::plan::Planned;
+use super::plan::{Planned, UrlFetch};
 use super::run_step::layer_idmap;
 use super::{BuildOptions, Event};
 use crate::blob::{BlobError, LayerStream};
@@ -257,6 +257,11 @@ impl<'a> Runner<'a> {
                 let owner = chown_ids(chown.as_deref(), &root)
                     .map_err(|e| s.site.error(format!("COPY --chown={e}")))?;
                 let entries = s.copy.as_deref().unwrap_or_default();
+                if let (Some(fetch), [entry]) = (&s.fetch, entries) {
+                    fetch_url(fetch, &entry.host)
+                        .await
+                        .map_err(|e| s.site.error(format!("ADD: {e}")))?;
+                }
                 let mut items = copy_items(entries, owner).map_err(|e| s.site.error(e))?;
                 if matches!(s.instruction, Instruction::Add { .. }) {
                     self.unpack_archives(s, entries, &mut items, owner)?;
@@ -389,4 +394,21 @@ fn workdir(s: &Planned, root: &Path) -> Result<Vec<Change>, BuildError> {
         .map_err(|e| s.site.error(format!("WORKDIR {dir}: {e}")))?
         .unwrap_or((0, 0));
     workdir_changes(root, &path, owner).map_err(|e| s.site.error(format!("WORKDIR {dir}: {e}")))
+}
+
+/// The most an `ADD <url>` may download (a server that sends more is cut
+/// off: the checksum would refuse it anyway, after the disk had filled).
+const MAX_ADD_URL_BYTES: u64 = 16 << 30;
+
+/// Fetches an `ADD <url>` into `path` unless a step of this build already
+/// did (same checksum, same name), checked against its checksum.
+async fn fetch_url(fetch: &UrlFetch, path: &std::path::Path) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    let expected = strata_registry::BlobDigest::parse(&fetch.checksum.to_string())?;
+    strata_registry::fetch_url_to_file(&fetch.url, &expected, path, MAX_ADD_URL_BYTES)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
