@@ -297,11 +297,34 @@ fn a_failing_run_fails_the_build_with_its_exit_code_and_output_and_records_nothi
     assert!(stderr.contains("Dockerfile:3"), "{stderr}");
     assert!(stderr.contains("exit code 3"), "{stderr}");
     assert!(stderr.contains("the last words"), "{stderr}");
+    assert!(
+        !stderr.contains("hint:"),
+        "no network hint for this: {stderr}"
+    );
     let plan = build_json(cache.path(), ctx.path(), &["--dry-run"]);
     assert_eq!(
         statuses(&plan),
         ["cached", "would_run"],
         "the failed step was not recorded"
+    );
+}
+
+#[test]
+fn a_step_that_fails_for_want_of_a_network_says_how_to_give_it_one() {
+    let ctx = context(
+        "FROM scratch
+COPY busybox /bin/busybox
+         RUN [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/x\", \"http://deb.debian.org/debian/\"]\n",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(cache.path(), ctx.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("Dockerfile:3"), "{stderr}");
+    assert!(
+        stderr.contains("hint: this step ran without a network")
+            && stderr.contains("--allow-host-network"),
+        "{stderr}"
     );
 }
 

@@ -28,13 +28,15 @@ pub enum BuildError {
         message: String,
     },
     #[error(
-        "{file}:{line}: RUN failed with {exit}\n--- last output ---\n{tail}--- nothing was recorded for this step ---"
+        "{file}:{line}: RUN failed with {exit}\n--- last output ---\n{tail}--- nothing was recorded for this step ---{hint}"
     )]
     RunFailed {
         file: String,
         line: usize,
         exit: String,
         tail: String,
+        /// What to do about it, when the output says (empty otherwise).
+        hint: String,
         code: i32,
     },
     #[error("{what}: {source}")]

@@ -86,11 +86,13 @@ impl Runner<'_> {
                 Some(limit) => format!("{} (it exceeded {limit})", exit_text(&outcome.exit)),
                 None => exit_text(&outcome.exit),
             };
+            let tail = tail.text();
             return Err(BuildError::RunFailed {
                 file: s.site.file.clone(),
                 line: s.site.line,
                 exit,
-                tail: tail.text(),
+                hint: network_hint(network, &tail),
+                tail,
                 code: exit_code(&outcome.exit),
             });
         }
@@ -214,4 +216,34 @@ impl OutputTail {
         out.push('\n');
         out
     }
+}
+
+/// Output by which a step shows it wanted a network it did not have (apt,
+/// pip, npm, curl, wget, busybox's wget, git).
+const NO_NETWORK_SIGNS: [&str; 12] = [
+    "Temporary failure resolving",
+    "Temporary failure in name resolution",
+    "Could not resolve",
+    "could not resolve",
+    "Name or service not known",
+    "Network is unreachable",
+    "Failed to establish a new connection",
+    "getaddrinfo",
+    "EAI_AGAIN",
+    "ENOTFOUND",
+    "bad address",
+    "No route to host",
+];
+
+/// For a step that failed without a network while its output says it
+/// wanted one: what to do about it, else nothing.
+fn network_hint(network: Network, tail: &str) -> String {
+    if network != Network::None || !NO_NETWORK_SIGNS.iter().any(|s| tail.contains(s)) {
+        return String::new();
+    }
+    "\nhint: this step ran without a network (builds are hermetic by default). If it must \
+     download, let it: `RUN --network=host ...` and `strata build --allow-host-network` (the \
+     step is then recorded as non-hermetic); or fetch what it needs beforehand, pinned \
+     (`ADD --checksum=sha256:... URL`, or into the build context)."
+        .to_owned()
 }
