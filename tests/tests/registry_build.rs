@@ -284,6 +284,16 @@ fn an_unreachable_registry_or_unknown_image_is_a_clear_error_at_the_from_line() 
         assert!(stderr.contains("Dockerfile:1"), "{from}: {stderr}");
         assert!(stderr.contains(expect), "{from}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+        // A dry run never needs the registry: the image is shown as
+        // unresolved, its steps as would run, and it exits 0.
+        let out = build(cache.path(), ctx.path(), &["--dry-run", "--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{from}: {stderr}");
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(statuses(&plan), ["would_run"], "{from}");
+        assert_eq!(plan["base_images"], serde_json::json!(["unresolved"]));
+        assert!(stderr.contains("a dry run goes on without it"), "{stderr}");
     }
 }
 

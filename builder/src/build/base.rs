@@ -60,6 +60,21 @@ pub(crate) enum LayerContent {
     Tar { size: u64, source: LayerSource },
 }
 
+impl Base {
+    /// An image a dry run could not resolve: a key no recorded step has
+    /// (so every step on it would run), named `unresolved`.
+    pub fn unresolved(written: &str) -> Base {
+        Base {
+            key: base_key(&format!("unresolved {written}")),
+            name: "unresolved".into(),
+            config: RuntimeConfig::default(),
+            layers: Vec::new(),
+            history: Vec::new(),
+            registry: None,
+        }
+    }
+}
+
 impl BuiltLayer {
     /// A base image's layer: its blob, kept as it is.
     pub fn base(layer: LayerRef, source: LayerSource) -> BuiltLayer {

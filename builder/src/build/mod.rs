@@ -212,7 +212,7 @@ pub async fn build(
                     file: df.file_name.clone(),
                     line: df.stages[index].from.line,
                 };
-                let base = resolve_announced(client, &registries, site, image, events).await?;
+                let base = resolve_announced(client, &registries, site, image, opts.dry_run, events).await?;
                 base_images.push(base.name.clone());
                 StageBase::Image(Box::new(base))
             }
@@ -223,7 +223,7 @@ pub async fn build(
                 let image = BaseImage::Named(
                     ImageRef::parse(&name).map_err(|e| site.error(e.to_string()))?,
                 );
-                let base = resolve_announced(client, &registries, site, image, events).await?;
+                let base = resolve_announced(client, &registries, site, image, opts.dry_run, events).await?;
                 copy_images.push((name, base));
             }
         }
@@ -495,10 +495,22 @@ async fn resolve_announced(
     registries: &Registries,
     site: Site,
     image: BaseImage,
+    dry_run: bool,
     events: &mut (dyn FnMut(Event<'_>) + Send),
 ) -> Result<Base, BuildError> {
     let written = base::as_written(&image);
-    let base = resolve_image(client, registries, site, image).await?;
+    let named = matches!(image, BaseImage::Named(_));
+    let base = match resolve_image(client, registries, site, image).await {
+        Ok(base) => base,
+        // A dry run never needs the network: an image it cannot resolve is
+        // shown as such, and the steps on it as would run.
+        Err(e) if dry_run && named => {
+            let note = format!("{e}; a dry run goes on without it: its steps would run");
+            events(Event::Note(&note));
+            Base::unresolved(&written)
+        }
+        Err(e) => return Err(e),
+    };
     events(Event::Base {
         image: &written,
         pinned: &base.name,
