@@ -410,7 +410,7 @@ impl Expander<'_> {
         let mut ports = Vec::new();
         for spec in specs {
             for port in self.word(spec)?.split_whitespace() {
-                ports.push(canonical_port(port).map_err(|e| format!("EXPOSE: {e}"))?);
+                ports.extend(canonical_ports(port).map_err(|e| format!("EXPOSE: {e}"))?);
             }
         }
         if ports.is_empty() {
@@ -420,23 +420,46 @@ impl Expander<'_> {
     }
 }
 
-/// `80`, `80/tcp`, `53/UDP` → `"80/tcp"`, `"80/tcp"`, `"53/udp"`.
-fn canonical_port(spec: &str) -> Result<String, String> {
-    let (number, protocol) = spec.split_once('/').unwrap_or((spec, "tcp"));
+/// `80`, `80/tcp`, `53/UDP` → `"80/tcp"`, `"80/tcp"`, `"53/udp"`; a range
+/// `8000-8002/udp` is each of its ports, as Docker writes it into the image.
+fn canonical_ports(spec: &str) -> Result<Vec<String>, String> {
+    /// The most ports one range may name (Docker takes any; a typo such as
+    /// `1-65535` would otherwise write 65,535 entries into the config).
+    const MAX_RANGE: u32 = 1024;
+    let (numbers, protocol) = spec.split_once('/').unwrap_or((spec, "tcp"));
     let protocol = protocol.to_ascii_lowercase();
     if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
         return Err(format!(
             "expected protocol tcp, udp or sctp, found `{protocol}` in `{spec}`"
         ));
     }
-    let port: u16 = number
-        .parse()
-        .ok()
-        .filter(|&p| p != 0 && number.chars().all(|c| c.is_ascii_digit()))
-        .ok_or_else(|| {
-            format!("expected a port number from 1 to 65535, found `{number}` in `{spec}`")
-        })?;
-    Ok(format!("{port}/{protocol}"))
+    let port = |number: &str| -> Result<u16, String> {
+        number
+            .parse()
+            .ok()
+            .filter(|&p| p != 0 && number.chars().all(|c| c.is_ascii_digit()))
+            .ok_or_else(|| {
+                format!("expected a port number from 1 to 65535, found `{number}` in `{spec}`")
+            })
+    };
+    let (first, last) = match numbers.split_once('-') {
+        Some((first, last)) => (port(first)?, port(last)?),
+        None => {
+            let only = port(numbers)?;
+            (only, only)
+        }
+    };
+    if last < first {
+        return Err(format!(
+            "the range `{numbers}` in `{spec}` ends before it starts"
+        ));
+    }
+    if u32::from(last - first) >= MAX_RANGE {
+        return Err(format!(
+            "the range `{numbers}` in `{spec}` names more than {MAX_RANGE} ports"
+        ));
+    }
+    Ok((first..=last).map(|p| format!("{p}/{protocol}")).collect())
 }
 
 /// `user[:group]`: names or numeric ids, each non-empty, no whitespace.
@@ -483,21 +506,22 @@ mod tests {
 
     #[test]
     fn ports_are_made_canonical() {
-        assert_eq!(canonical_port("80").unwrap(), "80/tcp");
-        assert_eq!(canonical_port("53/UDP").unwrap(), "53/udp");
-        assert_eq!(canonical_port("9/sctp").unwrap(), "9/sctp");
-        assert_eq!(canonical_port("0080").unwrap(), "80/tcp");
+        assert_eq!(canonical_ports("80").unwrap(), ["80/tcp"]);
+        assert_eq!(canonical_ports("53/UDP").unwrap(), ["53/udp"]);
+        assert_eq!(canonical_ports("9/sctp").unwrap(), ["9/sctp"]);
+        assert_eq!(canonical_ports("0080").unwrap(), ["80/tcp"]);
+        assert_eq!(canonical_ports("80-80").unwrap(), ["80/tcp"]);
     }
 
     #[test]
     fn bad_ports_say_what_was_expected() {
         assert_eq!(
-            canonical_port("80/http").unwrap_err(),
+            canonical_ports("80/http").unwrap_err(),
             "expected protocol tcp, udp or sctp, found `http` in `80/http`"
         );
-        for bad in ["0", "65536", "+80", "8000-8010", "", "x"] {
+        for bad in ["0", "65536", "+80", "8000-80x", "", "x"] {
             assert!(
-                canonical_port(bad)
+                canonical_ports(bad)
                     .unwrap_err()
                     .starts_with("expected a port number from 1 to 65535"),
                 "{bad}"

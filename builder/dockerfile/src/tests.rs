@@ -1031,6 +1031,22 @@ fn expose_errors_are_exact() {
         "Dockerfile:2: EXPOSE: expected a port number from 1 to 65535, found `99999` in `99999`"
     );
     assert_eq!(
+        expanded_step("EXPOSE 8000-8002 53-54/udp", &[]).unwrap(),
+        Instruction::Expose(strings(&[
+            "8000/tcp", "8001/tcp", "8002/tcp", "53/udp", "54/udp"
+        ]))
+    );
+    for (spec, expect) in [
+        ("9000-8000", "ends before it starts"),
+        ("1-65535", "names more than 1024 ports"),
+        ("80-", "expected a port number"),
+        ("-80", "expected a port number"),
+        ("80-90-100", "expected a port number"),
+    ] {
+        let message = step_err(&format!("EXPOSE {spec}"));
+        assert!(message.contains(expect), "{spec}: {message}");
+    }
+    assert_eq!(
         step_err("EXPOSE 80/http"),
         "Dockerfile:2: EXPOSE: expected protocol tcp, udp or sctp, found `http` in `80/http`"
     );

@@ -212,7 +212,9 @@ pub async fn build(
                     file: df.file_name.clone(),
                     line: df.stages[index].from.line,
                 };
-                let base = resolve_announced(client, &registries, site, image, opts.dry_run, events).await?;
+                let base =
+                    resolve_announced(client, &registries, site, image, opts.dry_run, events)
+                        .await?;
                 base_images.push(base.name.clone());
                 StageBase::Image(Box::new(base))
             }
@@ -223,7 +225,9 @@ pub async fn build(
                 let image = BaseImage::Named(
                     ImageRef::parse(&name).map_err(|e| site.error(e.to_string()))?,
                 );
-                let base = resolve_announced(client, &registries, site, image, opts.dry_run, events).await?;
+                let base =
+                    resolve_announced(client, &registries, site, image, opts.dry_run, events)
+                        .await?;
                 copy_images.push((name, base));
             }
         }
