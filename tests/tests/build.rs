@@ -1146,3 +1146,19 @@ fn copy_heredocs_write_inline_files_into_the_image() {
         ]
     );
 }
+
+#[test]
+fn a_syntax_directive_is_ignored_with_a_note() {
+    let ctx = context("# syntax=docker/dockerfile:1.7\nFROM scratch\nCOPY data.txt /\n");
+    let cache = tempfile::tempdir().unwrap();
+    let report = build_json(cache.path(), ctx.path(), &[]);
+    assert_eq!(statuses(&report), ["executed"]);
+    let notes = report["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("`# syntax=docker/dockerfile:1.7` is ignored")),
+        "{notes:?}"
+    );
+}

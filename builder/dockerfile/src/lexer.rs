@@ -45,6 +45,9 @@ pub(crate) struct LogicalLine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lexed {
     pub escape: char,
+    /// Directives read and deliberately ignored (`syntax`, `check`), as
+    /// `name=value`.
+    pub ignored_directives: Vec<String>,
     pub lines: Vec<LogicalLine>,
     /// Number of physical lines, for errors about the end of the file.
     pub line_count: usize,
@@ -61,20 +64,22 @@ pub(crate) struct LexError {
 pub(crate) fn lex(text: &str) -> Result<Lexed, LexError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let physical: Vec<&str> = text.lines().collect();
-    let escape = read_escape_directive(&physical)?;
+    let (escape, ignored_directives) = read_directives(&physical)?;
     let lines = join_continuations(&physical, escape)?;
     Ok(Lexed {
         escape,
+        ignored_directives,
         lines,
         line_count: physical.len(),
     })
 }
 
 /// Reads the directive block at the top of the file and returns the escape
-/// character it sets (the default if none).
-fn read_escape_directive(physical: &[&str]) -> Result<char, LexError> {
+/// character it sets (the default if none) and the directives it ignores.
+fn read_directives(physical: &[&str]) -> Result<(char, Vec<String>), LexError> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut escape = DEFAULT_ESCAPE;
+    let mut ignored = Vec::new();
     for (index, text) in physical.iter().enumerate() {
         let line = index + 1;
         let Some((name, value)) = directive(text) else {
@@ -93,9 +98,11 @@ fn read_escape_directive(physical: &[&str]) -> Result<char, LexError> {
         }
         if name == "escape" {
             escape = escape_char(value).map_err(|message| LexError { line, message })?;
+        } else {
+            ignored.push(format!("{name}={value}"));
         }
     }
-    Ok(escape)
+    Ok((escape, ignored))
 }
 
 /// Recognises `# name = value` (BuildKit's

@@ -97,6 +97,10 @@ pub struct Dockerfile {
     pub global_args: Vec<GlobalArg>,
     /// The stages in file order; never empty. The last is the default target.
     pub stages: Vec<Stage>,
+    /// Parser directives accepted and ignored (`# syntax=` picks a BuildKit
+    /// frontend, `# check=` its lint rules; neither applies here), as
+    /// `name=value`, for the builder to mention.
+    pub ignored_directives: Vec<String>,
 }
 
 /// One stage: a `FROM` line and the instructions up to the next.
@@ -164,6 +168,7 @@ pub fn parse(file_name: &str, text: &str) -> Result<Dockerfile, ParseError> {
         escape: lexed.escape,
         global_args: Vec::new(),
         stages: Vec::new(),
+        ignored_directives: lexed.ignored_directives.clone(),
     };
     for line in &lexed.lines {
         assembler
@@ -316,6 +321,7 @@ struct Assembler<'a> {
     escape: char,
     global_args: Vec<GlobalArg>,
     stages: Vec<Stage>,
+    ignored_directives: Vec<String>,
 }
 
 impl Assembler<'_> {
@@ -403,6 +409,7 @@ impl Assembler<'_> {
             escape: self.escape,
             global_args: self.global_args,
             stages: self.stages,
+            ignored_directives: self.ignored_directives,
         })
     }
 }

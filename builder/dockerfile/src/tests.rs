@@ -1455,3 +1455,17 @@ fn healthcheck_parses_as_docker_reads_it() {
         assert!(message.contains(expect), "{step}: {message}");
     }
 }
+
+#[test]
+fn syntax_and_check_directives_are_accepted_and_listed_as_ignored() {
+    let df = parse_ok("# syntax=docker/dockerfile:1.7\n# check=skip=all\nFROM scratch\n");
+    assert_eq!(
+        df.ignored_directives,
+        ["syntax=docker/dockerfile:1.7", "check=skip=all"]
+    );
+    // `escape` is applied, not listed; after the first instruction a
+    // directive is a comment.
+    let df = parse_ok("# escape=`\nFROM scratch\n# syntax=x\n");
+    assert!(df.ignored_directives.is_empty());
+    assert_eq!(df.escape, '`');
+}

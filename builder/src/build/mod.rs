@@ -187,6 +187,15 @@ pub async fn build(
     )))?;
     let file_name = opts.dockerfile.display().to_string();
     let df = strata_dockerfile::parse(&file_name, &text)?;
+    let mut notes = Vec::new();
+    for directive in &df.ignored_directives {
+        let note = format!(
+            "{file_name}: `# {directive}` is ignored: Strata reads Dockerfiles itself (no \
+             BuildKit frontend or lint rules)"
+        );
+        events(Event::Note(&note));
+        notes.push(note);
+    }
     let context = BuildContext::open(&opts.context)?;
     let target = df
         .target_stage(opts.target.as_deref())
@@ -288,7 +297,7 @@ pub async fn build(
         registry_bytes: 0,
         base_images,
         compressed_layers: 0,
-        notes: Vec::new(),
+        notes,
     };
     if opts.dry_run {
         for (i, (s, hit)) in all_steps.iter().zip(hits).enumerate() {
