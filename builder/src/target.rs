@@ -43,6 +43,37 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// How often a command waiting for the embedded store tries again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Opens the embedded store in `dir`, waiting (and saying so, once) while
+/// another command holds it, as cargo waits for its build directory: two
+/// builds on one laptop take turns instead of the second failing.
+async fn open_embedded(dir: &std::path::Path) -> Result<EmbeddedServer, TargetError> {
+    let mut told = false;
+    loop {
+        match EmbeddedServer::open(dir, StoreConfig::default()).await {
+            Err(StoreError::Locked { .. }) => {
+                if !told {
+                    eprintln!(
+                        "strata: waiting for another strata command using the cache at {} \
+                         (to share one cache at once, run `strata serve` and pass --server)",
+                        dir.display()
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(LOCK_POLL).await;
+            }
+            result => {
+                return result.map_err(|source| TargetError::Embedded {
+                    dir: dir.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl Target {
     /// Connects to `server`, or opens the embedded store when it is `None`.
     pub async fn open(server: Option<&str>, config: ClientConfig) -> Result<Target, TargetError> {
@@ -53,12 +84,7 @@ impl Target {
             }),
             None => {
                 let dir = embedded_store_dir()?;
-                let embedded = EmbeddedServer::open(&dir, StoreConfig::default())
-                    .await
-                    .map_err(|source| TargetError::Embedded {
-                        dir: dir.clone(),
-                        source,
-                    })?;
+                let embedded = open_embedded(&dir).await?;
                 let client = Client::from_channel(embedded.channel(), config)?;
                 Ok(Target {
                     client,

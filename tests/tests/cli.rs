@@ -239,3 +239,36 @@ fn image_names_are_refused_up_front_by_the_one_reference_parser() {
         "a refused build opened the cache"
     );
 }
+
+/// Two commands on one embedded cache take turns: the second waits, says
+/// so once, and completes when the first lets go.
+#[test]
+fn a_command_on_an_embedded_cache_in_use_waits_its_turn_and_says_so() {
+    use std::io::BufRead;
+    let cache = tempfile::tempdir().unwrap();
+    // Hold the store's lock as another strata command does.
+    let lock = std::fs::File::create(cache.path().join("LOCK")).unwrap();
+    lock.lock().unwrap();
+    let input = cache.path().join("input");
+    std::fs::write(&input, b"waiting is better than failing\n").unwrap();
+    let mut push = strata(cache.path())
+        .arg("push")
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(push.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("waiting for another strata command using the cache at"),
+        "{line}"
+    );
+    assert!(push.try_wait().unwrap().is_none(), "it waits, not fails");
+    drop(lock);
+    let out = push.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let digest = String::from_utf8(out.stdout).unwrap();
+    assert!(digest.trim().starts_with("b3:"), "{digest}");
+}
