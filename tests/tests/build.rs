@@ -1047,7 +1047,10 @@ impl NetNs {
     /// address: interfaces a step must not see.
     fn with_veth() -> NetNs {
         need("ip", "iproute2");
-        let name = format!("strata-test-{}", std::process::id());
+        // Tests run on threads of one process: number them apart.
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("strata-test-{}-{n}", std::process::id());
         let ns = NetNs { name };
         ns.ip(&["netns", "add", &ns.name]);
         for args in [
@@ -1161,4 +1164,45 @@ fn a_syntax_directive_is_ignored_with_a_note() {
             .contains("`# syntax=docker/dockerfile:1.7` is ignored")),
         "{notes:?}"
     );
+}
+
+#[test]
+fn build_wide_host_network_gives_every_run_the_hosts_and_keys_it_apart() {
+    let host = NetNs::with_veth();
+    let ctx = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"cp\", \"/proc/net/dev\", \"/interfaces\"]\n",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let build_in_ns = |extra: &[&str], image: &Path| -> Value {
+        let output = host
+            .command(&strata_bin())
+            .env("STRATA_CACHE_DIR", cache.path())
+            .env_remove("STRATA_SERVER")
+            .env("RUST_LOG", "warn")
+            .args(["build", "--json", "--output", &oci_output(image, "v1")])
+            .args(extra)
+            .arg(ctx.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let hermetic = build_in_ns(&[], &out.path().join("hermetic"));
+    let shared = build_in_ns(&["--network=host"], &out.path().join("host"));
+    assert_eq!(statuses(&shared), ["cached", "executed"], "{shared}");
+    assert_ne!(shared["steps"][1]["key"], hermetic["steps"][1]["key"]);
+    let seen = |image: &str, bundle: &str| {
+        let rootfs = umoci_unpack(&out.path().join(image), "v1", &out.path().join(bundle));
+        std::fs::read_to_string(rootfs.join("interfaces")).unwrap()
+    };
+    let hermetic_view = seen("hermetic", "b1");
+    assert!(!hermetic_view.contains("strata-v0"), "{hermetic_view}");
+    let host_view = seen("host", "b2");
+    assert!(host_view.contains("strata-v0"), "{host_view}");
 }

@@ -85,14 +85,27 @@ pub struct BuildOptions {
     pub compression: Compression,
     /// Time limit of one RUN step.
     pub step_timeout: Option<Duration>,
-    /// Whether `RUN --network=host` may run.
-    pub allow_host_network: bool,
+    /// Which networks RUN steps may have.
+    pub network: NetworkPolicy,
     /// Where working file systems are made (a temporary directory inside).
     pub scratch: PathBuf,
     /// How to reach registries for `FROM` images not kept in the cache.
     pub registry: strata_registry::RegistryOptions,
     /// The executable that serves as sandbox stage (None: this one).
     pub sandbox_helper: Option<PathBuf>,
+}
+
+/// Which networks the build's RUN steps may have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetworkPolicy {
+    /// None at all: a `RUN --network=host` is refused (the default).
+    #[default]
+    Hermetic,
+    /// `RUN --network=host` steps get the host's (`--allow-host-network`).
+    AllowHost,
+    /// Every RUN step gets the host's (`strata build --network=host`, as
+    /// Docker's flag): each is keyed and recorded as non-hermetic.
+    AllHost,
 }
 
 /// How a step was satisfied.
@@ -266,7 +279,7 @@ pub async fn build(
             &context,
             &opts.build_args,
             &globals,
-            opts.allow_host_network,
+            opts.network,
             PlanBase {
                 key: base_key,
                 config: &base_config,

@@ -9,6 +9,7 @@ use strata_dockerfile::{AddSource, Checksum, Dockerfile, Instruction, Network, S
 use strata_proto::Digest;
 use strata_proto::v1::Provenance;
 
+use super::NetworkPolicy;
 use super::error::{BuildError, Site};
 use crate::context::{BuildContext, CopyEntry, EntryKind, digest_entries};
 use crate::image::RuntimeConfig;
@@ -89,7 +90,7 @@ pub(crate) fn plan(
     context: &BuildContext,
     build_args: &[(String, String)],
     globals: &[(String, String)],
-    allow_host_network: bool,
+    network: NetworkPolicy,
     base: PlanBase<'_>,
     stage_keys: &[Option<Digest>],
     copy_images: &[(String, Digest)],
@@ -113,7 +114,7 @@ pub(crate) fn plan(
                 args: &args,
             },
         )?;
-        check_network(&instruction, allow_host_network, &site)?;
+        let instruction = apply_network_policy(instruction, network, &site)?;
         let copy_from = copy_source(df, stage, &instruction, stage_keys, copy_images, &site)?;
         let fetch = add_url(&instruction);
         let (copy, files) = match (copy_from, &fetch) {
@@ -227,23 +228,31 @@ fn instruction_name(instruction: &Instruction) -> &'static str {
     }
 }
 
-/// Network is opt-in twice: the Dockerfile asks, the user allows.
-fn check_network(
-    instruction: &Instruction,
-    allow_host_network: bool,
+/// Network is opt-in twice: the Dockerfile asks and the user allows, or
+/// the user gives every step the host's (then the instruction says so, and
+/// so its key and provenance do).
+fn apply_network_policy(
+    instruction: Instruction,
+    policy: NetworkPolicy,
     site: &Site,
-) -> Result<(), BuildError> {
-    if let Instruction::Run {
-        network: Network::Host,
-        ..
-    } = instruction
-        && !allow_host_network
-    {
-        return Err(site.error(
-            "RUN --network=host needs --allow-host-network: the step would not be hermetic",
-        ));
+) -> Result<Instruction, BuildError> {
+    match (instruction, policy) {
+        (Instruction::Run { command, .. }, NetworkPolicy::AllHost) => Ok(Instruction::Run {
+            command,
+            network: Network::Host,
+        }),
+        (
+            Instruction::Run {
+                network: Network::Host,
+                ..
+            },
+            NetworkPolicy::Hermetic,
+        ) => Err(site.error(
+            "RUN --network=host needs --allow-host-network (or strata build --network=host): \
+             the step would not be hermetic",
+        )),
+        (instruction, _) => Ok(instruction),
     }
-    Ok(())
 }
 
 /// An `ADD` of a URL (the parser allows one, with its checksum).

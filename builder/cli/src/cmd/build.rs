@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use strata_builder::build::{BuildOptions, BuildReport, Event, OutputTarget, StepStatus};
+use strata_builder::build::{
+    BuildOptions, BuildReport, Event, NetworkPolicy, OutputTarget, StepStatus,
+};
 use strata_builder::image::Compression;
 use strata_builder::progress::human_bytes;
 use strata_builder::source_date::image_created;
@@ -69,6 +71,10 @@ pub struct BuildArgs {
     /// Let `RUN --network=host` steps run (they are marked non-hermetic).
     #[arg(long)]
     allow_host_network: bool,
+    /// The network of every RUN step: none (hermetic, the default) or host
+    /// (as Docker's flag; each step is keyed and recorded as non-hermetic).
+    #[arg(long, value_name = "none|host", default_value = "none", value_parser = ["none", "host"])]
+    network: String,
     /// Registry credentials: a Docker config file (`auths`, `credHelpers`,
     /// `credsStore`) read instead of `$DOCKER_CONFIG/config.json` or
     /// `~/.docker/config.json`.
@@ -126,7 +132,11 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         created,
         compression: args.compression,
         step_timeout: Some(std::time::Duration::from_secs(args.step_timeout)),
-        allow_host_network: args.allow_host_network,
+        network: match (args.network.as_str(), args.allow_host_network) {
+            ("host", _) => NetworkPolicy::AllHost,
+            (_, true) => NetworkPolicy::AllowHost,
+            _ => NetworkPolicy::Hermetic,
+        },
         scratch: std::env::temp_dir(),
         sandbox_helper: None,
         registry: RegistryOptions {
