@@ -76,13 +76,30 @@ pub enum ExpandError {
     /// `${}`, `${:x}`, `${{`, `${-x}`: no variable name after `${`.
     #[error("bad substitution: expected a variable name after ${{, found {found}")]
     BadSubstitution { found: String },
-    /// A modifier other than `-`, `:-`, `+`, `:+`.
+    /// A modifier outside the set BuildKit supports.
     #[error(
-        "unsupported substitution ${{{name}{modifier}...}}: only ${{NAME}}, ${{NAME:-default}}, \
-         ${{NAME-default}}, ${{NAME:+alternative}} and ${{NAME+alternative}} are supported"
+        "unsupported substitution ${{{name}{modifier}...}}: supported are ${{NAME}}, \
+         ${{NAME:-default}}, ${{NAME-default}}, ${{NAME:+alternative}}, ${{NAME+alternative}}, \
+         ${{NAME:?message}}, ${{NAME?message}}, ${{NAME#glob}}, ${{NAME##glob}}, \
+         ${{NAME%glob}}, ${{NAME%%glob}}, ${{NAME/glob/replacement}} and \
+         ${{NAME//glob/replacement}}"
     )]
     UnsupportedModifier { name: String, modifier: String },
+    /// `${NAME:?message}` (or `${NAME?message}`) of a variable not set (or
+    /// empty): the Dockerfile's own message.
+    #[error("{name} is required: {message}")]
+    Required { name: String, message: String },
+    /// A pattern substitution (`#`, `%`, `/`) on a value too long for it.
+    #[error(
+        "${{{name}...}}: pattern substitutions take values of at most {MAX_PATTERN_VALUE} \
+         characters; {name} has {len}"
+    )]
+    ValueTooLong { name: String, len: usize },
 }
+
+/// The longest value a pattern substitution works on: matching is
+/// quadratic in it, and Dockerfile values (versions, paths) are short.
+const MAX_PATTERN_VALUE: usize = 4096;
 
 /// Expands variables in `word` and removes its quotes and escapes.
 ///
@@ -110,6 +127,8 @@ enum Stop {
     End,
     /// At the `}` closing a `${NAME:-word}` (a quoted `}` does not count).
     Brace,
+    /// At the `/` ending the pattern of `${NAME/pattern/word}`, or a `}`.
+    SlashOrBrace,
 }
 
 impl WordExpander<'_> {
@@ -120,20 +139,23 @@ impl WordExpander<'_> {
     /// The modifier word of `${name<op>word}`, up to and including the `}`.
     fn until_brace(&mut self, name: &str) -> Result<String, ExpandError> {
         match self.text(Stop::Brace)? {
-            (text, true) => Ok(text),
-            (_, false) => Err(ExpandError::MissingBrace {
+            (text, Some(_)) => Ok(text),
+            (_, None) => Err(ExpandError::MissingBrace {
                 name: name.to_owned(),
             }),
         }
     }
 
-    /// Expands text up to `stop`; says whether the `}` was found.
-    fn text(&mut self, stop: Stop) -> Result<(String, bool), ExpandError> {
+    /// Expands text up to `stop`; returns it and the character it stopped
+    /// at (consumed), if it met one before the end of the word.
+    fn text(&mut self, stop: Stop) -> Result<(String, Option<char>), ExpandError> {
         let mut out = String::new();
         while let Some(&c) = self.chars.peek() {
-            if stop == Stop::Brace && c == '}' {
+            if (stop == Stop::Brace && c == '}')
+                || (stop == Stop::SlashOrBrace && (c == '}' || c == '/'))
+            {
                 self.chars.next();
-                return Ok((out, true));
+                return Ok((out, Some(c)));
             }
             match c {
                 '\'' => out.push_str(&self.single_quoted()?),
@@ -150,7 +172,7 @@ impl WordExpander<'_> {
                 }
             }
         }
-        Ok((out, false))
+        Ok((out, None))
     }
 
     /// `'...'`: everything literal; there is no way to escape `'`.
@@ -220,18 +242,51 @@ impl WordExpander<'_> {
         match self.chars.next() {
             Some('}') => Ok(value.unwrap_or_default()),
             Some(':') => match self.chars.next() {
-                Some(op @ ('-' | '+')) => {
+                Some(op @ ('-' | '+' | '?')) => {
                     let word = self.until_brace(&name)?;
                     let set = value.as_deref().is_some_and(|v| !v.is_empty());
-                    Ok(apply_modifier(op, set, value, word))
+                    apply_modifier(op, set, name, value, word)
                 }
                 Some(other) => Err(unsupported(name, format!(":{other}"))),
                 None => Err(ExpandError::MissingBrace { name }),
             },
-            Some(op @ ('-' | '+')) => {
+            Some(op @ ('-' | '+' | '?')) => {
                 let word = self.until_brace(&name)?;
                 let set = value.is_some();
-                Ok(apply_modifier(op, set, value, word))
+                apply_modifier(op, set, name, value, word)
+            }
+            Some(op @ ('#' | '%')) => {
+                let longest = self.chars.next_if_eq(&op).is_some();
+                let pattern: Vec<char> = self.until_brace(&name)?.chars().collect();
+                let value: Vec<char> = value.unwrap_or_default().chars().collect();
+                if value.len() > MAX_PATTERN_VALUE {
+                    return Err(ExpandError::ValueTooLong {
+                        name,
+                        len: value.len(),
+                    });
+                }
+                let kept = if op == '#' {
+                    strip_prefix(&value, &pattern, longest)
+                } else {
+                    strip_suffix(&value, &pattern, longest)
+                };
+                Ok(kept.iter().collect())
+            }
+            Some('/') => {
+                let all = self.chars.next_if_eq(&'/').is_some();
+                let replacement = match self.text(Stop::SlashOrBrace)? {
+                    (pattern, Some('/')) => (pattern, self.until_brace(&name)?),
+                    // `${NAME/pattern}`: replaced by nothing.
+                    (pattern, Some(_)) => (pattern, String::new()),
+                    (_, None) => return Err(ExpandError::MissingBrace { name }),
+                };
+                let (pattern, replacement) = replacement;
+                let value = value.unwrap_or_default();
+                let len = value.chars().count();
+                if len > MAX_PATTERN_VALUE {
+                    return Err(ExpandError::ValueTooLong { name, len });
+                }
+                Ok(replace(&value, &pattern, &replacement, all))
             }
             Some(other) => Err(unsupported(name, other.to_string())),
             None => Err(ExpandError::MissingBrace { name }),
@@ -259,17 +314,211 @@ impl WordExpander<'_> {
     }
 }
 
-/// `-` takes `word` when the variable is not "set"; `+` when it is.
-fn apply_modifier(op: char, set: bool, value: Option<String>, word: String) -> String {
-    match (op, set) {
-        ('-', true) => value.unwrap_or_default(),
+/// `-` takes `word` when the variable is not "set"; `+` when it is; `?`
+/// fails with `word` as the message when it is not.
+fn apply_modifier(
+    op: char,
+    set: bool,
+    name: String,
+    value: Option<String>,
+    word: String,
+) -> Result<String, ExpandError> {
+    Ok(match (op, set) {
+        ('-' | '?', true) => value.unwrap_or_default(),
         ('-', false) | ('+', true) => word,
+        ('?', false) => {
+            let message = if word.is_empty() {
+                "not set".to_owned()
+            } else {
+                word
+            };
+            return Err(ExpandError::Required { name, message });
+        }
         _ => String::new(),
-    }
+    })
 }
 
 fn unsupported(name: String, modifier: String) -> ExpandError {
     ExpandError::UnsupportedModifier { name, modifier }
+}
+
+/// One token of a shell glob: `*`, `?`, a bracket class, or a literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Star,
+    Any,
+    Class { negated: bool, members: Vec<char> },
+    Literal(char),
+}
+
+/// A shell glob (`*`, `?`, `[abc]`, `[a-z]`, `[!x]`; anything else literal),
+/// as `${NAME#pattern}` and its kin match. Matched by simulating its
+/// automaton, so any pattern costs at most pattern × text steps per text,
+/// never an exponential search.
+struct Glob {
+    tokens: Vec<Token>,
+}
+
+impl Glob {
+    fn new(pattern: &[char]) -> Glob {
+        let mut tokens = Vec::new();
+        let mut i = 0;
+        while i < pattern.len() {
+            let token = match pattern[i] {
+                '*' => Token::Star,
+                '?' => Token::Any,
+                '[' => match class_end(&pattern[i + 1..]) {
+                    Some(end) => {
+                        let class = &pattern[i + 1..i + 1 + end];
+                        i += end + 1;
+                        let (negated, members) = match class.split_first() {
+                            Some(('!' | '^', members)) => (true, members.to_vec()),
+                            _ => (false, class.to_vec()),
+                        };
+                        Token::Class { negated, members }
+                    }
+                    // An unclosed `[` is a literal `[`.
+                    None => Token::Literal('['),
+                },
+                c => Token::Literal(c),
+            };
+            tokens.push(token);
+            i += 1;
+        }
+        Glob { tokens }
+    }
+
+    /// For each `k` in `0..=text.len()`: whether `text[..k]` matches.
+    fn prefix_matches(&self, text: &[char]) -> Vec<bool> {
+        let states = self.tokens.len() + 1;
+        let mut active = vec![false; states];
+        active[0] = true;
+        self.close(&mut active);
+        let mut out = Vec::with_capacity(text.len() + 1);
+        out.push(active[states - 1]);
+        for &c in text {
+            let mut next = vec![false; states];
+            for (k, token) in self.tokens.iter().enumerate() {
+                if !active[k] {
+                    continue;
+                }
+                match token {
+                    Token::Star => next[k] = true,
+                    Token::Any => next[k + 1] = true,
+                    Token::Literal(l) => next[k + 1] |= *l == c,
+                    Token::Class { negated, members } => {
+                        next[k + 1] |= class_matches(members, c) != *negated;
+                    }
+                }
+            }
+            self.close(&mut next);
+            out.push(next[states - 1]);
+            if !next.contains(&true) {
+                out.resize(text.len() + 1, false);
+                break;
+            }
+            active = next;
+        }
+        out
+    }
+
+    /// A `*` may match nothing: its state also enables the next.
+    fn close(&self, active: &mut [bool]) {
+        for (k, token) in self.tokens.iter().enumerate() {
+            if active[k] && *token == Token::Star {
+                active[k + 1] = true;
+            }
+        }
+    }
+
+    fn matches(&self, text: &[char]) -> bool {
+        self.prefix_matches(text)[text.len()]
+    }
+}
+
+/// Where the `]` closing a bracket class is in `rest` (the text after `[`).
+/// A `]` right after the opening (or its `!`) is a member, not the end.
+fn class_end(rest: &[char]) -> Option<usize> {
+    let start = usize::from(matches!(rest.first(), Some('!' | '^')));
+    (start + 1..rest.len()).find(|&i| rest[i] == ']')
+}
+
+/// Whether `c` is among `members` (single characters and `a-z` ranges).
+fn class_matches(members: &[char], c: char) -> bool {
+    let mut i = 0;
+    while i < members.len() {
+        if i + 2 < members.len() && members[i + 1] == '-' {
+            if (members[i]..=members[i + 2]).contains(&c) {
+                return true;
+            }
+            i += 3;
+        } else {
+            if members[i] == c {
+                return true;
+            }
+            i += 1;
+        }
+    }
+    false
+}
+
+/// `${NAME#glob}` (shortest) and `${NAME##glob}` (longest).
+fn strip_prefix<'v>(value: &'v [char], pattern: &[char], longest: bool) -> &'v [char] {
+    let ends = Glob::new(pattern).prefix_matches(value);
+    let end = if longest {
+        ends.iter().rposition(|&m| m)
+    } else {
+        ends.iter().position(|&m| m)
+    };
+    end.map_or(value, |end| &value[end..])
+}
+
+/// `${NAME%glob}` (shortest) and `${NAME%%glob}` (longest).
+fn strip_suffix<'v>(value: &'v [char], pattern: &[char], longest: bool) -> &'v [char] {
+    let glob = Glob::new(pattern);
+    let matches = |start: &usize| glob.matches(&value[*start..]);
+    let start = if longest {
+        (0..=value.len()).find(matches)
+    } else {
+        (0..=value.len()).rev().find(matches)
+    };
+    start.map_or(value, |start| &value[..start])
+}
+
+/// `${NAME/glob/word}` (the first, longest match) and `${NAME//glob/word}`
+/// (every match, left to right); an empty pattern replaces nothing.
+fn replace(value: &str, pattern: &str, replacement: &str, all: bool) -> String {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let value: Vec<char> = value.chars().collect();
+    if pattern.is_empty() {
+        return value.iter().collect();
+    }
+    let glob = Glob::new(&pattern);
+    let mut out = String::new();
+    let mut i = 0;
+    let mut replaced = false;
+    while i < value.len() {
+        let longest = if all || !replaced {
+            glob.prefix_matches(&value[i..])
+                .iter()
+                .rposition(|&m| m)
+                .filter(|&len| len > 0)
+        } else {
+            None
+        };
+        match longest {
+            Some(len) => {
+                out.push_str(replacement);
+                i += len;
+                replaced = true;
+            }
+            None => {
+                out.push(value[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -416,12 +665,72 @@ mod tests {
 
     #[test]
     fn other_modifiers_are_unsupported() {
-        assert_eq!(
-            ex_err("${HOME%/*}"),
-            "unsupported substitution ${HOME%...}: only ${NAME}, ${NAME:-default}, \
-             ${NAME-default}, ${NAME:+alternative} and ${NAME+alternative} are supported"
+        assert!(
+            ex_err("${HOME^^}").starts_with("unsupported substitution ${HOME^...}: supported are")
         );
-        assert!(ex_err("${HOME:?required}").starts_with("unsupported substitution ${HOME:?...}"));
+        assert!(ex_err("${HOME:=x}").starts_with("unsupported substitution ${HOME:=...}"));
+    }
+
+    #[test]
+    fn required_variables_fail_with_the_dockerfiles_message() {
+        assert_eq!(ex("${HOME:?set HOME}"), "/root");
+        assert_eq!(
+            ex_err("${UNSET:?set UNSET please}"),
+            "UNSET is required: set UNSET please"
+        );
+        assert_eq!(ex_err("${EMPTY:?}"), "EMPTY is required: not set");
+        // Without `:`, only an unset variable fails.
+        assert_eq!(ex("${EMPTY?nope}"), "");
+        assert_eq!(ex_err("${UNSET?}"), "UNSET is required: not set");
+    }
+
+    #[test]
+    fn prefixes_and_suffixes_are_removed_by_glob_as_the_shell_does() {
+        let scope: Vec<(String, String)> = vec![
+            ("FILE".into(), "/usr/lib/lib.tar.gz".into()),
+            ("VERSION".into(), "v1.2.3-rc1".into()),
+        ];
+        let ex = |w: &str| expand(w, '\\', &scope).unwrap();
+        assert_eq!(ex("${FILE#*/}"), "usr/lib/lib.tar.gz");
+        assert_eq!(ex("${FILE##*/}"), "lib.tar.gz");
+        assert_eq!(ex("${FILE%.*}"), "/usr/lib/lib.tar");
+        assert_eq!(ex("${FILE%%.*}"), "/usr/lib/lib");
+        assert_eq!(ex("${VERSION#v}"), "1.2.3-rc1");
+        assert_eq!(ex("${VERSION%-rc[0-9]}"), "v1.2.3");
+        assert_eq!(ex("${VERSION%-rc[!0-9]}"), "v1.2.3-rc1");
+        assert_eq!(ex("${VERSION#x}"), "v1.2.3-rc1");
+        assert_eq!(ex("${UNSET##*}"), "");
+        assert_eq!(ex("${VERSION/./_}"), "v1_2.3-rc1");
+        assert_eq!(ex("${VERSION//./_}"), "v1_2_3-rc1");
+        assert_eq!(ex("${VERSION//[0-9]/N}"), "vN.N.N-rcN");
+        assert_eq!(ex("${VERSION/-rc*}"), "v1.2.3");
+        assert_eq!(ex("${VERSION//}"), "v1.2.3-rc1");
+        assert_eq!(ex("${FILE/lib/LIB}"), "/usr/LIB/lib.tar.gz");
+        assert_eq!(ex("${VERSION/?/}"), "1.2.3-rc1");
+        assert!(expand("${VERSION/x/y", '\\', &scope).is_err());
+        assert!(expand("${VERSION%x", '\\', &scope).is_err());
+        // Many stars over the longest value allowed stay cheap (no
+        // exponential search); a longer value is refused, not ground on.
+        let long: Vec<(String, String)> = vec![("L".into(), "a".repeat(MAX_PATTERN_VALUE))];
+        assert_eq!(
+            expand("${L%%*a*a*a*a*a*b}", '\\', &long).unwrap().len(),
+            MAX_PATTERN_VALUE
+        );
+        assert_eq!(
+            expand("${L//*a*a*a*a*a*b/x}", '\\', &long).unwrap().len(),
+            MAX_PATTERN_VALUE
+        );
+        assert_eq!(
+            expand("${L%[]a]}", '\\', &long).unwrap().len(),
+            MAX_PATTERN_VALUE - 1
+        );
+        let longer: Vec<(String, String)> = vec![("L".into(), "a".repeat(MAX_PATTERN_VALUE + 1))];
+        assert!(
+            expand("${L/a/b}", '\\', &longer)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 4096 characters; L has 4097")
+        );
     }
 
     #[test]

@@ -1158,9 +1158,8 @@ fn expansion_errors_carry_file_and_line() {
         "Dockerfile:3: COPY: cannot expand `${SRC`: missing } to close ${SRC"
     );
     assert_eq!(
-        expanded_step("LABEL a=${A%.*}", &[]).unwrap_err(),
-        "Dockerfile:2: LABEL: cannot expand `${A%.*}`: unsupported substitution ${A%...}: only ${NAME}, \
-         ${NAME:-default}, ${NAME-default}, ${NAME:+alternative} and ${NAME+alternative} are supported"
+        expanded_step("LABEL a=${A:?give_A}", &[]).unwrap_err(),
+        "Dockerfile:2: LABEL: cannot expand `${A:?give_A}`: A is required: give_A"
     );
 }
 
