@@ -113,8 +113,8 @@ impl Keyword {
     fn allowed_flags(self) -> &'static [&'static str] {
         match self {
             Keyword::Run => &["network"],
-            Keyword::Copy => &["chown", "chmod", "from"],
-            Keyword::Add => &["chown", "chmod", "checksum"],
+            Keyword::Copy => &["chown", "chmod", "from", "link"],
+            Keyword::Add => &["chown", "chmod", "checksum", "link"],
             Keyword::Healthcheck => &[
                 "interval",
                 "timeout",
@@ -208,9 +208,19 @@ impl Flags {
             if !allowed.contains(&name) {
                 return Err(unknown_flag(keyword, name));
             }
-            let value = value
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| format!("{keyword}: flag --{name} needs a value (--{name}=...)"))?;
+            let value = match (value, name) {
+                // `--link` alone means true. Strata's layers are always
+                // independent of the ones below (content-addressed diffs),
+                // so it is accepted and changes nothing.
+                (None, "link") => "true",
+                (Some(v @ ("true" | "false")), "link") => v,
+                (_, "link") => {
+                    return Err(format!("{keyword}: --link takes true or false"));
+                }
+                (value, _) => value.filter(|v| !v.is_empty()).ok_or_else(|| {
+                    format!("{keyword}: flag --{name} needs a value (--{name}=...)")
+                })?,
+            };
             if values.iter().any(|(seen, _)| seen == name) {
                 return Err(format!("{keyword}: flag --{name} is given twice"));
             }

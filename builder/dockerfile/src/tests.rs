@@ -713,8 +713,8 @@ fn copy_errors_are_exact() {
         "Dockerfile:2: COPY: --chown: expected user[:group], found `a:b:c`"
     );
     assert_eq!(
-        step_err("COPY --link a /b"),
-        "Dockerfile:2: COPY: unknown flag --link (supported: --chown, --chmod, --from)"
+        step_err("COPY --parents a /b"),
+        "Dockerfile:2: COPY: unknown flag --parents (supported: --chown, --chmod, --from, --link)"
     );
     assert_eq!(
         step_err("COPY [\"a\", 1]"),
@@ -829,7 +829,7 @@ fn add_checksum_errors_are_exact() {
     );
     assert_eq!(
         step_err("ADD --keep-git-dir=true x /y"),
-        "Dockerfile:2: ADD: unknown flag --keep-git-dir (supported: --chown, --chmod, --checksum)"
+        "Dockerfile:2: ADD: unknown flag --keep-git-dir (supported: --chown, --chmod, --checksum, --link)"
     );
 }
 
@@ -1467,4 +1467,15 @@ fn syntax_and_check_directives_are_accepted_and_listed_as_ignored() {
     let df = parse_ok("# escape=`\nFROM scratch\n# syntax=x\n");
     assert!(df.ignored_directives.is_empty());
     assert_eq!(df.escape, '`');
+}
+
+#[test]
+fn copy_link_is_accepted_and_changes_nothing() {
+    assert_eq!(
+        only_step("COPY --link a /b"),
+        only_step("COPY a /b"),
+        "--link is accepted as a no-op"
+    );
+    assert_eq!(only_step("ADD --link=true a /b"), only_step("ADD a /b"));
+    assert!(step_err("COPY --link=yes a /b").contains("--link takes true or false"));
 }
