@@ -31,10 +31,13 @@
 //! (sled, positional reads): async callers run them on `spawn_blocking`.
 //! This module never imports tonic.
 
+mod compact;
 mod error;
+mod gc;
 mod index;
 mod record;
 mod segment;
+mod usage;
 mod writer;
 
 use std::collections::HashSet;
@@ -42,17 +45,21 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_proto::{ChunkDecoder, ChunkError, Codec, Digest, Manifest, StepResult};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
+pub use gc::{GcReport, MIN_MAX_BYTES};
 pub use record::HEADER_LEN as RECORD_HEADER_LEN;
 
+use gc::Collector;
 use index::ChunkEntry;
 use record::RecordKind;
 use segment::{ReadError, Segments};
+use usage::{Leases, UseKind, UseTimes};
 use writer::{Job, PendingRecord, Writer};
 
 /// When segment writes are synced to disk.
@@ -74,6 +81,14 @@ pub struct StoreConfig {
     pub segment_bytes: u64,
     /// Drop the index and rebuild it from the segments at open.
     pub rebuild_index: bool,
+    /// Keep the data directory (segments and index) under this many bytes
+    /// by evicting least recently used content; `None` keeps everything.
+    /// Segments are then at most a tenth of it. At least [`MIN_MAX_BYTES`].
+    pub max_bytes: Option<u64>,
+    /// How long an upload's interest in a chunk or object protects it from
+    /// collection: longer than any one push's pause between asking about a
+    /// chunk (`FindMissing`) and naming it in a manifest.
+    pub lease: Duration,
 }
 
 impl Default for StoreConfig {
@@ -82,6 +97,8 @@ impl Default for StoreConfig {
             fsync: FsyncPolicy::Always,
             segment_bytes: 1 << 30,
             rebuild_index: false,
+            max_bytes: None,
+            lease: Duration::from_secs(300),
         }
     }
 }
@@ -178,6 +195,21 @@ pub struct StoreStats {
     /// the store was opened (not kept across restarts): the CPU an upload
     /// cost, which duplicates in one request must not multiply.
     pub chunks_verified: u64,
+    /// The size cap (`--max-bytes`); 0 when there is none.
+    pub max_bytes: u64,
+    /// Bytes of the data directory that count against the cap: segment
+    /// files plus the index, as last measured.
+    pub bytes_used: u64,
+    /// Bytes of the index on disk, as last measured.
+    pub index_bytes: u64,
+    /// Totals over every collection, kept across restarts.
+    pub objects_evicted: u64,
+    pub step_results_evicted: u64,
+    pub tags_evicted: u64,
+    pub chunks_freed: u64,
+    /// Bytes of segment files reclaimed by compaction.
+    pub bytes_compacted: u64,
+    pub gc_rounds: u64,
 }
 
 /// What recording a step result did.
@@ -234,6 +266,7 @@ struct Counters {
     tail_bytes_cut: AtomicU64,
     rotten_chunks: AtomicU64,
     chunks_verified: AtomicU64,
+    index_bytes: AtomicU64,
 }
 
 /// State shared by the store handles and the writer thread.
@@ -252,9 +285,15 @@ struct Shared {
     /// dropped; an entry leaves when the chunk is stored again (healed).
     rotten: sled::Tree,
     meta: sled::Tree,
+    /// Collection totals (see [`gc::FIGURE_KEYS`]); not derived from the
+    /// segments, so a rebuild keeps them.
+    gc_figures: sled::Tree,
     segments: Segments,
     counters: Counters,
     config: StoreConfig,
+    leases: Leases,
+    /// Last-use times (`atimes` tree), advisory: a rebuild keeps them.
+    uses: UseTimes,
 }
 
 /// A handle to an open store; cheap to clone.
@@ -273,10 +312,19 @@ struct Inner {
     shared: Arc<Shared>,
     writer_tx: Option<mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Holds a sender to the writer: stopped and dropped before it.
+    collector: Option<Arc<Collector>>,
+    collector_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(c) = self.collector.take() {
+            c.stop();
+        }
+        if let Some(t) = self.collector_thread.take() {
+            let _ = t.join();
+        }
         // Closing the queue lets the writer finish what is queued and exit;
         // joining it releases the index and the directory lock.
         self.writer_tx.take();
@@ -291,10 +339,25 @@ impl Drop for Inner {
 /// while the previous one syncs, small enough to push back on uploaders.
 const WRITE_QUEUE_JOBS: usize = 64;
 
+/// How long a write waits, beyond one lease, for collection to make room
+/// under the cap before it is refused.
+const ROOM_WAIT_SLACK: Duration = Duration::from_secs(30);
+
 impl Store {
     /// Opens (or creates) the store in `dir`, indexing any segment tail the
     /// index does not cover yet.
-    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Store, StoreError> {
+        if let Some(cap) = config.max_bytes {
+            if cap < MIN_MAX_BYTES {
+                return Err(StoreError::CapTooSmall {
+                    asked: cap,
+                    minimum: MIN_MAX_BYTES,
+                });
+            }
+            // Bounds the overshoot: a segment is written whole before it
+            // can be compacted.
+            config.segment_bytes = config.segment_bytes.min(cap / 10);
+        }
         let data_dir_err = |source| StoreError::DataDir {
             path: dir.to_path_buf(),
             source,
@@ -325,6 +388,9 @@ impl Store {
             tags: db.open_tree("tags")?,
             rotten: db.open_tree("rotten")?,
             meta: db.open_tree("meta")?,
+            gc_figures: db.open_tree("gc")?,
+            uses: UseTimes::new(db.open_tree("atimes")?),
+            leases: Leases::new(config.lease),
             db,
             segments,
             counters: Counters::default(),
@@ -335,13 +401,18 @@ impl Store {
             .meta
             .get(index::SCHEMA_KEY)?
             .and_then(|v| index::decode_u64(&v));
-        if shared.config.rebuild_index || schema != Some(u64::from(index::SCHEMA_VERSION)) {
+        let rebuild =
+            shared.config.rebuild_index || schema != Some(u64::from(index::SCHEMA_VERSION));
+        if rebuild {
             if schema.is_some() || !shared.chunks.is_empty() {
                 tracing::warn!(?schema, "rebuilding the index from the segments");
             }
             shared.clear_index()?;
         }
         let report = shared.recover()?;
+        if rebuild {
+            gc::drop_dangling(&shared)?;
+        }
         if report.records_scanned > 0 || report.bytes_truncated > 0 || report.skipped_records > 0 {
             tracing::info!(
                 records = report.records_scanned,
@@ -361,13 +432,68 @@ impl Store {
             .name("strata-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::io("starting the writer thread", e))?;
+        let collector = Collector::new(shared.clone(), tx.clone());
+        let mut inner = Inner {
+            shared,
+            writer_tx: Some(tx),
+            writer_thread: Some(thread),
+            collector: Some(collector.clone()),
+            collector_thread: None,
+        };
+        inner.collector_thread = collector.start_background()?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                shared,
-                writer_tx: Some(tx),
-                writer_thread: Some(thread),
-            }),
+            inner: Arc::new(inner),
         })
+    }
+
+    fn collector(&self) -> Result<&Arc<Collector>, StoreError> {
+        self.inner
+            .collector
+            .as_ref()
+            .ok_or(StoreError::ShuttingDown)
+    }
+
+    /// Under a cap, waits until the data directory is below it, asking the
+    /// collector for rounds; refuses the write once a lease and
+    /// [`ROOM_WAIT_SLACK`] pass without room (everything left is in use).
+    async fn wait_for_room(&self) -> Result<(), StoreError> {
+        let collector = self.collector()?;
+        if !collector.over_cap() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.shared().leases.period() + ROOM_WAIT_SLACK;
+        let mut rounds = collector.rounds();
+        loop {
+            collector.wake();
+            // A round may already be running; one that ends wakes us, and
+            // the timeout covers a wake-up that came between two rounds.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rounds.changed()).await;
+            if !collector.over_cap() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::CapReached {
+                    used: collector.used_bytes(),
+                    cap: self.shared().config.max_bytes.unwrap_or(0),
+                });
+            }
+        }
+    }
+
+    /// After a write: wakes the collector when the store nears its cap.
+    fn after_write(&self) {
+        if let Ok(c) = self.collector()
+            && c.over_trigger()
+        {
+            c.wake();
+        }
+    }
+
+    /// Runs one garbage collection now: evicts least recently used content
+    /// if the store is near its cap, collects orphaned chunks whose lease
+    /// has lapsed, and compacts mostly dead segments. Blocks.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        self.collector()?.round()
     }
 
     fn shared(&self) -> &Shared {
@@ -392,6 +518,9 @@ impl Store {
 
     /// Digests among `digests` the store does not hold, in order, once each.
     pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+        // An upload asks about chunks it will name in a manifest: present
+        // or not, none of them may be collected before it does.
+        self.shared().leases.lease(digests);
         let mut seen = HashSet::with_capacity(digests.len());
         let mut missing = Vec::new();
         for d in digests {
@@ -430,8 +559,12 @@ impl Store {
     /// Writes the chunks the store does not hold yet; returns once they are
     /// durable and indexed.
     pub async fn put_chunks(&self, chunks: Vec<VerifiedChunk>) -> Result<PutOutcome, StoreError> {
+        self.shared().leases.lease(chunks.iter().map(|c| &c.digest));
+        self.wait_for_room().await?;
         let records = chunks.into_iter().map(PendingRecord::Chunk).collect();
-        self.submit(|reply| Job::Put { records, reply }).await
+        let outcome = self.submit(|reply| Job::Put { records, reply }).await;
+        self.after_write();
+        outcome
     }
 
     /// Reads a chunk's stored bytes, checking them against the record's CRC
@@ -442,8 +575,19 @@ impl Store {
     /// when it drops a chunk: never call it from an async task.
     pub fn read_chunk(&self, digest: &Digest) -> Result<StoredChunk, StoreError> {
         let shared = self.shared();
-        match shared.chunks.get(index::digest_key(digest))? {
-            Some(entry) => self.read_indexed_chunk(digest, &entry),
+        let key = index::digest_key(digest);
+        match shared.chunks.get(key)? {
+            Some(entry) => match self.read_indexed_chunk(digest, &entry) {
+                // Compaction may have moved the chunk (and removed the
+                // file) between the index read and the segment read: an
+                // index entry that changed meanwhile is read again, once.
+                Err(e @ StoreError::Corrupt { .. }) => match shared.chunks.get(key)? {
+                    Some(now) if now != entry => self.read_indexed_chunk(digest, &now),
+                    None => Err(shared.missing_chunk_error(digest)?),
+                    Some(_) => Err(e),
+                },
+                read => read,
+            },
             None => Err(shared.missing_chunk_error(digest)?),
         }
     }
@@ -540,6 +684,12 @@ impl Store {
     /// The completeness check blocks on the index: call from a blocking
     /// context or accept a short block.
     pub async fn put_manifest(&self, manifest: Manifest) -> Result<Digest, StoreError> {
+        // Leased before the check: a collection cannot remove a chunk
+        // between the check finding it and the manifest being stored.
+        self.shared()
+            .leases
+            .lease(manifest.chunks().iter().map(|c| &c.digest));
+        self.wait_for_room().await?;
         let this = self.clone();
         let manifest = tokio::task::spawn_blocking(move || {
             this.check_manifest_complete(&manifest).map(|()| manifest)
@@ -554,11 +704,24 @@ impl Store {
             total_length: manifest.total_length(),
             encoded,
         }];
+        self.shared().leases.lease([&digest]);
         self.submit(|reply| Job::Put { records, reply }).await?;
+        self.shared()
+            .uses
+            .created(UseKind::Object, digest.as_bytes());
+        self.after_write();
         Ok(digest)
     }
 
+    /// The object's manifest; a use of the object (for eviction order).
     pub fn get_manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let manifest = self.read_manifest(digest)?;
+        self.shared().uses.touch(UseKind::Object, digest.as_bytes());
+        Ok(manifest)
+    }
+
+    /// The object's manifest, without counting a use.
+    fn read_manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
         let bytes = self
             .shared()
             .manifests
@@ -588,6 +751,9 @@ impl Store {
             digest: *key,
             detail: "undecodable index entry; rebuild the index".into(),
         })?;
+        // The asker may name the object next (a tag, a step result)
+        // without pushing it: it is leased, like chunks asked about.
+        self.shared().leases.lease([&digest]);
         let manifest = self.get_manifest(&digest)?;
         Ok(Some((digest, manifest)))
     }
@@ -600,7 +766,12 @@ impl Store {
         key: Digest,
         result: StepResult,
     ) -> Result<RecordOutcome, StoreError> {
+        self.wait_for_room().await?;
         if let Some(layer) = result.layer {
+            // Leased before the check, so the layer cannot be evicted
+            // between the check and the write.
+            self.shared().leases.lease([&layer]);
+            self.shared().uses.touch(UseKind::Object, layer.as_bytes());
             let this = self.clone();
             let held = tokio::task::spawn_blocking(move || {
                 this.shared()
@@ -622,6 +793,7 @@ impl Store {
         }];
         let outcome = self.submit(|reply| Job::Put { records, reply }).await?;
         if outcome.stored > 0 {
+            self.shared().uses.created(UseKind::Step, key.as_bytes());
             return Ok(RecordOutcome::Created);
         }
         if outcome.divergent > 0 {
@@ -637,14 +809,20 @@ impl Store {
     }
 
     /// The result recorded under each key, in order (`None` for a miss).
+    /// A hit is a use of the step result (for eviction order).
     pub fn lookup_steps(&self, keys: &[Digest]) -> Result<Vec<Option<StepResult>>, StoreError> {
         keys.iter()
-            .map(|key| {
-                self.shared()
+            .map(|key| -> Result<Option<StepResult>, StoreError> {
+                let hit = self
+                    .shared()
                     .steps
                     .get(key.as_bytes())?
                     .map(|v| decode_stored_step(key, &v))
-                    .transpose()
+                    .transpose()?;
+                if hit.is_some() {
+                    self.shared().uses.touch(UseKind::Step, key.as_bytes());
+                }
+                Ok(hit)
             })
             .collect()
     }
@@ -652,6 +830,8 @@ impl Store {
     /// Points tag `name` at object `target`, which must be stored.
     pub async fn set_tag(&self, name: String, target: Digest) -> Result<(), StoreError> {
         check_tag_name(&name)?;
+        self.wait_for_room().await?;
+        self.shared().leases.lease([&target]);
         let this = self.clone();
         let held = tokio::task::spawn_blocking(move || {
             this.shared()
@@ -666,8 +846,12 @@ impl Store {
                 digest: target,
             });
         }
+        let used_name = name.clone();
         let records = vec![PendingRecord::Tag { name, target }];
         self.submit(|reply| Job::Put { records, reply }).await?;
+        self.shared()
+            .uses
+            .created(UseKind::Tag, used_name.as_bytes());
         Ok(())
     }
 
@@ -677,6 +861,7 @@ impl Store {
         let Some(v) = self.shared().tags.get(name.as_bytes())? else {
             return Ok(None);
         };
+        self.shared().uses.touch(UseKind::Tag, name.as_bytes());
         Digest::from_slice(&v)
             .map(Some)
             .map_err(|_| StoreError::Corrupt {
@@ -687,8 +872,21 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let c = &self.shared().counters;
+        let shared = self.shared();
+        let c = &shared.counters;
+        let figure = |key| gc::figure(shared, key).unwrap_or(0);
+        let [objects, steps, tags, chunks, compacted, rounds] = gc::FIGURE_KEYS;
         StoreStats {
+            max_bytes: shared.config.max_bytes.unwrap_or(0),
+            bytes_used: c.segment_bytes.load(Ordering::Relaxed)
+                + c.index_bytes.load(Ordering::Relaxed),
+            index_bytes: c.index_bytes.load(Ordering::Relaxed),
+            objects_evicted: figure(objects),
+            step_results_evicted: figure(steps),
+            tags_evicted: figure(tags),
+            chunks_freed: figure(chunks),
+            bytes_compacted: figure(compacted),
+            gc_rounds: figure(rounds),
             chunks: c.chunks.load(Ordering::Relaxed),
             chunk_bytes: c.chunk_bytes.load(Ordering::Relaxed),
             stored_bytes: c.stored_bytes.load(Ordering::Relaxed),
@@ -758,7 +956,7 @@ impl Store {
         for item in self.shared().manifests.iter() {
             let (key, _) = item?;
             if let Ok(digest) = Digest::from_slice(&key)
-                && self.get_manifest(&digest).is_err()
+                && self.read_manifest(&digest).is_err()
             {
                 report.corrupt.push(digest);
             }
@@ -782,6 +980,12 @@ impl Shared {
     /// The trees a rebuild derives again from the segments. `rotten` is not
     /// among them: a chunk found rotten stays refused until it is stored
     /// again, whatever its record says.
+    /// Every tree keyed by object (manifest) digest: evicting an object
+    /// removes it from each. A new tree keyed by object belongs here.
+    fn object_trees(&self) -> Vec<&sled::Tree> {
+        vec![&self.manifests]
+    }
+
     fn rebuilt_trees(&self) -> [&sled::Tree; 6] {
         [
             &self.chunks,
@@ -1037,6 +1241,8 @@ impl Shared {
         c.manifests.store(m, Ordering::Relaxed);
         c.logical_bytes.store(logical, Ordering::Relaxed);
         c.segments.store(segs, Ordering::Relaxed);
+        c.index_bytes
+            .store(self.db.size_on_disk().unwrap_or(0), Ordering::Relaxed);
         c.segment_bytes.store(seg_bytes, Ordering::Relaxed);
         c.steps.store(self.steps.len() as u64, Ordering::Relaxed);
         let meta_figure = |key: &[u8]| -> Result<u64, StoreError> {

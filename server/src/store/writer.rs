@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use strata_proto::{Codec, Digest, StepResult};
 use tokio::sync::{mpsc, oneshot};
 
+use super::compact::Compacted;
+use super::gc::{Evicted, EvictionPlan};
 use super::index::{self, ChunkEntry};
 use super::record::{self, HEADER_LEN, RecordKind};
 use super::segment::Location;
@@ -66,6 +68,16 @@ pub enum Job {
         entry: Vec<u8>,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Take a garbage collection plan out of the index (see `gc.rs`).
+    Evict {
+        plan: Arc<EvictionPlan>,
+        reply: oneshot::Sender<Result<Evicted, StoreError>>,
+    },
+    /// Rewrite a mostly dead segment (see `compact.rs`).
+    Compact {
+        segment: u32,
+        reply: oneshot::Sender<Result<Compacted, StoreError>>,
+    },
 }
 
 /// Most jobs folded into one commit group: bounds the latency a group adds
@@ -73,11 +85,11 @@ pub enum Job {
 const MAX_GROUP_JOBS: usize = 32;
 
 pub struct Writer {
-    shared: Arc<Shared>,
-    segment: u32,
+    pub(super) shared: Arc<Shared>,
+    pub(super) segment: u32,
     file: File,
-    len: u64,
-    buf: Vec<u8>,
+    pub(super) len: u64,
+    pub(super) buf: Vec<u8>,
 }
 
 impl Writer {
@@ -125,6 +137,14 @@ impl Writer {
                         // Jobs take effect in queue order.
                         self.commit_and_reply(std::mem::take(&mut puts));
                         let _ = reply.send(self.drop_rotten(&digest, &entry));
+                    }
+                    Job::Evict { plan, reply } => {
+                        self.commit_and_reply(std::mem::take(&mut puts));
+                        let _ = reply.send(super::gc::apply(&self.shared, &plan));
+                    }
+                    Job::Compact { segment, reply } => {
+                        self.commit_and_reply(std::mem::take(&mut puts));
+                        let _ = reply.send(self.compact(segment));
                     }
                 }
                 if puts.len() < MAX_GROUP_JOBS {
@@ -338,7 +358,7 @@ impl Writer {
     /// Writes the buffered records at the end of the active segment and
     /// syncs per policy. On failure (a full disk, say) the segment is cut
     /// back to where it was, so no partial record stays behind.
-    fn write_buf(&mut self) -> Result<(), StoreError> {
+    pub(super) fn write_buf(&mut self) -> Result<(), StoreError> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -370,7 +390,7 @@ impl Writer {
     }
 
     /// Closes the active segment and starts the next one.
-    fn roll(&mut self) -> Result<(), StoreError> {
+    pub(super) fn roll(&mut self) -> Result<(), StoreError> {
         self.segment += 1;
         (self.file, self.len) = open(&self.shared, self.segment)?;
         self.shared
@@ -414,6 +434,7 @@ impl Writer {
         let shared = self.shared.clone();
         shared.clear_index()?;
         let report = shared.recover()?;
+        super::gc::drop_dangling(&shared)?;
         shared.recount()?;
         (self.file, self.len) = open(&shared, self.segment)?;
         if shared.counters.segments.load(Ordering::Relaxed) == 0 {
@@ -434,7 +455,7 @@ fn open(shared: &Shared, id: u32) -> Result<(File, u64), StoreError> {
 }
 
 /// Lowers a counter, never below zero.
-fn sub(counter: &AtomicU64, n: u64) {
+pub(super) fn sub(counter: &AtomicU64, n: u64) {
     let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
         Some(v.saturating_sub(n))
     });
