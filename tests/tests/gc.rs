@@ -170,6 +170,66 @@ async fn a_step_result_never_outlives_its_layer() {
     server.stop().await;
 }
 
+/// Eviction is least recently used at the level of what users name: an
+/// object pushed early but tagged, or named by a step result, late lives
+/// as long as that tag or result, while older unreferenced objects go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_tag_or_step_result_keeps_an_early_object_while_older_ones_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_store(capped_store(dir.path(), 64 * MIB, Duration::from_secs(1))).await;
+    let client = server.client().await;
+    let push = |seed: u64| {
+        let client = client.clone();
+        async move {
+            let data = random_bytes(2 << 20, seed);
+            let sha = Sha256::digest(&data).to_vec();
+            let digest = client
+                .push(Cursor::new(data), "x", &Progress::new())
+                .await
+                .unwrap()
+                .digest;
+            (digest, sha)
+        }
+    };
+    // 34 MiB, under the 48 MiB at which collection starts.
+    let (oldest, _) = push(100).await;
+    let (tagged, tagged_sha) = push(101).await;
+    let (layer, layer_sha) = push(102).await;
+    let mut fillers = Vec::new();
+    for seed in 0..14 {
+        fillers.push(push(seed).await.0);
+    }
+    client.set_tag("keep", &tagged).await.unwrap();
+    let key = Digest::of(b"late step");
+    client.record_step(&key, &step_result(layer)).await.unwrap();
+    // 20 MiB more passes the trigger: collection evicts down to ~35 MiB,
+    // which the 10 MiB of fillers pushed before the tag and the step cover.
+    let mut last = None;
+    for seed in 200..210 {
+        last = Some(push(seed).await);
+    }
+    let store = server.store.clone();
+    tokio::task::spawn_blocking(move || store.gc().unwrap())
+        .await
+        .unwrap();
+
+    let s = stats(&server.url).await;
+    assert!(s.objects_evicted > 0, "nothing was evicted");
+    assert_eq!(pull_whole_or_absent(&client, &oldest).await, None);
+    assert_eq!(pull_whole_or_absent(&client, &fillers[0]).await, None);
+    assert_eq!(client.get_tag("keep").await.unwrap(), Some(tagged));
+    assert_eq!(
+        pull_whole_or_absent(&client, &tagged).await,
+        Some(tagged_sha)
+    );
+    let hit = client.lookup_steps(&[key]).await.unwrap().pop().flatten();
+    assert_eq!(hit.and_then(|r| r.layer), Some(layer));
+    assert_eq!(pull_whole_or_absent(&client, &layer).await, Some(layer_sha));
+    let (last, last_sha) = last.unwrap();
+    assert_eq!(pull_whole_or_absent(&client, &last).await, Some(last_sha));
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphaned_chunks_are_collected_once_their_lease_lapses_and_not_before() {
     // An interrupted push: chunks sent, no manifest naming them.
@@ -262,17 +322,19 @@ async fn pushes_racing_collections_complete_or_fail_cleanly_and_never_leave_a_pa
         "only {} of 16 pushes completed",
         pushed.len()
     );
-    for (digest, len, seed) in &pushed {
-        if let Some(sha) = pull_whole_or_absent(&client, digest).await {
-            assert_eq!(sha, sha256_of_random(*len, *seed));
-        }
-    }
+    // The most recent push first: pulling the others makes them more
+    // recently used than it.
     let (last, len, seed) = pushed.last().unwrap();
     assert_eq!(
         pull_whole_or_absent(&client, last).await,
         Some(sha256_of_random(*len, *seed)),
         "the most recent push is gone"
     );
+    for (digest, len, seed) in &pushed {
+        if let Some(sha) = pull_whole_or_absent(&client, digest).await {
+            assert_eq!(sha, sha256_of_random(*len, *seed));
+        }
+    }
     server.stop().await;
 }
 
@@ -410,7 +472,8 @@ async fn sigkill_during_collection_and_compaction_loses_nothing_live() {
             let digest = client
                 .push(RandomReader::new(len, seed), "x", &Progress::new())
                 .await
-                .unwrap_or_else(|e| panic!("push failed: {e}\n{}", server.log()));
+                .unwrap_or_else(|e| panic!("push failed: {e}\n{}", server.log()))
+                .digest;
             let key = Digest::of(&seed.to_le_bytes());
             client
                 .record_step(&key, &step_result(digest))
