@@ -122,7 +122,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_result_never_outlives_its_layer() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_store(capped_store(dir.path(), 32 * MIB, Duration::from_secs(1))).await;
+    let server = serve_store(capped_store(dir.path(), 32 * MIB, Duration::from_secs(30))).await;
     let client = server.client().await;
     let mut recorded = Vec::new();
     for seed in 0..14u64 {
@@ -172,11 +172,12 @@ async fn a_step_result_never_outlives_its_layer() {
 
 /// Eviction is least recently used at the level of what users name: an
 /// object pushed early but tagged, or named by a step result, late lives
-/// as long as that tag or result, while older unreferenced objects go.
+/// as long as that tag or result, while older unreferenced objects go,
+/// oldest first. (Naming an object takes no lease: recency alone keeps it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_tag_or_step_result_keeps_an_early_object_while_older_ones_go() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_store(capped_store(dir.path(), 64 * MIB, Duration::from_secs(1))).await;
+    let server = serve_store(capped_store(dir.path(), 64 * MIB, Duration::from_secs(30))).await;
     let client = server.client().await;
     let push = |seed: u64| {
         let client = client.clone();
@@ -217,6 +218,10 @@ async fn a_late_tag_or_step_result_keeps_an_early_object_while_older_ones_go() {
     assert!(s.objects_evicted > 0, "nothing was evicted");
     assert_eq!(pull_whole_or_absent(&client, &oldest).await, None);
     assert_eq!(pull_whole_or_absent(&client, &fillers[0]).await, None);
+    assert!(
+        pull_whole_or_absent(&client, &fillers[13]).await.is_some(),
+        "eviction went past the newer fillers"
+    );
     assert_eq!(client.get_tag("keep").await.unwrap(), Some(tagged));
     assert_eq!(
         pull_whole_or_absent(&client, &tagged).await,
@@ -282,7 +287,7 @@ async fn orphaned_chunks_are_collected_once_their_lease_lapses_and_not_before() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_racing_collections_complete_or_fail_cleanly_and_never_leave_a_partial_object() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_store(capped_store(dir.path(), 32 * MIB, Duration::from_secs(1))).await;
+    let server = serve_store(capped_store(dir.path(), 32 * MIB, Duration::from_secs(30))).await;
     let client = server.client().await;
     let pushing = Arc::new(AtomicBool::new(true));
     let rounds = Arc::new(AtomicU64::new(0));
@@ -382,7 +387,7 @@ fn a_cap_below_the_minimum_is_refused_with_a_clear_message() {
 async fn a_192_mib_cap_holds_a_1_gib_push_workload_under_250_mib() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = ServerProcess::start(&data, &["--max-bytes", "192MiB", "--gc-lease", "1"]);
+    let server = ServerProcess::start(&data, &["--max-bytes", "192MiB", "--gc-lease", "30"]);
     let client = server.client().await;
     // Sample the directory's size throughout, not only between pushes.
     let peak = Arc::new(AtomicU64::new(0));
@@ -458,7 +463,7 @@ async fn a_192_mib_cap_holds_a_1_gib_push_workload_under_250_mib() {
 async fn sigkill_during_collection_and_compaction_loses_nothing_live() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let args = ["--max-bytes", "48MiB", "--gc-lease", "1"];
+    let args = ["--max-bytes", "48MiB", "--gc-lease", "30"];
     let mut pushed: Vec<(Digest, Digest, u64, u64)> = Vec::new();
     let mut seed = 0u64;
     for round in 0..4 {

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::index::{self, ChunkEntry};
 use super::record::HEADER_LEN;
-use super::usage::{UseKind, now_ms, use_key};
+use super::usage::{UseKind, use_key};
 use super::verify;
 use super::writer::Job;
 use super::{Shared, StoreError};
@@ -260,14 +260,11 @@ impl Inventory {
 }
 
 /// Decides what to evict: least recently used objects (with what needs
-/// them) until live bytes reach `target_bytes`, skipping anything leased or
-/// used within `lease_ms` (its chunks are leased anyway); then every chunk
-/// no remaining object holds that is not leased.
+/// them) until live bytes reach `target_bytes`, skipping anything leased;
+/// then every chunk no remaining object holds that is not leased.
 pub fn plan(
     inv: &Inventory,
     target_bytes: u64,
-    now_ms: u64,
-    lease_ms: u64,
     is_leased: &dyn Fn(&Digest) -> bool,
 ) -> EvictionPlan {
     let mut steps_of: HashMap<Digest, Vec<&StepInfo>> = HashMap::new();
@@ -324,8 +321,8 @@ pub fn plan(
     let mut out = EvictionPlan::default();
     let mut evicted: HashSet<Digest> = HashSet::new();
     let mut freed: HashSet<Digest> = HashSet::new();
-    for (last_use, digest) in order {
-        if live <= target_bytes || last_use.saturating_add(lease_ms) > now_ms {
+    for (_, digest) in order {
+        if live <= target_bytes {
             break;
         }
         if evicted.contains(&digest) || is_leased(&digest) {
@@ -776,8 +773,7 @@ impl Collector {
         } else {
             u64::MAX
         };
-        let lease_ms = shared.leases.period().as_millis() as u64;
-        let plan = plan(&inventory, target, now_ms(), lease_ms, &|d| {
+        let plan = plan(&inventory, target, &|d| {
             shared.leases.is_leased(d)
         });
         drop(inventory);
@@ -828,6 +824,12 @@ impl Collector {
             .map_err(|e| StoreError::io("listing segments", e))?;
         let active = ids.last().copied();
         for id in ids {
+            // Never the segment being written: its length runs ahead of
+            // the index read above, so it would look dead while it is not,
+            // and copies would land in it.
+            if Some(id) == active {
+                continue;
+            }
             let len = std::fs::metadata(shared.segments.path_of(id)).map_or(0, |m| m.len());
             let dead = len.saturating_sub(live.get(&id).copied().unwrap_or(0));
             if dead > 0 {
@@ -841,11 +843,7 @@ impl Collector {
         for (dead, len, id) in segments {
             let pressed = goal.is_some_and(|g| projected > g)
                 && dead * 100 >= len * PRESSED_COMPACT_DEAD_PERCENT;
-            // The segment being written is rewritten only under pressure:
-            // it holds the newest manifests and step results, which count
-            // as dead here, so it would otherwise be rewritten every round.
-            let mostly_dead =
-                dead * 100 >= len * ALWAYS_COMPACT_DEAD_PERCENT && Some(id) != active;
+            let mostly_dead = dead * 100 >= len * ALWAYS_COMPACT_DEAD_PERCENT;
             if mostly_dead || pressed {
                 chosen.push(id);
                 projected = projected.saturating_sub(dead);
@@ -925,7 +923,7 @@ mod tests {
             vec![object(1, &[1, 2], 10), object(2, &[2, 3], 20)],
             &[1, 2, 3],
         );
-        let p = plan(&inv, inv.live_bytes() - 1, 1_000_000, 0, &|_| false);
+        let p = plan(&inv, inv.live_bytes() - 1, &|_| false);
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.objects[0].digest, Digest::of(&[1]));
         assert_eq!(p.chunks, vec![Digest::of(&[100, 1])]);
@@ -940,9 +938,9 @@ mod tests {
             record_bytes: 10,
             last_use: 30,
         });
-        let p = plan(&inv, inv.live_bytes() - 1, 1_000_000, 0, &|_| false);
+        let p = plan(&inv, inv.live_bytes() - 1, &|_| false);
         assert_eq!(p.objects[0].digest, Digest::of(&[2]));
-        let p = plan(&inv, 0, 1_000_000, 0, &|_| false);
+        let p = plan(&inv, 0, &|_| false);
         let first = p
             .objects
             .iter()
@@ -952,16 +950,44 @@ mod tests {
     }
 
     #[test]
-    fn leased_and_recent_objects_are_not_evicted_and_leased_orphans_stay() {
+    fn leased_objects_are_not_evicted_and_leased_orphans_stay() {
         let inv = inventory(
             vec![object(1, &[1], 10), object(2, &[2], 990)],
             &[1, 2, 3, 4],
         );
         let leased = Digest::of(&[1]);
         let orphan_leased = Digest::of(&[100, 4]);
-        let p = plan(&inv, 0, 1000, 100, &|d| *d == leased || *d == orphan_leased);
-        assert!(p.objects.is_empty());
-        assert_eq!(p.chunks, vec![Digest::of(&[100, 3])]);
+        let p = plan(&inv, 0, &|d| *d == leased || *d == orphan_leased);
+        // Object 2 is the most recently used, and still goes: recency
+        // orders eviction, only a lease prevents it.
+        let evicted: Vec<Digest> = p.objects.iter().map(|o| o.digest).collect();
+        assert_eq!(evicted, vec![Digest::of(&[2])]);
+        let freed: HashSet<Digest> = p.chunks.iter().copied().collect();
+        assert_eq!(
+            freed,
+            HashSet::from([Digest::of(&[100, 2]), Digest::of(&[100, 3])])
+        );
+    }
+
+    #[test]
+    fn a_tag_in_use_keeps_its_object_and_goes_with_it() {
+        let mut inv = inventory(vec![object(1, &[1], 10), object(2, &[2], 20)], &[1, 2]);
+        inv.tags.push(TagInfo {
+            name: "app:latest".into(),
+            target: Digest::of(&[1]),
+            record_bytes: 10,
+            last_use: 30,
+        });
+        let p = plan(&inv, inv.live_bytes() - 1, &|_| false);
+        let evicted: Vec<Digest> = p.objects.iter().map(|o| o.digest).collect();
+        assert_eq!(evicted, vec![Digest::of(&[2])]);
+        let p = plan(&inv, 0, &|_| false);
+        let tagged = p
+            .objects
+            .iter()
+            .find(|o| o.digest == Digest::of(&[1]))
+            .unwrap();
+        assert_eq!(tagged.tags, vec!["app:latest".to_string()]);
     }
 
     #[test]
@@ -969,7 +995,7 @@ mod tests {
         let (rec, mut info) = object(9, &[9], 50);
         info.refers_to = vec![Digest::of(&[1])];
         let inv = inventory(vec![object(1, &[1], 10), (rec, info)], &[1, 9]);
-        let p = plan(&inv, 0, 1_000_000, 0, &|_| false);
+        let p = plan(&inv, 0, &|_| false);
         let order: Vec<Digest> = p.objects.iter().map(|o| o.digest).collect();
         assert_eq!(order, vec![rec, Digest::of(&[1])]);
     }
@@ -1035,7 +1061,7 @@ mod tests {
         async fn evict_everything(store: &Store) -> Evicted {
             let shared = store.shared();
             let inventory = Inventory::load(shared).unwrap();
-            let plan = Arc::new(plan(&inventory, 0, u64::MAX, 0, &|_| false));
+            let plan = Arc::new(plan(&inventory, 0, &|_| false));
             store
                 .submit(|reply| Job::Evict { plan, reply })
                 .await

@@ -751,8 +751,12 @@ impl Store {
             encoded,
             checked_at,
         }];
-        self.shared().leases.lease([&digest]);
         self.submit(|reply| Job::Put { records, reply }).await?;
+        // Its chunks are named now: their upload is over. The object
+        // itself is the most recently used, last in line for eviction.
+        self.shared()
+            .leases
+            .release(manifest.chunks().iter().map(|c| &c.digest));
         // Stored again: if its verification was put aside for an unreadable
         // chunk (which this push may just have healed), try it now.
         self.shared().verify_queue.retry(&digest);
@@ -872,9 +876,9 @@ impl Store {
         self.wait_for_room().await?;
         let checked_at = self.shared().collections.load(Ordering::Acquire);
         if let Some(layer) = result.layer {
-            // Leased before the check, so a collection leaves the layer be
-            // (and the writer re-checks it if one ran: `checked_at`).
-            self.shared().leases.lease([&layer]);
+            // Not leased: naming it makes it recently used, and should a
+            // collection take it before the write, the writer re-checks
+            // (`checked_at`) and refuses cleanly.
             self.shared().uses.touch(UseKind::Object, layer.as_bytes());
             let this = self.clone();
             let held = tokio::task::spawn_blocking(move || {
@@ -941,7 +945,6 @@ impl Store {
     pub async fn set_tag(&self, name: String, target: Digest) -> Result<(), StoreError> {
         check_tag_name(&name)?;
         self.wait_for_room().await?;
-        self.shared().leases.lease([&target]);
         let checked_at = self.shared().collections.load(Ordering::Acquire);
         let this = self.clone();
         let held = tokio::task::spawn_blocking(move || {

@@ -107,6 +107,20 @@ impl Leases {
         }
     }
 
+    /// Ends the leases on `digests`: what they protected is now named by
+    /// something collection sees (a stored manifest names its chunks), so
+    /// holding them on would only keep evicted content on disk longer.
+    pub fn release<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
+        if self.period.is_zero() {
+            return;
+        }
+        let mut g = self.lock();
+        for d in digests {
+            g.current.digests.remove(d);
+            g.previous.digests.remove(d);
+        }
+    }
+
     pub fn is_leased(&self, digest: &Digest) -> bool {
         if self.period.is_zero() {
             return false;
@@ -222,12 +236,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_holds_for_a_period_and_a_zero_period_holds_nothing() {
+    fn a_lease_holds_until_released_and_a_zero_period_holds_nothing() {
         let d = Digest::of(b"x");
         let leases = Leases::new(Duration::from_secs(3600));
         assert!(!leases.is_leased(&d));
         leases.lease([&d]);
         assert!(leases.is_leased(&d));
+        leases.release([&d]);
+        assert!(!leases.is_leased(&d));
         let none = Leases::new(Duration::ZERO);
         none.lease([&d]);
         assert!(!none.is_leased(&d));
