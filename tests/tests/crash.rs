@@ -13,7 +13,9 @@ use strata_client::{Client, ClientError, Progress};
 use strata_proto::Digest;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::{RebuildIndexRequest, ScrubRequest, StatsRequest, StatsResponse};
-use strata_tests::{RandomReader, ServerProcess, layer_like_bytes, segment_files, strata};
+use strata_tests::{
+    RandomReader, ServerProcess, content_figures, layer_like_bytes, segment_files, strata,
+};
 
 /// A writer that only hashes what it is given.
 #[derive(Default)]
@@ -37,7 +39,7 @@ fn sha256_of_reader(mut r: impl std::io::Read) -> Vec<u8> {
 
 async fn admin_stats(url: &str) -> StatsResponse {
     let mut admin = AdminClient::connect(url.to_owned()).await.unwrap();
-    admin.stats(StatsRequest {}).await.unwrap().into_inner()
+    content_figures(admin.stats(StatsRequest {}).await.unwrap().into_inner())
 }
 
 async fn push_bytes(client: &Client, data: &[u8]) -> Digest {

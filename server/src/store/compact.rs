@@ -81,6 +81,12 @@ impl Writer {
                 .meta
                 .insert(index::watermark_key(segment), &len.to_le_bytes())?;
         }
+        // Records of objects evicted earlier go with the file, while their
+        // chunks' records may survive elsewhere: from now on a rebuild must
+        // look for what it brings back incomplete (`gc::drop_dangling`).
+        shared
+            .gc_figures
+            .insert(super::gc::COMPACTED_KEY, &[1u8][..])?;
         shared.db.flush()?;
         shared
             .segments

@@ -470,7 +470,17 @@ pub fn apply(shared: &Shared, plan: &EvictionPlan) -> Result<Evicted, StoreError
 /// back while what they need was compacted away: drops objects missing a
 /// chunk, image records missing a layer, then step results and tags naming
 /// a missing object. Returns how many entries it dropped.
+///
+/// Only a store that has compacted a segment can have such records: until
+/// then every record eviction left behind is whole in the segments. So a
+/// store that never compacted keeps the recovery rule exactly — a
+/// manifest missing a damaged chunk stays, and a push of it heals it.
+/// After compaction the two cannot be told apart, and such a manifest is
+/// dropped (a push of it stores it again).
 pub fn drop_dangling(shared: &Shared) -> Result<u64, StoreError> {
+    if !shared.gc_figures.contains_key(COMPACTED_KEY)? {
+        return Ok(0);
+    }
     let mut dropped = 0u64;
     let mut complete: HashSet<Digest> = HashSet::new();
     let mut records: Vec<(Digest, Manifest)> = Vec::new();
@@ -852,6 +862,9 @@ impl Collector {
         Ok(chosen)
     }
 }
+
+/// Set in the `gc` tree once any segment has been compacted.
+pub const COMPACTED_KEY: &[u8] = b"compacted_once";
 
 /// Figures kept across restarts (and index rebuilds) in the `gc` tree.
 pub const FIGURE_KEYS: [&[u8]; 6] = [

@@ -751,6 +751,12 @@ impl Store {
             encoded,
             checked_at,
         }];
+        // Its use is written before it is indexed, so no collection ever
+        // sees it without one (it would look least recently used of all).
+        // A failed write leaves a stray use time, which costs only bytes.
+        self.shared()
+            .uses
+            .created(UseKind::Object, digest.as_bytes());
         self.submit(|reply| Job::Put { records, reply }).await?;
         // Its chunks are named now: their upload is over. The object
         // itself is the most recently used, last in line for eviction.
@@ -760,9 +766,6 @@ impl Store {
         // Stored again: if its verification was put aside for an unreadable
         // chunk (which this push may just have healed), try it now.
         self.shared().verify_queue.retry(&digest);
-        self.shared()
-            .uses
-            .created(UseKind::Object, digest.as_bytes());
         self.after_write();
         Ok(digest)
     }
@@ -900,9 +903,11 @@ impl Store {
             encoded,
             checked_at,
         }];
+        // Before it is indexed, as for an object (recording the same
+        // result again is a use too).
+        self.shared().uses.created(UseKind::Step, key.as_bytes());
         let outcome = self.submit(|reply| Job::Put { records, reply }).await?;
         if outcome.stored > 0 {
-            self.shared().uses.created(UseKind::Step, key.as_bytes());
             return Ok(RecordOutcome::Created);
         }
         if outcome.divergent > 0 {
@@ -960,16 +965,14 @@ impl Store {
                 digest: target,
             });
         }
-        let used_name = name.clone();
+        // Before it is indexed, as for an object.
+        self.shared().uses.created(UseKind::Tag, name.as_bytes());
         let records = vec![PendingRecord::Tag {
             name,
             target,
             checked_at,
         }];
         self.submit(|reply| Job::Put { records, reply }).await?;
-        self.shared()
-            .uses
-            .created(UseKind::Tag, used_name.as_bytes());
         Ok(())
     }
 
