@@ -336,7 +336,7 @@ pub fn plan(
             .filter(|r| !evicted.contains(*r))
             .copied()
             .collect();
-        if unit.iter().any(|r| is_leased(r)) {
+        if unit.iter().any(is_leased) {
             continue;
         }
         unit.push(digest);
@@ -783,9 +783,7 @@ impl Collector {
         } else {
             u64::MAX
         };
-        let plan = plan(&inventory, target, &|d| {
-            shared.leases.is_leased(d)
-        });
+        let plan = plan(&inventory, target, &|d| shared.leases.is_leased(d));
         drop(inventory);
         if !plan.is_empty() {
             let plan = Arc::new(plan);
@@ -846,7 +844,8 @@ impl Collector {
                 segments.push((dead, len, id));
             }
         }
-        segments.sort_unstable_by(|a, b| (b.0 * 1000 / b.1.max(1)).cmp(&(a.0 * 1000 / a.1.max(1))));
+        // Most dead (by share) first.
+        segments.sort_unstable_by_key(|s| std::cmp::Reverse(s.0 * 1000 / s.1.max(1)));
         let goal = self.share_of_cap(COMPACT_TO_PERCENT);
         let mut projected = self.used_bytes();
         let mut chosen = Vec::new();
@@ -1020,8 +1019,8 @@ mod tests {
         use strata_proto::v1::Provenance;
         use strata_proto::{ChunkRef, Codec, StepResult};
 
-        use super::super::super::{FsyncPolicy, Store, StoreConfig, VerifiedChunk};
         use super::super::super::writer::{Job, PendingRecord};
+        use super::super::super::{FsyncPolicy, Store, StoreConfig, VerifiedChunk};
         use super::*;
 
         fn open(dir: &std::path::Path, verify_manifests: bool) -> Store {
@@ -1049,8 +1048,14 @@ mod tests {
                 let digest = Digest::of(piece);
                 let raw = bytes::Bytes::copy_from_slice(piece);
                 chunks.push(
-                    VerifiedChunk::verify(&mut decoder, digest, Codec::Raw, piece.len() as u32, raw)
-                        .unwrap(),
+                    VerifiedChunk::verify(
+                        &mut decoder,
+                        digest,
+                        Codec::Raw,
+                        piece.len() as u32,
+                        raw,
+                    )
+                    .unwrap(),
                 );
                 refs.push(ChunkRef {
                     digest,
@@ -1065,7 +1070,10 @@ mod tests {
             let refs = put_chunks(store, data).await;
             let sha: [u8; 32] = Sha256::digest(data).into();
             let manifest = Manifest::new(refs, data.len() as u64, sha, "t".into()).unwrap();
-            (store.put_manifest(manifest.clone()).await.unwrap(), manifest)
+            (
+                store.put_manifest(manifest.clone()).await.unwrap(),
+                manifest,
+            )
         }
 
         /// Evicts everything a full collection would: every object, then
@@ -1097,11 +1105,26 @@ mod tests {
             let store = open(dir.path(), true);
             let (verified, manifest) = put_object(&store, &data).await;
             settle(&store).await;
-            assert!(store.find_object(&Digest::of(&data), "t").unwrap().is_some());
+            assert!(
+                store
+                    .find_object(&Digest::of(&data), "t")
+                    .unwrap()
+                    .is_some()
+            );
             let done = evict_everything(&store).await;
             assert_eq!((done.objects, done.chunks), (1, 4));
-            assert!(store.find_object(&Digest::of(&data), "t").unwrap().is_none());
-            assert!(store.find_manifest(&manifest.content_key()).unwrap().is_none());
+            assert!(
+                store
+                    .find_object(&Digest::of(&data), "t")
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(
+                store
+                    .find_manifest(&manifest.content_key())
+                    .unwrap()
+                    .is_none()
+            );
             assert!(matches!(
                 store.get_manifest(&verified),
                 Err(StoreError::ManifestNotFound(_))
@@ -1134,7 +1157,12 @@ mod tests {
                 .unwrap();
             let shared = store.shared();
             assert!(shared.verified.is_empty() && shared.by_content.is_empty());
-            assert!(store.find_manifest(&manifest.content_key()).unwrap().is_none());
+            assert!(
+                store
+                    .find_manifest(&manifest.content_key())
+                    .unwrap()
+                    .is_none()
+            );
             drop(store);
 
             // Stored again, it is verified again and found again.
@@ -1156,8 +1184,7 @@ mod tests {
             evict_everything(&store).await;
             assert!(store.shared().collections.load(Ordering::Acquire) > before);
 
-            let manifest =
-                Manifest::new(orphan.clone(), 200_000, [0; 32], "t".into()).unwrap();
+            let manifest = Manifest::new(orphan.clone(), 200_000, [0; 32], "t".into()).unwrap();
             let encoded = manifest.encode();
             let records = vec![PendingRecord::Manifest {
                 digest: Digest::of(&encoded),
@@ -1167,7 +1194,10 @@ mod tests {
             }];
             let refused = store.submit(|reply| Job::Put { records, reply }).await;
             assert!(
-                matches!(refused, Err(StoreError::ManifestIncomplete { index: 0, .. })),
+                matches!(
+                    refused,
+                    Err(StoreError::ManifestIncomplete { index: 0, .. })
+                ),
                 "{refused:?}"
             );
             let result = StepResult {

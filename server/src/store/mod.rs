@@ -1049,18 +1049,20 @@ impl Store {
             let intact = match self.read_current_chunk(&digest, entry) {
                 // The record passed its CRC; the content must still decode
                 // to its digest (a scrub is the one read that checks it).
-                Ok((entry, c)) => match decoder.decode_verified(&digest, c.codec, c.raw_len, &c.data) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::error!(
-                            digest = %digest,
-                            error = %e,
-                            "stored chunk does not decode to its digest"
-                        );
-                        self.drop_rotten_chunk(&digest, &entry);
-                        false
+                Ok((entry, c)) => {
+                    match decoder.decode_verified(&digest, c.codec, c.raw_len, &c.data) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::error!(
+                                digest = %digest,
+                                error = %e,
+                                "stored chunk does not decode to its digest"
+                            );
+                            self.drop_rotten_chunk(&digest, &entry);
+                            false
+                        }
                     }
-                },
+                }
                 Err(StoreError::ChunkNotFound(_)) => {
                     // Collected since the scan read its entry: nothing to check.
                     report.chunks_checked -= 1;
