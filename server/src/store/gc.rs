@@ -391,10 +391,18 @@ pub fn plan(
 /// (sled recovers a prefix of its operations) leaves at worst orphans.
 pub fn apply(shared: &Shared, plan: &EvictionPlan) -> Result<Evicted, StoreError> {
     let leases = &shared.leases;
+    // Named by a manifest, step result or tag committed since the round's
+    // inventory: the plan did not see that name.
+    let named: HashSet<Digest> = shared
+        .named_during_round
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default();
     let mut kept: HashSet<Digest> = plan
         .objects
         .iter()
-        .filter(|o| leases.is_leased(&o.digest))
+        .filter(|o| leases.is_leased(&o.digest) || named.contains(&o.digest))
         .map(|o| o.digest)
         .collect();
     // A kept image record keeps the layers it lists.
@@ -445,7 +453,7 @@ pub fn apply(shared: &Shared, plan: &EvictionPlan) -> Result<Evicted, StoreError
         }
     }
     for digest in &plan.chunks {
-        if kept_chunks.contains(digest) || leases.is_leased(digest) {
+        if kept_chunks.contains(digest) || leases.is_leased(digest) || named.contains(digest) {
             continue;
         }
         if let Some(v) = shared.chunks.remove(index::digest_key(digest))?
@@ -634,6 +642,30 @@ fn digests_named_in(bytes: &[u8]) -> Vec<Digest> {
     found
 }
 
+/// Collects, for the life of a round, what the writer commits names to
+/// (`Shared::named_during_round`).
+struct NamedDuringRound<'a>(&'a Shared);
+
+impl<'a> NamedDuringRound<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        *shared
+            .named_during_round
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
+        NamedDuringRound(shared)
+    }
+}
+
+impl Drop for NamedDuringRound<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .named_during_round
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// Runs collection rounds: on demand ([`Collector::round`]) and, when the
 /// store has a cap, in the background whenever it nears it.
 pub struct Collector {
@@ -777,6 +809,9 @@ impl Collector {
             bytes_before: self.used_bytes(),
             ..GcReport::default()
         };
+        // Names committed from now until the plan is applied are kept
+        // (the inventory may miss them); reset however the round ends.
+        let _watch = NamedDuringRound::start(shared);
         let inventory = Inventory::load(shared)?;
         let target = if self.over_trigger() {
             self.share_of_cap(EVICT_TO_PERCENT).unwrap_or(u64::MAX)

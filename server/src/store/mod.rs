@@ -324,6 +324,12 @@ struct Shared {
     /// if it has moved since (see `writer.rs`), so no write can name what
     /// a collection removed between its check and its commit.
     collections: AtomicU64,
+    /// While a collection round runs (from before its inventory until its
+    /// plan is applied): every chunk a manifest committed meanwhile names,
+    /// and every object a step result or tag committed meanwhile names.
+    /// The inventory may have missed those names; the plan must not take
+    /// what they need (see `gc::apply`). `None` between rounds.
+    named_during_round: std::sync::Mutex<Option<HashSet<Digest>>>,
     config: StoreConfig,
     leases: Leases,
     /// Last-use times (`atimes` tree), advisory: a rebuild keeps them.
@@ -438,6 +444,7 @@ impl Store {
             segments,
             counters: Counters::default(),
             collections: AtomicU64::new(0),
+            named_during_round: std::sync::Mutex::new(None),
             config,
         });
 

@@ -293,6 +293,10 @@ impl Writer {
         // Chunks stored again while some are known rotten may heal them.
         let healing = !shared.rotten.is_empty();
         let mut stored_chunks: Vec<Digest> = Vec::new();
+        // What the new manifests, step results and tags name, for a
+        // collection round that may be under way (`named_during_round`).
+        let mut named: Vec<Digest> = Vec::new();
+        let mut new_manifest_digests: Vec<Digest> = Vec::new();
         self.buf.clear();
 
         'jobs: for records in jobs {
@@ -405,6 +409,7 @@ impl Writer {
                         total_length,
                         ..
                     } => {
+                        new_manifest_digests.push(digest);
                         unverified_entries.insert(index::digest_key(&digest), &[]);
                         manifest_entries.insert(index::digest_key(&digest), encoded);
                         new_manifests += 1;
@@ -416,11 +421,13 @@ impl Writer {
                         encoded,
                         ..
                     } => {
+                        named.extend(result.layer);
                         step_entries.insert(key.as_bytes(), encoded);
                         group_steps.insert(key, *result);
                         new_steps += 1;
                     }
                     PendingRecord::Tag { name, target, .. } => {
+                        named.push(target);
                         tag_entries.insert(name.as_bytes(), target.as_bytes());
                     }
                 }
@@ -442,6 +449,23 @@ impl Writer {
         shared.unverified.apply_batch(unverified_entries)?;
         shared.steps.apply_batch(step_entries)?;
         shared.tags.apply_batch(tag_entries)?;
+        // Looked at after indexing: a round that starts later reads the
+        // index after this and sees these names in its inventory.
+        if let Some(during) = shared
+            .named_during_round
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            during.extend(named);
+            for digest in &new_manifest_digests {
+                if let Some(bytes) = shared.manifests.get(index::digest_key(digest))?
+                    && let Ok(m) = strata_proto::Manifest::decode(&bytes)
+                {
+                    during.extend(m.chunks().iter().map(|c| c.digest));
+                }
+            }
+        }
         for (id, len) in watermarks {
             shared
                 .meta
