@@ -15,7 +15,7 @@ use strata_proto::v1::{
 };
 use strata_proto::{ChunkEncoder, ChunkRef, Codec, Digest, Manifest};
 use strata_server::ServerConfig;
-use strata_tests::{TestServer, random_bytes};
+use strata_tests::{TestServer, content_figures, random_bytes};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -27,13 +27,15 @@ async fn content(server: &TestServer) -> ContentStoreClient<Channel> {
 }
 
 async fn stats(server: &TestServer) -> StatsResponse {
-    AdminClient::connect(server.url.clone())
-        .await
-        .unwrap()
-        .stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
+    content_figures(
+        AdminClient::connect(server.url.clone())
+            .await
+            .unwrap()
+            .stats(StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    )
 }
 
 fn raw_chunk(data: &[u8]) -> Chunk {

@@ -33,6 +33,9 @@ enum Command {
     Pull(cmd::pull::PullArgs),
     /// Show the store's figures, or one object's size.
     Stat(cmd::stat::StatArgs),
+    /// Collect garbage now: evict least recently used content if the store
+    /// is near its cap, free orphaned chunks, compact mostly dead segments.
+    Gc(cmd::gc::GcArgs),
     /// Build an OCI image from a Dockerfile, asking the cache before each step.
     Build(Box<cmd::build::BuildArgs>),
     /// Make bearer tokens for `strata serve --tokens`.
@@ -81,6 +84,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => cmd::push::run(args).await,
         Command::Pull(args) => cmd::pull::run(args).await,
         Command::Stat(args) => cmd::stat::run(args).await,
+        Command::Gc(args) => cmd::gc::run(args).await,
         Command::Build(args) => cmd::build::run(*args).await,
         Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => strata_benches::run_cli(args).await,

@@ -1,10 +1,11 @@
-//! `Admin`: store figures, index rebuild from the segments, integrity scrub.
+//! `Admin`: store figures, index rebuild from the segments, integrity
+//! scrub, garbage collection now.
 
 use strata_proto::Digest;
 use strata_proto::v1::admin_server::Admin;
 use strata_proto::v1::{
-    RebuildIndexRequest, RebuildIndexResponse, ScrubRequest, ScrubResponse, StatsRequest,
-    StatsResponse,
+    GcRequest, GcResponse, RebuildIndexRequest, RebuildIndexResponse, ScrubRequest, ScrubResponse,
+    StatsRequest, StatsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -41,6 +42,15 @@ impl Admin for AdminService {
             rotten_chunks: s.rotten_chunks,
             manifests_unverified: s.manifests_unverified,
             manifests_refuted: s.manifests_refuted,
+            max_bytes: s.max_bytes,
+            bytes_used: s.bytes_used,
+            index_bytes: s.index_bytes,
+            objects_evicted: s.objects_evicted,
+            step_results_evicted: s.step_results_evicted,
+            tags_evicted: s.tags_evicted,
+            chunks_freed: s.chunks_freed,
+            bytes_compacted: s.bytes_compacted,
+            gc_rounds: s.gc_rounds,
         }))
     }
 
@@ -62,6 +72,22 @@ impl Admin for AdminService {
         Ok(Response::new(ScrubResponse {
             chunks_checked: r.chunks_checked,
             corrupt: r.corrupt.iter().map(Digest::to_vec).collect(),
+        }))
+    }
+
+    async fn gc(&self, _: Request<GcRequest>) -> Result<Response<GcResponse>, Status> {
+        let store = self.store.clone();
+        let r = blocking(move || store.gc()).await?;
+        Ok(Response::new(GcResponse {
+            objects_evicted: r.objects_evicted,
+            step_results_evicted: r.step_results_evicted,
+            tags_evicted: r.tags_evicted,
+            chunks_freed: r.chunks_freed,
+            bytes_freed: r.bytes_freed,
+            segments_compacted: r.segments_compacted,
+            bytes_compacted: r.bytes_compacted,
+            bytes_before: r.bytes_before,
+            bytes_after: r.bytes_after,
         }))
     }
 }

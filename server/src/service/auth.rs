@@ -202,6 +202,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ("/strata.v1.Admin/Stats", Access::Needs(Scope::Admin)),
     ("/strata.v1.Admin/RebuildIndex", Access::Needs(Scope::Admin)),
     ("/strata.v1.Admin/Scrub", Access::Needs(Scope::Admin)),
+    ("/strata.v1.Admin/Gc", Access::Needs(Scope::Admin)),
     ("/grpc.health.v1.Health/Check", Access::Open),
     ("/grpc.health.v1.Health/Watch", Access::Open),
     (

@@ -184,7 +184,9 @@ pub(crate) fn status_of(e: StoreError) -> Status {
         }
         StoreError::Corrupt { .. } => Status::data_loss(e.to_string()),
         StoreError::ShuttingDown => Status::unavailable(e.to_string()),
+        StoreError::CapReached { .. } => Status::resource_exhausted(e.to_string()),
         StoreError::Locked { .. }
+        | StoreError::CapTooSmall { .. }
         | StoreError::DataDir { .. }
         | StoreError::Index(_)
         | StoreError::Io { .. }

@@ -70,6 +70,19 @@ pub enum StoreError {
     TagTargetMissing { name: String, digest: Digest },
     #[error("the store is shutting down")]
     ShuttingDown,
+    #[error(
+        "a size cap of {asked} bytes is too small: the index and one segment alone come near it; \
+         use at least {minimum} bytes ({} MiB)", .minimum >> 20
+    )]
+    CapTooSmall { asked: u64, minimum: u64 },
+    /// Everything that could be evicted has been, and what is left is in
+    /// use (leased by uploads or used within a lease): the write waits no
+    /// longer. Nothing of it was kept.
+    #[error(
+        "the store is at its size cap ({used} of {cap} bytes) and all it holds is in use; \
+         the write was not stored: retry later, or raise --max-bytes"
+    )]
+    CapReached { used: u64, cap: u64 },
 }
 
 impl StoreError {

@@ -35,10 +35,13 @@
 //! (sled, positional reads): async callers run them on `spawn_blocking`.
 //! This module never imports tonic.
 
+mod compact;
 mod error;
+mod gc;
 mod index;
 mod record;
 mod segment;
+mod usage;
 mod verify;
 mod writer;
 
@@ -47,17 +50,21 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_proto::{ChunkDecoder, ChunkError, Codec, Digest, Manifest, StepResult};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
+pub use gc::{GcReport, MIN_MAX_BYTES};
 pub use record::HEADER_LEN as RECORD_HEADER_LEN;
 
+use gc::Collector;
 use index::ChunkEntry;
 use record::RecordKind;
 use segment::{ReadError, Segments};
+use usage::{Leases, UseKind, UseTimes};
 use writer::{Job, PendingRecord, Writer};
 
 /// When segment writes are synced to disk.
@@ -84,6 +91,14 @@ pub struct StoreConfig {
     /// only for tests that need verification held back (a restart while
     /// it is pending).
     pub verify_manifests: bool,
+    /// Keep the data directory (segments and index) under this many bytes
+    /// by evicting least recently used content; `None` keeps everything.
+    /// Segments are then at most a tenth of it. At least [`MIN_MAX_BYTES`].
+    pub max_bytes: Option<u64>,
+    /// How long an upload's interest in a chunk or object protects it from
+    /// collection: longer than any one push's pause between asking about a
+    /// chunk (`FindMissing`) and naming it in a manifest.
+    pub lease: Duration,
 }
 
 impl Default for StoreConfig {
@@ -93,6 +108,8 @@ impl Default for StoreConfig {
             segment_bytes: 1 << 30,
             rebuild_index: false,
             verify_manifests: true,
+            max_bytes: None,
+            lease: Duration::from_secs(300),
         }
     }
 }
@@ -195,6 +212,21 @@ pub struct StoreStats {
     /// Manifests the verifier found to claim a false SHA-256: kept and
     /// pullable by digest (pulls refuse them), never found by content.
     pub manifests_refuted: u64,
+    /// The size cap (`--max-bytes`); 0 when there is none.
+    pub max_bytes: u64,
+    /// Bytes of the data directory that count against the cap: segment
+    /// files plus the index, as last measured.
+    pub bytes_used: u64,
+    /// Bytes of the index on disk, as last measured.
+    pub index_bytes: u64,
+    /// Totals over every collection, kept across restarts.
+    pub objects_evicted: u64,
+    pub step_results_evicted: u64,
+    pub tags_evicted: u64,
+    pub chunks_freed: u64,
+    /// Bytes of segment files reclaimed by compaction.
+    pub bytes_compacted: u64,
+    pub gc_rounds: u64,
 }
 
 /// What recording a step result did.
@@ -253,6 +285,7 @@ struct Counters {
     chunks_verified: AtomicU64,
     manifests_unverified: AtomicU64,
     manifests_refuted: AtomicU64,
+    index_bytes: AtomicU64,
 }
 
 /// State shared by the store handles and the writer thread.
@@ -283,9 +316,27 @@ struct Shared {
     /// dropped; an entry leaves when the chunk is stored again (healed).
     rotten: sled::Tree,
     meta: sled::Tree,
+    /// Collection totals (see [`gc::FIGURE_KEYS`]); not derived from the
+    /// segments, so a rebuild keeps them.
+    gc_figures: sled::Tree,
     segments: Segments,
     counters: Counters,
+    /// Bumped (after the fact) by every collection that took an object or
+    /// chunk out of the index. A manifest, step result or tag remembers the
+    /// value it checked its references under; the writer checks them again
+    /// if it has moved since (see `writer.rs`), so no write can name what
+    /// a collection removed between its check and its commit.
+    collections: AtomicU64,
+    /// While a collection round runs (from before its inventory until its
+    /// plan is applied): every chunk a manifest committed meanwhile names,
+    /// and every object a step result or tag committed meanwhile names.
+    /// The inventory may have missed those names; the plan must not take
+    /// what they need (see `gc::apply`). `None` between rounds.
+    named_during_round: std::sync::Mutex<Option<HashSet<Digest>>>,
     config: StoreConfig,
+    leases: Leases,
+    /// Last-use times (`atimes` tree), advisory: a rebuild keeps them.
+    uses: UseTimes,
 }
 
 /// A handle to an open store; cheap to clone.
@@ -306,11 +357,21 @@ struct Inner {
     verifier: Option<verify::Verifier>,
     writer_tx: Option<mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Holds a sender to the writer: stopped and dropped before it.
+    collector: Option<Arc<Collector>>,
+    collector_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The verifier holds a sender to the writer: stop it first.
+        // The collector and the verifier hold senders to the writer: stop
+        // them first (a round under way finishes; the writer still runs).
+        if let Some(c) = self.collector.take() {
+            c.stop();
+        }
+        if let Some(t) = self.collector_thread.take() {
+            let _ = t.join();
+        }
         self.verifier.take();
         // Closing the queue lets the writer finish what is queued and exit;
         // joining it releases the index and the directory lock.
@@ -326,10 +387,25 @@ impl Drop for Inner {
 /// while the previous one syncs, small enough to push back on uploaders.
 const WRITE_QUEUE_JOBS: usize = 64;
 
+/// How long a write waits, beyond one lease, for collection to make room
+/// under the cap before it is refused.
+const ROOM_WAIT_SLACK: Duration = Duration::from_secs(30);
+
 impl Store {
     /// Opens (or creates) the store in `dir`, indexing any segment tail the
     /// index does not cover yet.
-    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Store, StoreError> {
+        if let Some(cap) = config.max_bytes {
+            if cap < MIN_MAX_BYTES {
+                return Err(StoreError::CapTooSmall {
+                    asked: cap,
+                    minimum: MIN_MAX_BYTES,
+                });
+            }
+            // Bounds the overshoot: a segment is written whole before it
+            // can be compacted.
+            config.segment_bytes = config.segment_bytes.min(cap / 10);
+        }
         let data_dir_err = |source| StoreError::DataDir {
             path: dir.to_path_buf(),
             source,
@@ -365,9 +441,14 @@ impl Store {
             tags: db.open_tree("tags")?,
             rotten: db.open_tree("rotten")?,
             meta: db.open_tree("meta")?,
+            gc_figures: db.open_tree("gc")?,
+            uses: UseTimes::new(db.open_tree("atimes")?),
+            leases: Leases::new(config.lease),
             db,
             segments,
             counters: Counters::default(),
+            collections: AtomicU64::new(0),
+            named_during_round: std::sync::Mutex::new(None),
             config,
         });
 
@@ -375,13 +456,18 @@ impl Store {
             .meta
             .get(index::SCHEMA_KEY)?
             .and_then(|v| index::decode_u64(&v));
-        if shared.config.rebuild_index || schema != Some(u64::from(index::SCHEMA_VERSION)) {
+        let rebuild =
+            shared.config.rebuild_index || schema != Some(u64::from(index::SCHEMA_VERSION));
+        if rebuild {
             if schema.is_some() || !shared.chunks.is_empty() {
                 tracing::warn!(?schema, "rebuilding the index from the segments");
             }
             shared.clear_index()?;
         }
         let report = shared.recover()?;
+        if rebuild {
+            gc::drop_dangling(&shared)?;
+        }
         if report.records_scanned > 0 || report.bytes_truncated > 0 || report.skipped_records > 0 {
             tracing::info!(
                 records = report.records_scanned,
@@ -406,14 +492,69 @@ impl Store {
         } else {
             None
         };
+        let collector = Collector::new(shared.clone(), tx.clone());
+        let mut inner = Inner {
+            shared,
+            verifier,
+            writer_tx: Some(tx),
+            writer_thread: Some(thread),
+            collector: Some(collector.clone()),
+            collector_thread: None,
+        };
+        inner.collector_thread = collector.start_background()?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                shared,
-                verifier,
-                writer_tx: Some(tx),
-                writer_thread: Some(thread),
-            }),
+            inner: Arc::new(inner),
         })
+    }
+
+    fn collector(&self) -> Result<&Arc<Collector>, StoreError> {
+        self.inner
+            .collector
+            .as_ref()
+            .ok_or(StoreError::ShuttingDown)
+    }
+
+    /// Under a cap, waits until the data directory is below it, asking the
+    /// collector for rounds; refuses the write once a lease and
+    /// [`ROOM_WAIT_SLACK`] pass without room (everything left is in use).
+    async fn wait_for_room(&self) -> Result<(), StoreError> {
+        let collector = self.collector()?;
+        if !collector.over_cap() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.shared().leases.period() + ROOM_WAIT_SLACK;
+        let mut rounds = collector.rounds();
+        loop {
+            collector.wake();
+            // A round may already be running; one that ends wakes us, and
+            // the timeout covers a wake-up that came between two rounds.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rounds.changed()).await;
+            if !collector.over_cap() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::CapReached {
+                    used: collector.used_bytes(),
+                    cap: self.shared().config.max_bytes.unwrap_or(0),
+                });
+            }
+        }
+    }
+
+    /// After a write: wakes the collector when the store nears its cap.
+    fn after_write(&self) {
+        if let Ok(c) = self.collector()
+            && c.over_trigger()
+        {
+            c.wake();
+        }
+    }
+
+    /// Runs one garbage collection now: evicts least recently used content
+    /// if the store is near its cap, collects orphaned chunks whose lease
+    /// has lapsed, and compacts mostly dead segments. Blocks.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        self.collector()?.round()
     }
 
     fn shared(&self) -> &Shared {
@@ -438,6 +579,9 @@ impl Store {
 
     /// Digests among `digests` the store does not hold, in order, once each.
     pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+        // An upload asks about chunks it will name in a manifest: present
+        // or not, none of them may be collected before it does.
+        self.shared().leases.lease(digests);
         let mut seen = HashSet::with_capacity(digests.len());
         let mut missing = Vec::new();
         for d in digests {
@@ -476,8 +620,15 @@ impl Store {
     /// Writes the chunks the store does not hold yet; returns once they are
     /// durable and indexed.
     pub async fn put_chunks(&self, chunks: Vec<VerifiedChunk>) -> Result<PutOutcome, StoreError> {
+        self.wait_for_room().await?;
+        // Leased from now, when they are about to be stored: until a
+        // manifest names them they are orphans, which a collection takes
+        // once the lease lapses.
+        self.shared().leases.lease(chunks.iter().map(|c| &c.digest));
         let records = chunks.into_iter().map(PendingRecord::Chunk).collect();
-        self.submit(|reply| Job::Put { records, reply }).await
+        let outcome = self.submit(|reply| Job::Put { records, reply }).await;
+        self.after_write();
+        outcome
     }
 
     /// Reads a chunk's stored bytes, checking them against the record's CRC
@@ -489,8 +640,34 @@ impl Store {
     pub fn read_chunk(&self, digest: &Digest) -> Result<StoredChunk, StoreError> {
         let shared = self.shared();
         match shared.chunks.get(index::digest_key(digest))? {
-            Some(entry) => self.read_indexed_chunk(digest, &entry),
+            Some(entry) => self.read_current_chunk(digest, entry).map(|(_, c)| c),
             None => Err(shared.missing_chunk_error(digest)?),
+        }
+    }
+
+    /// Reads the chunk index entry `entry` points at. Compaction may move
+    /// the chunk (and remove the file) between the index read and the
+    /// segment read, and collection may remove it: on a failed read, an
+    /// entry that changed meanwhile is read again where it points now
+    /// (returned with the chunk), and a removed one is missing.
+    fn read_current_chunk(
+        &self,
+        digest: &Digest,
+        mut entry: sled::IVec,
+    ) -> Result<(sled::IVec, StoredChunk), StoreError> {
+        let shared = self.shared();
+        loop {
+            match self.read_indexed_chunk(digest, &entry) {
+                Ok(chunk) => return Ok((entry, chunk)),
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    match shared.chunks.get(index::digest_key(digest))? {
+                        Some(now) if now != entry => entry = now,
+                        Some(_) => return Err(e),
+                        None => return Err(shared.missing_chunk_error(digest)?),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -563,6 +740,14 @@ impl Store {
     /// The completeness check blocks on the index: call from a blocking
     /// context or accept a short block.
     pub async fn put_manifest(&self, manifest: Manifest) -> Result<Digest, StoreError> {
+        self.wait_for_room().await?;
+        // Leased before the check, so a collection leaves the chunks be;
+        // should one take them anyway (a lease that lapsed in a slow
+        // queue), the writer finds out (`checked_at`) and refuses cleanly.
+        self.shared()
+            .leases
+            .lease(manifest.chunks().iter().map(|c| &c.digest));
+        let checked_at = self.shared().collections.load(Ordering::Acquire);
         let this = self.clone();
         let manifest = tokio::task::spawn_blocking(move || {
             this.check_manifest_complete(&manifest).map(|()| manifest)
@@ -575,15 +760,36 @@ impl Store {
             digest,
             total_length: manifest.total_length(),
             encoded,
+            checked_at,
         }];
+        // Its use is written before it is indexed, so no collection ever
+        // sees it without one (it would look least recently used of all).
+        // A failed write leaves a stray use time, which costs only bytes.
+        self.shared()
+            .uses
+            .created(UseKind::Object, digest.as_bytes());
         self.submit(|reply| Job::Put { records, reply }).await?;
+        // Its chunks are named now: their upload is over. The object
+        // itself is the most recently used, last in line for eviction.
+        self.shared()
+            .leases
+            .release(manifest.chunks().iter().map(|c| &c.digest));
         // Stored again: if its verification was put aside for an unreadable
         // chunk (which this push may just have healed), try it now.
         self.shared().verify_queue.retry(&digest);
+        self.after_write();
         Ok(digest)
     }
 
+    /// The object's manifest; a use of the object (for eviction order).
     pub fn get_manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let manifest = self.read_manifest(digest)?;
+        self.shared().uses.touch(UseKind::Object, digest.as_bytes());
+        Ok(manifest)
+    }
+
+    /// The object's manifest, without counting a use.
+    fn read_manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
         let bytes = self
             .shared()
             .manifests
@@ -613,6 +819,9 @@ impl Store {
             digest: *key,
             detail: "undecodable index entry; rebuild the index".into(),
         })?;
+        // The asker may name the object next (a tag, a step result)
+        // without pushing it: it is leased, like chunks asked about.
+        self.shared().leases.lease([&digest]);
         let manifest = self.get_manifest(&digest)?;
         Ok(Some((digest, manifest)))
     }
@@ -667,7 +876,11 @@ impl Store {
             return Ok(None);
         }
         match self.check_manifest_complete(&manifest) {
-            Ok(()) => Ok(Some((digest, manifest))),
+            Ok(()) => {
+                // The asker names the object next without pushing it.
+                self.shared().leases.lease([&digest]);
+                Ok(Some((digest, manifest)))
+            }
             Err(
                 e @ (StoreError::ManifestIncomplete { .. }
                 | StoreError::ManifestLengthMismatch { .. }),
@@ -696,7 +909,13 @@ impl Store {
         key: Digest,
         result: StepResult,
     ) -> Result<RecordOutcome, StoreError> {
+        self.wait_for_room().await?;
+        let checked_at = self.shared().collections.load(Ordering::Acquire);
         if let Some(layer) = result.layer {
+            // Not leased: naming it makes it recently used, and should a
+            // collection take it before the write, the writer re-checks
+            // (`checked_at`) and refuses cleanly.
+            self.shared().uses.touch(UseKind::Object, layer.as_bytes());
             let this = self.clone();
             let held = tokio::task::spawn_blocking(move || {
                 this.shared()
@@ -715,7 +934,11 @@ impl Store {
             key,
             result: Box::new(result),
             encoded,
+            checked_at,
         }];
+        // Before it is indexed, as for an object (recording the same
+        // result again is a use too).
+        self.shared().uses.created(UseKind::Step, key.as_bytes());
         let outcome = self.submit(|reply| Job::Put { records, reply }).await?;
         if outcome.stored > 0 {
             return Ok(RecordOutcome::Created);
@@ -733,14 +956,25 @@ impl Store {
     }
 
     /// The result recorded under each key, in order (`None` for a miss).
+    /// A hit is a use of the step result (for eviction order).
     pub fn lookup_steps(&self, keys: &[Digest]) -> Result<Vec<Option<StepResult>>, StoreError> {
         keys.iter()
-            .map(|key| {
-                self.shared()
+            .map(|key| -> Result<Option<StepResult>, StoreError> {
+                let hit = self
+                    .shared()
                     .steps
                     .get(key.as_bytes())?
                     .map(|v| decode_stored_step(key, &v))
-                    .transpose()
+                    .transpose()?;
+                if let Some(result) = &hit {
+                    self.shared().uses.touch(UseKind::Step, key.as_bytes());
+                    // The asker will pull the layer or name it (a tag, an
+                    // image record) next: leased, like a found manifest.
+                    if let Some(layer) = &result.layer {
+                        self.shared().leases.lease([layer]);
+                    }
+                }
+                Ok(hit)
             })
             .collect()
     }
@@ -748,6 +982,8 @@ impl Store {
     /// Points tag `name` at object `target`, which must be stored.
     pub async fn set_tag(&self, name: String, target: Digest) -> Result<(), StoreError> {
         check_tag_name(&name)?;
+        self.wait_for_room().await?;
+        let checked_at = self.shared().collections.load(Ordering::Acquire);
         let this = self.clone();
         let held = tokio::task::spawn_blocking(move || {
             this.shared()
@@ -762,7 +998,13 @@ impl Store {
                 digest: target,
             });
         }
-        let records = vec![PendingRecord::Tag { name, target }];
+        // Before it is indexed, as for an object.
+        self.shared().uses.created(UseKind::Tag, name.as_bytes());
+        let records = vec![PendingRecord::Tag {
+            name,
+            target,
+            checked_at,
+        }];
         self.submit(|reply| Job::Put { records, reply }).await?;
         Ok(())
     }
@@ -773,6 +1015,7 @@ impl Store {
         let Some(v) = self.shared().tags.get(name.as_bytes())? else {
             return Ok(None);
         };
+        self.shared().uses.touch(UseKind::Tag, name.as_bytes());
         Digest::from_slice(&v)
             .map(Some)
             .map_err(|_| StoreError::Corrupt {
@@ -783,8 +1026,21 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let c = &self.shared().counters;
+        let shared = self.shared();
+        let c = &shared.counters;
+        let figure = |key| gc::figure(shared, key).unwrap_or(0);
+        let [objects, steps, tags, chunks, compacted, rounds] = gc::FIGURE_KEYS;
         StoreStats {
+            max_bytes: shared.config.max_bytes.unwrap_or(0),
+            bytes_used: c.segment_bytes.load(Ordering::Relaxed)
+                + c.index_bytes.load(Ordering::Relaxed),
+            index_bytes: c.index_bytes.load(Ordering::Relaxed),
+            objects_evicted: figure(objects),
+            step_results_evicted: figure(steps),
+            tags_evicted: figure(tags),
+            chunks_freed: figure(chunks),
+            bytes_compacted: figure(compacted),
+            gc_rounds: figure(rounds),
             chunks: c.chunks.load(Ordering::Relaxed),
             chunk_bytes: c.chunk_bytes.load(Ordering::Relaxed),
             stored_bytes: c.stored_bytes.load(Ordering::Relaxed),
@@ -823,21 +1079,28 @@ impl Store {
                 continue;
             };
             report.chunks_checked += 1;
-            let intact = match self.read_indexed_chunk(&digest, &entry) {
+            let intact = match self.read_current_chunk(&digest, entry) {
                 // The record passed its CRC; the content must still decode
                 // to its digest (a scrub is the one read that checks it).
-                Ok(c) => match decoder.decode_verified(&digest, c.codec, c.raw_len, &c.data) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::error!(
-                            digest = %digest,
-                            error = %e,
-                            "stored chunk does not decode to its digest"
-                        );
-                        self.drop_rotten_chunk(&digest, &entry);
-                        false
+                Ok((entry, c)) => {
+                    match decoder.decode_verified(&digest, c.codec, c.raw_len, &c.data) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::error!(
+                                digest = %digest,
+                                error = %e,
+                                "stored chunk does not decode to its digest"
+                            );
+                            self.drop_rotten_chunk(&digest, &entry);
+                            false
+                        }
                     }
-                },
+                }
+                Err(StoreError::ChunkNotFound(_)) => {
+                    // Collected since the scan read its entry: nothing to check.
+                    report.chunks_checked -= 1;
+                    continue;
+                }
                 Err(_) => false,
             };
             if !intact {
@@ -855,8 +1118,10 @@ impl Store {
         }
         for item in self.shared().manifests.iter() {
             let (key, _) = item?;
+            // A manifest collected since the scan read its key is no damage.
             if let Ok(digest) = Digest::from_slice(&key)
-                && self.get_manifest(&digest).is_err()
+                && let Err(e) = self.read_manifest(&digest)
+                && !matches!(e, StoreError::ManifestNotFound(_))
             {
                 report.corrupt.push(digest);
             }
@@ -873,16 +1138,13 @@ impl Store {
 }
 
 impl Shared {
-    /// Empties the index for a rebuild, keeping what the segments cannot
-    /// tell again: the divergence count, the bytes of tail ever cut, and the
-    /// chunks found rotten (a rebuild that finds an intact copy of one
-    /// clears it; see [`Shared::forget_healed`]).
     /// The trees a rebuild derives again from the segments. `rotten` is not
     /// among them: a chunk found rotten stays refused until it is stored
     /// again, whatever its record says. Nor is `verified`: verdicts are
     /// facts about immutable content, from which a rebuild re-derives
     /// `by_content`, the whole-object indexes and `unverified` (see
-    /// `recover`).
+    /// `recover`). Nor are collection's own trees (`gc` figures, `atimes`
+    /// use times).
     fn rebuilt_trees(&self) -> [&sled::Tree; 9] {
         [
             &self.chunks,
@@ -897,6 +1159,10 @@ impl Shared {
         ]
     }
 
+    /// Empties the index for a rebuild, keeping what the segments cannot
+    /// tell again: the divergence count, the bytes of tail ever cut, and the
+    /// chunks found rotten (a rebuild that finds an intact copy of one
+    /// clears it; see [`Shared::forget_healed`]).
     fn clear_index(&self) -> Result<(), StoreError> {
         let kept: Vec<_> = [index::DIVERGENCES_KEY, index::TAIL_BYTES_CUT_KEY]
             .into_iter()
@@ -1160,6 +1426,8 @@ impl Shared {
         c.manifests.store(m, Ordering::Relaxed);
         c.logical_bytes.store(logical, Ordering::Relaxed);
         c.segments.store(segs, Ordering::Relaxed);
+        c.index_bytes
+            .store(self.db.size_on_disk().unwrap_or(0), Ordering::Relaxed);
         c.segment_bytes.store(seg_bytes, Ordering::Relaxed);
         c.steps.store(self.steps.len() as u64, Ordering::Relaxed);
         let meta_figure = |key: &[u8]| -> Result<u64, StoreError> {

@@ -3,8 +3,10 @@
 //! Segments are named `NNNNNNNN.seg` by a growing id. Only the writer thread
 //! appends (to the highest id); readers use positional reads on shared file
 //! handles, so any number of them run at once without a lock on the data
-//! path. A segment is never rewritten, only extended — or, at recovery,
-//! truncated back past a torn tail that no index entry can point into.
+//! path. A segment is never rewritten in place, only extended — or, at
+//! recovery, truncated back past a torn tail that no index entry can point
+//! into — and, once compaction has copied its live records elsewhere and
+//! the index no longer names it, deleted whole.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -275,6 +277,19 @@ impl Segments {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Deletes segment `id` (compacted: nothing indexed points into it any
+    /// more) and syncs the directory so the deletion is durable. Readers
+    /// that already hold its handle finish their reads.
+    pub fn remove(&self, id: u32) -> io::Result<()> {
+        std::fs::remove_file(self.path_of(id))?;
+        File::open(&self.dir)?.sync_all()?;
+        self.readers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        Ok(())
     }
 
     /// Forgets cached read handles (after a segment is truncated).

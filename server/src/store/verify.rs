@@ -172,7 +172,7 @@ fn enter_in_content_indexes(
 
 /// Each whole-object index with the key `manifest` (proven, with
 /// `object_blake3`) has in it.
-fn whole_object_keys<'a>(
+pub(super) fn whole_object_keys<'a>(
     shared: &'a Shared,
     manifest: &Manifest,
     object_blake3: &Digest,
@@ -466,14 +466,35 @@ fn verify_manifest(
     })?;
     let mut sha256 = Sha256::new();
     let mut blake3 = blake3::Hasher::new();
+    // Collection may evict the manifest (and its chunks) while it is read:
+    // then there is nothing to decide. Its verdict could not enter it
+    // anyway: eviction takes it off the queue first (`gc::drop_object`).
+    let gone = || -> Result<bool, StoreError> {
+        Ok(!shared.manifests.contains_key(index::digest_key(digest))?)
+    };
     for chunk in manifest.chunks() {
         let key = index::digest_key(&chunk.digest);
-        let Some(entry) = shared.chunks.get(key)? else {
+        let Some(mut entry) = shared.chunks.get(key)? else {
+            if gone()? {
+                return Ok(Some(Verdict::Gone));
+            }
             tracing::warn!(manifest = %digest, chunk = %chunk.digest,
                 "a chunk of a manifest being verified is not held; verification waits for a push");
             return Ok(None);
         };
-        let stored = match shared.read_chunk_at(&chunk.digest, &entry) {
+        let mut read = shared.read_chunk_at(&chunk.digest, &entry);
+        // Compaction may have moved the chunk (removing the file read)
+        // since its entry was read: read it again where it is now.
+        while read.is_err() {
+            match shared.chunks.get(key)? {
+                Some(now) if now != entry => entry = now,
+                Some(_) => break,
+                None if gone()? => return Ok(Some(Verdict::Gone)),
+                None => break,
+            }
+            read = shared.read_chunk_at(&chunk.digest, &entry);
+        }
+        let stored = match read {
             Ok(stored) => stored,
             Err(ChunkReadError::Rotten(detail)) => {
                 tracing::error!(manifest = %digest, chunk = %chunk.digest, %detail,

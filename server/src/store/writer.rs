@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use strata_proto::{Codec, Digest, StepResult};
 use tokio::sync::{mpsc, oneshot};
 
+use super::compact::Compacted;
+use super::gc::{Evicted, EvictionPlan};
 use super::index::{self, ChunkEntry};
 use super::record::{self, HEADER_LEN, RecordKind};
 use super::segment::Location;
@@ -24,12 +26,21 @@ use super::verify::{self, Verdict};
 use super::{FsyncPolicy, PutOutcome, RebuildReport, Shared, StoreError, VerifiedChunk};
 
 /// A record waiting to be committed.
+///
+/// A record that names others (a manifest its chunks, a step result its
+/// layer, a tag its object) was checked against the index by its caller,
+/// off this thread; `checked_at` is the collection count it checked under
+/// (`Shared::collections`). If a collection has run since, the writer
+/// checks again before writing, and refuses the job as the caller's check
+/// would have: a write never names what a collection removed. Such a
+/// record is the only record of its job.
 pub enum PendingRecord {
     Chunk(VerifiedChunk),
     Manifest {
         digest: Digest,
         total_length: u64,
         encoded: Vec<u8>,
+        checked_at: u64,
     },
     /// A step result; written only if its key has none yet (the first
     /// result stands), refused as divergent if the key has another outcome.
@@ -38,12 +49,78 @@ pub enum PendingRecord {
         /// Boxed: a result is far larger than the other records.
         result: Box<StepResult>,
         encoded: Vec<u8>,
+        checked_at: u64,
     },
     /// A tag change; skipped when the tag already names that object.
     Tag {
         name: String,
         target: Digest,
+        checked_at: u64,
     },
+}
+
+impl PendingRecord {
+    /// If a collection ran after this record's references were checked
+    /// and removed one of them, the refusal the check would give now.
+    /// `in_group` holds what this commit group writes before it.
+    fn lost_reference(
+        &self,
+        shared: &Shared,
+        in_group: &HashSet<(RecordKind, Digest)>,
+    ) -> Result<Option<StoreError>, StoreError> {
+        let collections = shared.collections.load(Ordering::Acquire);
+        let object_held = |d: &Digest| -> Result<bool, StoreError> {
+            Ok(in_group.contains(&(RecordKind::Manifest, *d))
+                || shared.manifests.contains_key(index::digest_key(d))?)
+        };
+        Ok(match self {
+            PendingRecord::Chunk(_) => None,
+            PendingRecord::Manifest {
+                encoded,
+                checked_at,
+                ..
+            } if *checked_at != collections => {
+                let Ok(manifest) = strata_proto::Manifest::decode(encoded) else {
+                    return Ok(None);
+                };
+                let mut lost = None;
+                for (position, c) in manifest.chunks().iter().enumerate() {
+                    if !in_group.contains(&(RecordKind::Chunk, c.digest))
+                        && !shared.chunks.contains_key(index::digest_key(&c.digest))?
+                    {
+                        lost = Some(StoreError::ManifestIncomplete {
+                            digest: c.digest,
+                            index: position,
+                        });
+                        break;
+                    }
+                }
+                lost
+            }
+            PendingRecord::Step {
+                key,
+                result,
+                checked_at,
+                ..
+            } if *checked_at != collections => match result.layer {
+                Some(layer) if !object_held(&layer)? => {
+                    Some(StoreError::StepLayerMissing { key: *key, layer })
+                }
+                _ => None,
+            },
+            PendingRecord::Tag {
+                name,
+                target,
+                checked_at,
+            } if *checked_at != collections && !object_held(target)? => {
+                Some(StoreError::TagTargetMissing {
+                    name: name.clone(),
+                    digest: *target,
+                })
+            }
+            _ => None,
+        })
+    }
 }
 
 /// Where the writer answers one put job.
@@ -75,6 +152,16 @@ pub enum Job {
         verdict: Verdict,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Take a garbage collection plan out of the index (see `gc.rs`).
+    Evict {
+        plan: Arc<EvictionPlan>,
+        reply: oneshot::Sender<Result<Evicted, StoreError>>,
+    },
+    /// Rewrite a mostly dead segment (see `compact.rs`).
+    Compact {
+        segment: u32,
+        reply: oneshot::Sender<Result<Compacted, StoreError>>,
+    },
 }
 
 /// Most jobs folded into one commit group: bounds the latency a group adds
@@ -82,11 +169,11 @@ pub enum Job {
 const MAX_GROUP_JOBS: usize = 32;
 
 pub struct Writer {
-    shared: Arc<Shared>,
-    segment: u32,
+    pub(super) shared: Arc<Shared>,
+    pub(super) segment: u32,
     file: File,
-    len: u64,
-    buf: Vec<u8>,
+    pub(super) len: u64,
+    pub(super) buf: Vec<u8>,
 }
 
 impl Writer {
@@ -143,6 +230,14 @@ impl Writer {
                         self.commit_and_reply(std::mem::take(&mut puts));
                         let _ = reply.send(verify::apply_verdict(&self.shared, &digest, &verdict));
                     }
+                    Job::Evict { plan, reply } => {
+                        self.commit_and_reply(std::mem::take(&mut puts));
+                        let _ = reply.send(super::gc::apply(&self.shared, &plan));
+                    }
+                    Job::Compact { segment, reply } => {
+                        self.commit_and_reply(std::mem::take(&mut puts));
+                        let _ = reply.send(self.compact(segment));
+                    }
                 }
                 if puts.len() < MAX_GROUP_JOBS {
                     next = rx.try_recv().ok();
@@ -160,7 +255,7 @@ impl Writer {
         match self.commit(records) {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
@@ -172,8 +267,12 @@ impl Writer {
         }
     }
 
-    /// Appends the new records of every job, syncs, indexes; one outcome per job.
-    fn commit(&mut self, jobs: Vec<Vec<PendingRecord>>) -> Result<Vec<PutOutcome>, StoreError> {
+    /// Appends the new records of every job, syncs, indexes; one outcome per
+    /// job (a refusal for a job whose references a collection removed).
+    fn commit(
+        &mut self,
+        jobs: Vec<Vec<PendingRecord>>,
+    ) -> Result<Vec<Result<PutOutcome, StoreError>>, StoreError> {
         let shared = self.shared.clone();
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut in_group: HashSet<(RecordKind, Digest)> = HashSet::new();
@@ -194,12 +293,20 @@ impl Writer {
         // Chunks stored again while some are known rotten may heal them.
         let healing = !shared.rotten.is_empty();
         let mut stored_chunks: Vec<Digest> = Vec::new();
+        // What the new manifests, step results and tags name, for a
+        // collection round that may be under way (`named_during_round`).
+        let mut named: Vec<Digest> = Vec::new();
+        let mut new_manifest_digests: Vec<Digest> = Vec::new();
         self.buf.clear();
 
-        for records in jobs {
+        'jobs: for records in jobs {
             let mut outcome = PutOutcome::default();
             for rec in records {
                 outcome.received += 1;
+                if let Some(refusal) = rec.lost_reference(&shared, &in_group)? {
+                    outcomes.push(Err(refusal));
+                    continue 'jobs;
+                }
                 let (kind, digest, codec, raw_len, payload) = match &rec {
                     PendingRecord::Chunk(c) => {
                         (RecordKind::Chunk, c.digest, c.codec, c.raw_len, &c.data[..])
@@ -220,7 +327,7 @@ impl Writer {
                         encoded.len() as u32,
                         &encoded[..],
                     ),
-                    PendingRecord::Tag { name, target } => (
+                    PendingRecord::Tag { name, target, .. } => (
                         RecordKind::Tag,
                         *target,
                         Codec::Raw,
@@ -248,7 +355,7 @@ impl Writer {
                         }
                         continue;
                     }
-                } else if let PendingRecord::Tag { name, target } = &rec {
+                } else if let PendingRecord::Tag { name, target, .. } = &rec {
                     if shared
                         .tags
                         .get(name.as_bytes())?
@@ -302,6 +409,7 @@ impl Writer {
                         total_length,
                         ..
                     } => {
+                        new_manifest_digests.push(digest);
                         unverified_entries.insert(index::digest_key(&digest), &[]);
                         manifest_entries.insert(index::digest_key(&digest), encoded);
                         new_manifests += 1;
@@ -311,17 +419,20 @@ impl Writer {
                         key,
                         result,
                         encoded,
+                        ..
                     } => {
+                        named.extend(result.layer);
                         step_entries.insert(key.as_bytes(), encoded);
                         group_steps.insert(key, *result);
                         new_steps += 1;
                     }
-                    PendingRecord::Tag { name, target } => {
+                    PendingRecord::Tag { name, target, .. } => {
+                        named.push(target);
                         tag_entries.insert(name.as_bytes(), target.as_bytes());
                     }
                 }
             }
-            outcomes.push(outcome);
+            outcomes.push(Ok(outcome));
         }
 
         self.write_buf()?;
@@ -338,6 +449,23 @@ impl Writer {
         shared.unverified.apply_batch(unverified_entries)?;
         shared.steps.apply_batch(step_entries)?;
         shared.tags.apply_batch(tag_entries)?;
+        // Looked at after indexing: a round that starts later reads the
+        // index after this and sees these names in its inventory.
+        if let Some(during) = shared
+            .named_during_round
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            during.extend(named);
+            for digest in &new_manifest_digests {
+                if let Some(bytes) = shared.manifests.get(index::digest_key(digest))?
+                    && let Ok(m) = strata_proto::Manifest::decode(&bytes)
+                {
+                    during.extend(m.chunks().iter().map(|c| c.digest));
+                }
+            }
+        }
         for (id, len) in watermarks {
             shared
                 .meta
@@ -361,7 +489,7 @@ impl Writer {
     /// Writes the buffered records at the end of the active segment and
     /// syncs per policy. On failure (a full disk, say) the segment is cut
     /// back to where it was, so no partial record stays behind.
-    fn write_buf(&mut self) -> Result<(), StoreError> {
+    pub(super) fn write_buf(&mut self) -> Result<(), StoreError> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -393,7 +521,7 @@ impl Writer {
     }
 
     /// Closes the active segment and starts the next one.
-    fn roll(&mut self) -> Result<(), StoreError> {
+    pub(super) fn roll(&mut self) -> Result<(), StoreError> {
         self.segment += 1;
         (self.file, self.len) = open(&self.shared, self.segment)?;
         self.shared
@@ -437,6 +565,7 @@ impl Writer {
         let shared = self.shared.clone();
         shared.clear_index()?;
         let report = shared.recover()?;
+        super::gc::drop_dangling(&shared)?;
         shared.recount()?;
         (self.file, self.len) = open(&shared, self.segment)?;
         if shared.counters.segments.load(Ordering::Relaxed) == 0 {

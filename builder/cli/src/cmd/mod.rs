@@ -1,6 +1,7 @@
 //! One file per command, and the flags several commands share.
 
 pub mod build;
+pub mod gc;
 pub mod pull;
 pub mod push;
 pub mod serve;

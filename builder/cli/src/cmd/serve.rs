@@ -26,6 +26,17 @@ pub struct ServeArgs {
     /// Rebuild the index from the segment files before serving.
     #[arg(long)]
     rebuild_index: bool,
+    /// Keep the data directory (segments and index) under this size,
+    /// evicting least recently used objects, step results and tags:
+    /// 192MiB, 10G, 500MB (K/M/G/T and KiB.. are powers of 1024, KB.. of
+    /// 1000). At least 32MiB. Without it nothing is ever evicted.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_bytes: Option<u64>,
+    /// Seconds an upload's interest in a chunk or object (asking about it,
+    /// sending it, naming it) protects it from garbage collection.
+    #[arg(long, value_name = "SECONDS", default_value_t = StoreConfig::default().lease.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    gc_lease: u64,
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
     max_message_bytes: usize,
@@ -128,12 +139,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             Fsync::Never => FsyncPolicy::Never,
         },
         rebuild_index: args.rebuild_index,
+        max_bytes: args.max_bytes,
+        lease: Duration::from_secs(args.gc_lease),
         ..StoreConfig::default()
     };
     let data = args.data.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data, config))
         .await
-        .context("opening the store")??;
+        .context("opening the store")?
+        .with_context(|| format!("cannot serve {}", args.data.display()))?;
     let stats = store.stats();
     let local = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
@@ -180,10 +194,62 @@ fn check_exposure(addr: SocketAddr, has_tokens: bool, insecure_open: bool) -> Re
     )
 }
 
+/// A size as people write it: `192MiB`, `10G`, `1.5GiB`, `500MB`,
+/// `1000000`. K/M/G/T with or without `iB` are powers of 1024; KB/MB/GB/TB
+/// powers of 1000.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (expected e.g. 192MiB, 10G, 500MB)"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use B, K, M, G, T, KiB.., or KB..)"
+            ));
+        }
+    };
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{text:?} is too large"));
+    }
+    Ok(bytes as u64)
+}
+
 async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_as_people_write_them_and_nonsense_is_refused() {
+        assert_eq!(parse_size("192MiB"), Ok(192 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "MiB", "12 parsecs", "1e99G", "-5M", "1..2G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

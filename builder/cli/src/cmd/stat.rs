@@ -88,6 +88,15 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             "rotten_chunks": s.rotten_chunks,
             "manifests_unverified": s.manifests_unverified,
             "manifests_refuted": s.manifests_refuted,
+            "max_bytes": s.max_bytes,
+            "bytes_used": s.bytes_used,
+            "index_bytes": s.index_bytes,
+            "objects_evicted": s.objects_evicted,
+            "step_results_evicted": s.step_results_evicted,
+            "tags_evicted": s.tags_evicted,
+            "chunks_freed": s.chunks_freed,
+            "bytes_compacted": s.bytes_compacted,
+            "gc_rounds": s.gc_rounds,
             "dedup_ratio": dedup,
             "compression_ratio": compression,
         });
@@ -124,6 +133,23 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             "step results       {} ({} divergent refused)",
             s.step_results, s.step_divergences
         )?;
+        let cap = if s.max_bytes == 0 {
+            "no cap".to_string()
+        } else {
+            format!("cap {}", human_bytes(s.max_bytes))
+        };
+        writeln!(
+            out,
+            "disk used          {} of {cap} (index {})",
+            human_bytes(s.bytes_used),
+            human_bytes(s.index_bytes)
+        )?;
+        writeln!(
+            out,
+            "evicted            {} objects, {} step results, {} tags, {} chunks ({} collections)",
+            s.objects_evicted, s.step_results_evicted, s.tags_evicted, s.chunks_freed, s.gc_rounds
+        )?;
+        writeln!(out, "compacted          {}", human_bytes(s.bytes_compacted))?;
         // Damage is news: shown only when there is some.
         if s.recovery_skipped_records + s.recovery_tail_bytes_cut + s.rotten_chunks > 0 {
             writeln!(
