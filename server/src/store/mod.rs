@@ -391,6 +391,34 @@ const WRITE_QUEUE_JOBS: usize = 64;
 /// under the cap before it is refused.
 const ROOM_WAIT_SLACK: Duration = Duration::from_secs(30);
 
+/// How long an open waits for the index's own lock (see [`open_index`]).
+const INDEX_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the sled index. The data directory's `LOCK` is already held, so no
+/// other store uses it; but sled's I/O threads can keep the index's own
+/// lock a moment after a store in this process was dropped (they finish
+/// writes it queued). Reopening right after a close waits that out instead
+/// of failing.
+fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + INDEX_LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(128 << 20)
+            .flush_every_ms(Some(500))
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, indexing any segment tail the
     /// index does not cover yet.
@@ -422,11 +450,7 @@ impl Store {
             Err(std::fs::TryLockError::Error(e)) => return Err(data_dir_err(e)),
         }
         let segments = Segments::open(&dir.join("segments")).map_err(data_dir_err)?;
-        let db = sled::Config::new()
-            .path(dir.join("index"))
-            .cache_capacity(128 << 20)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = open_index(&dir.join("index"))?;
         let shared = Arc::new(Shared {
             _lock: lock,
             chunks: db.open_tree("chunks")?,
