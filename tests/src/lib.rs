@@ -98,7 +98,19 @@ pub fn strata_bin() -> PathBuf {
 /// The `strata` command with its embedded cache confined to `cache_dir` and
 /// no inherited server address.
 pub fn strata(cache_dir: &Path) -> Command {
-    let mut cmd = Command::new(strata_bin());
+    strata_wrapped(&[], cache_dir)
+}
+
+/// [`strata`] run through `wrapper` (say `ip netns exec NAME`).
+pub fn strata_wrapped(wrapper: &[&str], cache_dir: &Path) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(strata_bin());
+            cmd
+        }
+        None => Command::new(strata_bin()),
+    };
     cmd.env("STRATA_CACHE_DIR", cache_dir)
         .env_remove("STRATA_SERVER")
         .env("RUST_LOG", "warn");

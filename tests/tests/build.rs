@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use strata_tests::builds::{build, build_json, context, need, oci_output, statuses, umoci_unpack};
-use strata_tests::{ServerProcess, strata_bin};
+use strata_tests::{ServerProcess, strata_wrapped};
 
 const APP: &str = r#"# A small image: busybox, then steps that use it.
 FROM scratch
@@ -251,10 +251,7 @@ RUN set -e; \
     );
     let cache = tempfile::tempdir().unwrap();
     let out = host
-        .command(&strata_bin())
-        .env("STRATA_CACHE_DIR", cache.path())
-        .env_remove("STRATA_SERVER")
-        .env("RUST_LOG", "warn")
+        .strata(cache.path())
         .arg("build")
         .arg(ctx.path())
         .output()
@@ -1082,18 +1079,16 @@ impl NetNs {
         );
     }
 
-    /// `program` to run inside the namespace.
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
+    /// `strata` with its cache in `cache`, run inside the namespace.
+    fn strata(&self, cache: &Path) -> Command {
+        strata_wrapped(&["ip", "netns", "exec", &self.name], cache)
     }
 
     /// Runs `argv` inside the namespace; its stdout.
     fn run(&self, argv: &[&str]) -> String {
-        let out = self
-            .command(Path::new(argv[0]))
-            .args(&argv[1..])
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -1177,10 +1172,7 @@ fn build_wide_host_network_gives_every_run_the_hosts_and_keys_it_apart() {
     let out = tempfile::tempdir().unwrap();
     let build_in_ns = |extra: &[&str], image: &Path| -> Value {
         let output = host
-            .command(&strata_bin())
-            .env("STRATA_CACHE_DIR", cache.path())
-            .env_remove("STRATA_SERVER")
-            .env("RUST_LOG", "warn")
+            .strata(cache.path())
             .args(["build", "--json", "--output", &oci_output(image, "v1")])
             .args(extra)
             .arg(ctx.path())
