@@ -102,8 +102,7 @@ impl BenchServer {
     /// waited for.
     pub async fn settle_verification(&self) -> Result<()> {
         if let Some(local) = &self.local {
-            let store = local.store.clone();
-            tokio::task::spawn_blocking(move || store.wait_for_verification()).await?;
+            local.store.wait_for_verification().await;
         }
         Ok(())
     }

@@ -71,10 +71,7 @@ async fn seeded_server(dir: &std::path::Path, config: ServerConfig) -> TestServe
     }
     // The background verifier changes the figures the tests compare: let
     // it finish with the seeds first.
-    let store = server.store.clone();
-    tokio::task::spawn_blocking(move || store.wait_for_verification())
-        .await
-        .unwrap();
+    server.store.wait_for_verification().await;
     server
 }
 

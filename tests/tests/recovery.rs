@@ -114,10 +114,7 @@ const CHUNKS_PER_OBJECT: usize = 4;
 /// can (a rebuild queues every manifest without a verdict again, and the
 /// count of pending ones moves as the verifier works).
 async fn settled_stats(store: &Store) -> StoreStats {
-    let waiting = store.clone();
-    tokio::task::spawn_blocking(move || waiting.wait_for_verification())
-        .await
-        .unwrap();
+    store.wait_for_verification().await;
     store.stats()
 }
 
@@ -671,10 +668,7 @@ async fn push_file(
         .unwrap();
     let manifest = client.get_manifest(&report.digest).await.unwrap();
     let chunks = manifest.chunks().iter().map(|c| c.digest).collect();
-    let store = server.store.clone();
-    tokio::task::spawn_blocking(move || store.wait_for_verification())
-        .await
-        .unwrap();
+    server.store.wait_for_verification().await;
     (report.digest, chunks, report.stored_chunks)
 }
 

@@ -74,9 +74,10 @@ async fn cached_blob(server: &ServerProcess, digest: &str) -> bool {
     let mut manifests = ManifestStoreClient::connect(server.url.clone())
         .await
         .unwrap();
-    let sha256: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&digest[7 + 2 * i..9 + 2 * i], 16).unwrap())
-        .collect();
+    let sha256 = strata_registry::BlobDigest::parse(digest)
+        .unwrap()
+        .to_bytes()
+        .to_vec();
     let found = manifests
         .find_object(FindObjectRequest {
             blake3: Vec::new(),

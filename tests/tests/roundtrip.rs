@@ -97,10 +97,7 @@ async fn data_survives_a_clean_restart() {
         let digest = round_trip(&client, data.clone()).await;
         // The verifier's count of pending manifests is part of the figures:
         // let it finish, as it does after the restart.
-        let store = server.store.clone();
-        tokio::task::spawn_blocking(move || store.wait_for_verification())
-            .await
-            .unwrap();
+        server.store.wait_for_verification().await;
         let stats = content_figures(client.stats().await.unwrap());
         drop(client);
         server.stop().await;

@@ -42,10 +42,7 @@ async fn push_path(client: &Client, path: &Path) -> PushReport {
 /// Waits, without sleeping, until the server's verifier has decided every
 /// manifest stored so far.
 async fn settle(server: &TestServer) {
-    let store = server.store.clone();
-    tokio::task::spawn_blocking(move || store.wait_for_verification())
-        .await
-        .unwrap();
+    server.store.wait_for_verification().await;
 }
 
 /// A client whose chunker cuts differently from the default: its normal

@@ -55,6 +55,23 @@ impl BlobDigest {
     pub fn hex(&self) -> &str {
         &self.hex
     }
+
+    /// The 32 bytes of the digest.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(self.hex.as_bytes().chunks(2)) {
+            // `parse` admits only lower-case hex, two digits a byte.
+            let digit = |c: u8| {
+                if c.is_ascii_digit() {
+                    c - b'0'
+                } else {
+                    c - b'a' + 10
+                }
+            };
+            *byte = digit(pair[0]) << 4 | digit(pair[1]);
+        }
+        out
+    }
 }
 
 impl fmt::Display for BlobDigest {
@@ -81,6 +98,14 @@ mod tests {
             BlobDigest::of(b"").to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn bytes_are_the_hex_digits_decoded() {
+        let digest = BlobDigest::parse(&format!("sha256:00ff{}a9", "5c".repeat(29))).unwrap();
+        let mut expected = [0x5c; 32];
+        (expected[0], expected[1], expected[31]) = (0x00, 0xff, 0xa9);
+        assert_eq!(digest.to_bytes(), expected);
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 
 use strata_dockerfile::ImageRef;
-use strata_registry::{RegistryClient, RegistryError, RegistryOptions};
+use strata_registry::{BlobDigest, RegistryClient, RegistryError, RegistryOptions};
 use support::*;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -435,4 +435,50 @@ async fn a_layer_of_an_unknown_media_type_is_refused_naming_it() {
         "{err}"
     );
     assert!(err.to_string().contains("application/x-evil"), "{err}");
+}
+
+/// `ADD <url>` sources: a server that sends more than the cap, or bytes
+/// that are not the pinned checksum, is refused, and the target path never
+/// appears (nothing partial, nothing wrong).
+#[tokio::test]
+async fn a_url_source_over_the_cap_or_off_its_checksum_leaves_no_file() {
+    let body = vec![7u8; 4096];
+    let served = body.clone();
+    let server =
+        HostileRegistry::start(move |_, _| Reply::ok("application/octet-stream", served.clone()))
+            .await;
+    let url = format!("http://{}/tool", server.addr);
+    let dir = tempdir();
+    let target = dir.path().join("tool");
+
+    let pinned = BlobDigest::parse(&sha256(&body)).unwrap();
+    let err = strata_registry::fetch_url_to_file(&url, &pinned, &target, 1000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, strata_registry::UrlError::TooLarge { limit: 1000, .. }),
+        "{err}"
+    );
+    assert!(!target.exists());
+
+    let other = BlobDigest::parse(&sha256(b"something else")).unwrap();
+    let err = strata_registry::fetch_url_to_file(&url, &other, &target, 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("is not what --checksum pins"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no temporary left"
+    );
+
+    // The right bytes under the cap arrive whole.
+    let size = strata_registry::fetch_url_to_file(&url, &pinned, &target, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!((size, std::fs::read(&target).unwrap()), (4096, body));
 }

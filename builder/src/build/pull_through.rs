@@ -21,7 +21,7 @@ use std::path::Path;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use strata_client::{Client, ClientError, Progress};
 use strata_dockerfile::ImageRef;
-use strata_registry::{RegistryClient, RegistryOptions, ResolvedImage};
+use strata_registry::{BlobDigest, RegistryClient, RegistryOptions, ResolvedImage};
 use tokio::sync::OnceCell;
 
 use super::base::{Base, BuiltLayer, LayerSource};
@@ -155,12 +155,9 @@ impl RegistryBase {
         scratch: &Path,
     ) -> Result<LayerFetch, BuildError> {
         let media_type = layer.blob.compression.media_type();
-        let sha256 = sha256_of_digest(&layer.blob.digest).ok_or_else(|| {
-            self.error(
-                layer,
-                &"its digest is not a sha256 digest; only sha256 blobs are pulled",
-            )
-        })?;
+        let sha256 = BlobDigest::parse(&layer.blob.digest)
+            .map_err(|e| self.error(layer, &e))?
+            .to_bytes();
         let cached = client
             .find_object_by_sha256(&sha256, layer.blob.size, media_type)
             .await
@@ -220,40 +217,4 @@ struct LayerFetch {
     registry_bytes: u64,
     uploaded_bytes: u64,
     not_kept: Option<String>,
-}
-
-/// The 32 bytes of a `sha256:<64 hex>` digest.
-fn sha256_of_digest(digest: &str) -> Option<[u8; 32]> {
-    let hex = digest.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_well_formed_sha256_digests_give_bytes() {
-        let hex = "ab".repeat(32);
-        assert_eq!(sha256_of_digest(&format!("sha256:{hex}")), Some([0xab; 32]));
-        for bad in [
-            hex.clone(),
-            format!("sha512:{hex}"),
-            format!("sha256:{}", &hex[1..]),
-            format!("sha256:{hex}00"),
-            format!("sha256:{}zz", &hex[2..]),
-            "sha256:".to_owned(),
-            // Multi-byte characters must not panic the slicing.
-            format!("sha256:{}é", &hex[..62]),
-        ] {
-            assert_eq!(sha256_of_digest(&bad), None, "{bad}");
-        }
-    }
 }

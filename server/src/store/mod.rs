@@ -917,12 +917,16 @@ impl Store {
         }
     }
 
-    /// Blocks until the background verifier has decided every manifest
-    /// stored before the call (those put aside for an unreadable chunk stay
-    /// pending). Returns at once when the verifier is off. For tests,
-    /// benchmarks and tools that must know a push is findable by content.
-    pub fn wait_for_verification(&self) {
-        self.shared().verify_queue.wait_idle();
+    /// Waits (on a blocking thread) until the background verifier has
+    /// decided every manifest stored before the call (those put aside for an
+    /// unreadable chunk stay pending). Returns at once when the verifier is
+    /// off. For tests, benchmarks and tools that must know a push is
+    /// findable by content, or that figures no longer move.
+    pub async fn wait_for_verification(&self) {
+        let store = self.clone();
+        // A panic in the wait can only be a bug in the queue's flags; the
+        // caller learns nothing more from it than from returning.
+        let _ = tokio::task::spawn_blocking(move || store.shared().verify_queue.wait_idle()).await;
     }
 
     /// Records `result` under step `key` once its layer is held; the first

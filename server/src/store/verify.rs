@@ -592,10 +592,7 @@ mod tests {
     }
 
     async fn settle(store: &Store) {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.wait_for_verification())
-            .await
-            .unwrap();
+        store.wait_for_verification().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
