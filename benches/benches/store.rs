@@ -323,12 +323,17 @@ fn lookup_steps(c: &mut Criterion) {
             key_inputs: "strata-step-key-v1\nparent b3:...\n".repeat(8),
             ..Default::default()
         },
+        seal: None,
     };
+    let signer = strata_proto::SigningKey::from_seed(&[1; 32]).unwrap();
     rt.block_on(async {
         for i in 0..INDEX_ENTRIES {
-            store.record_step(key(i), result.clone()).await.unwrap();
+            let mut signed = result.clone();
+            signed.sign(&key(i), &signer);
+            store.record_step(key(i), signed).await.unwrap();
         }
     });
+    let trusted = [signer.public_key()];
     let mut keys: Vec<Digest> = (0..LOOKUPS)
         .map(|i| {
             if i % 2 == 0 {
@@ -339,13 +344,23 @@ fn lookup_steps(c: &mut Criterion) {
         })
         .collect();
     keys.sort_by_key(|d| mix(u64::from_le_bytes(d.as_bytes()[..8].try_into().unwrap())));
-    let hits = store.lookup_steps(&keys).unwrap().iter().flatten().count();
+    let hits = store
+        .lookup_steps(&keys, &trusted)
+        .unwrap()
+        .iter()
+        .flatten()
+        .count();
     assert_eq!(hits, LOOKUPS / 2);
 
     let mut g = c.benchmark_group("store/lookup_steps");
     g.throughput(Throughput::Elements(LOOKUPS as u64));
     g.bench_function("lookup_steps 1024 keys, half recorded", |b| {
-        b.iter(|| store.lookup_steps(black_box(&keys)).unwrap().len());
+        b.iter(|| {
+            store
+                .lookup_steps(black_box(&keys), &trusted)
+                .unwrap()
+                .len()
+        });
     });
     g.bench_function("find_missing of as many digests (baseline)", |b| {
         b.iter(|| store.find_missing(black_box(&keys)).unwrap().len());

@@ -159,6 +159,18 @@ impl CorpusArgs {
     }
 }
 
+/// A throwaway signing key for the step results a benchmark records (and
+/// looks up, verifying each hit as a build does). Not secret: it is made
+/// from the time, and nothing outside the run trusts it.
+fn bench_signer() -> strata_client::TrustPolicy {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = strata_proto::Digest::of(format!("strata bench signer {nanos}").as_bytes());
+    let key = strata_proto::SigningKey::from_seed(seed.as_bytes()).ok();
+    strata_client::TrustPolicy::new(key, [])
+}
+
 /// Runs one `strata bench` invocation: measures, prints a table or JSON.
 pub async fn run(args: BenchArgs) -> Result<()> {
     let c = &args.common;
@@ -175,6 +187,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .map(strata_client::BearerToken::new)
             .transpose()?,
         tls_ca: c.tls_ca.clone(),
+        trust: bench_signer(),
         ..ClientConfig::default()
     };
     client.validate()?;

@@ -16,6 +16,8 @@ mod progress;
 mod pull;
 mod push;
 mod retry;
+mod trust;
+pub mod trust_files;
 mod whole_object;
 
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ use strata_proto::v1::{
     GetManifestRequest, GetTagRequest, LookupStepsRequest, RecordStepRequest, SetTagRequest,
     StatManifestRequest, StatsRequest, StatsResponse,
 };
-use strata_proto::{Digest, Manifest, StepResult};
+use strata_proto::{Digest, Manifest, SignedTag, StepResult};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -45,6 +47,7 @@ pub use error::ClientError;
 pub use progress::{Progress, human_bytes};
 pub use pull::PullReport;
 pub use push::PushReport;
+pub use trust::{Distrust, StepLookup, TagLookup, TrustPolicy};
 pub use whole_object::KnownObject;
 
 /// HTTP/2 flow-control windows; must match the server's for bulk streams
@@ -90,6 +93,10 @@ pub struct ClientConfig {
     /// server stored before is found, not sent again. Zero turns retries
     /// off.
     pub retry_for: Duration,
+    /// The key this client signs step results and tags with, and the
+    /// signers whose entries it uses (its own first). The default signs
+    /// nothing and trusts no one: every hit is `untrusted`.
+    pub trust: TrustPolicy,
 }
 
 impl Default for ClientConfig {
@@ -106,6 +113,7 @@ impl Default for ClientConfig {
             token: None,
             tls_ca: None,
             retry_for: Duration::from_secs(30),
+            trust: TrustPolicy::default(),
         }
     }
 }
@@ -410,17 +418,40 @@ impl Client {
         Ok(response.exists.then_some(response.total_length))
     }
 
-    /// The results recorded under `keys`, in order (`None` for a miss), in
-    /// one round trip.
+    /// What this client signs with and whose entries it uses.
+    pub fn trust(&self) -> &TrustPolicy {
+        &self.config.trust
+    }
+
+    /// The results recorded under `keys` that this client uses, in order
+    /// (`None` for a miss or an untrusted result), in one round trip.
     pub async fn lookup_steps(
         &self,
         keys: &[Digest],
     ) -> Result<Vec<Option<StepResult>>, ClientError> {
+        Ok(self
+            .lookup_steps_judged(keys)
+            .await?
+            .into_iter()
+            .map(|l| match l {
+                StepLookup::Hit(r) => Some(r),
+                StepLookup::Miss | StepLookup::Untrusted(_) => None,
+            })
+            .collect())
+    }
+
+    /// What is recorded under each of `keys`, judged by this client's trust
+    /// policy (see [`StepLookup`]), in order, in one round trip.
+    pub async fn lookup_steps_judged(
+        &self,
+        keys: &[Digest],
+    ) -> Result<Vec<StepLookup>, ClientError> {
         let response = self
             .steps
             .clone()
             .lookup_steps(LookupStepsRequest {
                 keys: keys.iter().map(|k| k.to_vec()).collect(),
+                trusted_signers: self.trusted_signers(),
             })
             .await
             .map_err(|s| ClientError::from_status("look up steps", s))?
@@ -437,9 +468,9 @@ impl Client {
             .into_iter()
             .zip(keys)
             .map(|(hit, key)| match (hit.found, hit.result) {
-                (false, _) => Ok(None),
+                (false, _) => Ok(StepLookup::Miss),
                 (true, Some(wire)) => StepResult::from_wire(wire)
-                    .map(Some)
+                    .map(|r| self.config.trust.judge_step(key, r))
                     .map_err(|e| ClientError::Integrity(format!("step {key}: {e}"))),
                 (true, None) => Err(ClientError::Protocol(format!(
                     "step {key}: found, but no result sent"
@@ -448,20 +479,41 @@ impl Client {
             .collect()
     }
 
-    /// Records `result` under step `key`. `Ok(true)` when it was new,
-    /// `Ok(false)` when the same outcome was already there; a different
-    /// outcome under the key is refused (`ClientError::Refused`).
+    fn trusted_signers(&self) -> Vec<Vec<u8>> {
+        self.config
+            .trust
+            .trusted()
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect()
+    }
+
+    fn signing_key(&self, what: &str) -> Result<&strata_proto::SigningKey, ClientError> {
+        self.config.trust.signing_key().ok_or_else(|| {
+            ClientError::Config(format!(
+                "{what} needs a signing key (`--signing-key FILE`, `STRATA_SIGNING_KEY`), \
+                 and this client has none"
+            ))
+        })
+    }
+
+    /// Signs `result` with this client's key and records it under step
+    /// `key`. `Ok(true)` when it was new, `Ok(false)` when this signer had
+    /// recorded the same outcome; a different outcome of theirs under the
+    /// key is refused (`ClientError::Refused`).
     pub async fn record_step(
         &self,
         key: &Digest,
         result: &StepResult,
     ) -> Result<bool, ClientError> {
+        let mut signed = result.clone();
+        signed.sign(key, self.signing_key("recording a step result")?);
         let response = self
             .steps
             .clone()
             .record_step(RecordStepRequest {
                 key: key.to_vec(),
-                result: Some(result.to_wire()),
+                result: Some(signed.to_wire()),
             })
             .await
             .map_err(|s| ClientError::from_status("record step", s))?
@@ -469,35 +521,48 @@ impl Client {
         Ok(response.created)
     }
 
-    /// Points tag `name` at stored object `digest`.
+    /// Points tag `name` at stored object `digest`, signed with this
+    /// client's key and stamped with the time.
     pub async fn set_tag(&self, name: &str, digest: &Digest) -> Result<(), ClientError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let tag = SignedTag::sign(name, *digest, now_ms, self.signing_key("setting a tag")?);
         self.tags
             .clone()
             .set_tag(SetTagRequest {
-                name: name.to_owned(),
-                digest: digest.to_vec(),
+                tag: Some(tag.to_wire()),
             })
             .await
             .map_err(|s| ClientError::from_status("set tag", s))?;
         Ok(())
     }
 
-    /// The object tag `name` names, if it exists.
+    /// The object tag `name` names, if a trusted signer set it.
     pub async fn get_tag(&self, name: &str) -> Result<Option<Digest>, ClientError> {
+        Ok(match self.get_tag_judged(name).await? {
+            TagLookup::Hit(tag) => Some(tag.target),
+            TagLookup::Miss | TagLookup::Untrusted(_) => None,
+        })
+    }
+
+    /// Tag `name` as this client's trust policy sees it.
+    pub async fn get_tag_judged(&self, name: &str) -> Result<TagLookup, ClientError> {
         let response = self
             .tags
             .clone()
             .get_tag(GetTagRequest {
                 name: name.to_owned(),
+                trusted_signers: self.trusted_signers(),
             })
             .await
             .map_err(|s| ClientError::from_status("get tag", s))?
             .into_inner();
         if !response.found {
-            return Ok(None);
+            return Ok(TagLookup::Miss);
         }
-        Digest::from_slice(&response.digest)
-            .map(Some)
+        SignedTag::from_wire(response.tag)
+            .map(|tag| self.config.trust.judge_tag(name, tag))
             .map_err(|e| ClientError::Protocol(format!("tag {name}: {e}")))
     }
 

@@ -6,12 +6,16 @@
 //! a key and compares later ones by outcome, so two builders that agree are
 //! not a conflict just because they ran at different times.
 //!
+//! Every result is signed by its writer ([`crate::signing`]): the seal
+//! travels and is stored with the result, and is not part of its outcome.
+//!
 //! The stored form is the protobuf encoding of [`v1::StepResult`]. prost
 //! writes fields in tag order and this message has no maps, so the encoding
 //! of a given value is fixed.
 
 use prost::Message;
 
+use crate::signing::{self, PublicKey, Seal, SignatureError, SigningKey};
 use crate::{Digest, DigestError, v1};
 
 /// Largest encoded step result either end accepts: a config change and a
@@ -24,6 +28,8 @@ pub struct StepResult {
     pub layer: Option<Digest>,
     pub config: Vec<u8>,
     pub provenance: v1::Provenance,
+    /// The writer's signature; `None` until [`StepResult::sign`].
+    pub seal: Option<Seal>,
 }
 
 /// Why a step result was refused.
@@ -35,6 +41,8 @@ pub enum StepError {
     TooLarge { size: usize, limit: usize },
     #[error("stored step result is malformed: {0}")]
     Malformed(prost::DecodeError),
+    #[error("step result signature: {0}")]
+    Seal(#[from] SignatureError),
 }
 
 impl StepResult {
@@ -51,19 +59,61 @@ impl StepResult {
         } else {
             Some(Digest::from_slice(&wire.layer).map_err(StepError::BadLayer)?)
         };
+        let seal = match Seal::from_wire(&wire.signer, &wire.signature) {
+            Ok(seal) => Some(seal),
+            Err(SignatureError::Unsigned) => None,
+            Err(e) => return Err(e.into()),
+        };
         Ok(StepResult {
             layer,
             config: wire.config,
             provenance: wire.provenance.unwrap_or_default(),
+            seal,
         })
     }
 
     pub fn to_wire(&self) -> v1::StepResult {
+        let (signer, signature) = self.seal.map_or((Vec::new(), Vec::new()), |s| {
+            (
+                s.signer.as_bytes().to_vec(),
+                s.signature.as_bytes().to_vec(),
+            )
+        });
         v1::StepResult {
             layer: self.layer.map(|d| d.to_vec()).unwrap_or_default(),
             config: self.config.clone(),
             provenance: Some(self.provenance.clone()),
+            signer,
+            signature,
         }
+    }
+
+    /// The bytes a signature over this result under step `key` covers.
+    fn signed_message(&self, key: &Digest) -> Vec<u8> {
+        signing::step_message(
+            key,
+            self.layer.as_ref(),
+            &self.config,
+            &self.provenance.encode_to_vec(),
+        )
+    }
+
+    /// Signs the result, as recorded under step `key`, with `signer`.
+    pub fn sign(&mut self, key: &Digest, signer: &SigningKey) {
+        self.seal = Some(signing::seal(signer, &self.signed_message(key)));
+    }
+
+    /// The signer, if the result carries a signature that verifies for it
+    /// under step `key`. A result moved to another key does not verify.
+    pub fn verify(&self, key: &Digest) -> Result<PublicKey, SignatureError> {
+        let seal = self.seal.as_ref().ok_or(SignatureError::Unsigned)?;
+        signing::verify(seal, &self.signed_message(key))?;
+        Ok(seal.signer)
+    }
+
+    /// Who the result claims to be signed by (not checked).
+    pub fn signer(&self) -> Option<PublicKey> {
+        self.seal.map(|s| s.signer)
     }
 
     /// The stored form (see the module doc).
@@ -98,6 +148,7 @@ mod tests {
                 created_unix: 1,
                 ..Default::default()
             },
+            seal: None,
         }
     }
 
@@ -115,6 +166,45 @@ mod tests {
         assert!(a.same_outcome(&result(Some(Digest::of(b"layer")), "two")));
         assert!(!a.same_outcome(&result(Some(Digest::of(b"other")), "one")));
         assert!(!a.same_outcome(&result(None, "one")));
+    }
+
+    #[test]
+    fn a_signed_result_verifies_under_its_key_only_and_round_trips() {
+        let signer = SigningKey::from_seed(&[3; 32]).unwrap();
+        let key = Digest::of(b"step");
+        let mut r = result(Some(Digest::of(b"layer")), "strata");
+        assert_eq!(r.verify(&key), Err(SignatureError::Unsigned));
+        r.sign(&key, &signer);
+        assert_eq!(r.verify(&key), Ok(signer.public_key()));
+        let back = StepResult::decode(&r.encode()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.verify(&key), Ok(signer.public_key()));
+        // The same result under another key, or with anything changed, does
+        // not verify: a signature cannot be lifted onto another entry.
+        let invalid = Err(SignatureError::Invalid(signer.public_key()));
+        assert_eq!(r.verify(&Digest::of(b"other step")), invalid);
+        for change in [
+            (|r: &mut StepResult| r.layer = Some(Digest::of(b"evil"))) as fn(&mut StepResult),
+            |r| r.layer = None,
+            |r| r.config.push(b' '),
+            |r| r.provenance.builder.push('!'),
+            |r| r.provenance.hermetic = !r.provenance.hermetic,
+        ] {
+            let mut forged = r.clone();
+            change(&mut forged);
+            assert_eq!(forged.verify(&key), invalid);
+        }
+    }
+
+    #[test]
+    fn a_seal_of_the_wrong_shape_is_refused_on_decode() {
+        let mut wire = result(None, "x").to_wire();
+        wire.signer = vec![1; 32];
+        wire.signature = vec![2; 10];
+        assert!(matches!(
+            StepResult::from_wire(wire),
+            Err(StepError::Seal(SignatureError::BadSignatureLength(10)))
+        ));
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.url, ClientConfig::default())
+        Client::connect(&self.url, test_client_config())
             .await
             .expect("connect to test server")
     }
@@ -95,8 +95,43 @@ pub fn strata_bin() -> PathBuf {
     bin
 }
 
-/// The `strata` command with its embedded cache confined to `cache_dir` and
-/// no inherited server address.
+/// Where this test run's signing key and configuration live: beside the
+/// `strata` binary, so no test reads or writes the user's own
+/// `~/.config/strata`.
+fn test_config_dir() -> PathBuf {
+    strata_bin()
+        .parent()
+        .expect("target dir")
+        .join("strata-test-config")
+}
+
+/// The signing key every test client and `strata` command signs with: one
+/// key for the whole suite, as a fleet of builders shares one, so what one
+/// test's builds record is a hit for its clients. Made on first use.
+pub fn test_key_file() -> PathBuf {
+    let path = test_config_dir().join("signing-key");
+    strata_client::trust_files::load_or_create_key(&path).expect("the test signing key");
+    path
+}
+
+/// Signs with [`test_key_file`]'s key and trusts only it.
+pub fn test_trust() -> strata_client::TrustPolicy {
+    let key = strata_client::trust_files::read_key(&test_key_file()).expect("test signing key");
+    strata_client::TrustPolicy::new(Some(key), [])
+}
+
+/// The client configuration tests use: the defaults, signing as
+/// [`test_trust`] does.
+pub fn test_client_config() -> ClientConfig {
+    ClientConfig {
+        trust: test_trust(),
+        ..ClientConfig::default()
+    }
+}
+
+/// The `strata` command with its embedded cache confined to `cache_dir`, no
+/// inherited server address, the suite's signing key and an empty
+/// configuration directory of its own (no trust list).
 pub fn strata(cache_dir: &Path) -> Command {
     strata_wrapped(&[], cache_dir)
 }
@@ -113,6 +148,9 @@ pub fn strata_wrapped(wrapper: &[&str], cache_dir: &Path) -> Command {
     };
     cmd.env("STRATA_CACHE_DIR", cache_dir)
         .env_remove("STRATA_SERVER")
+        .env_remove("STRATA_TRUST")
+        .env("STRATA_SIGNING_KEY", test_key_file())
+        .env("XDG_CONFIG_HOME", test_config_dir().join("xdg"))
         .env("RUST_LOG", "warn");
     cmd
 }
@@ -182,7 +220,7 @@ impl ServerProcess {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.url, ClientConfig::default())
+        Client::connect(&self.url, test_client_config())
             .await
             .expect("connect to strata serve")
     }
@@ -399,7 +437,7 @@ pub async fn start_with_tokens(dir: &Path, file: &Path) -> TestServer {
 pub async fn client_with_token(url: &str, token: Option<&str>) -> Client {
     let config = ClientConfig {
         token: token.map(|t| strata_client::BearerToken::new(t).unwrap()),
-        ..ClientConfig::default()
+        ..test_client_config()
     };
     Client::connect(url, config).await.expect("connect")
 }

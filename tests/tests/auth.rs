@@ -38,6 +38,7 @@ fn result(layer: Option<Digest>) -> StepResult {
             created_unix: 1_700_000_000,
             ..Default::default()
         },
+        seal: None,
     }
 }
 
@@ -46,6 +47,7 @@ async fn lookup_with_header(url: &str, header: Option<&[u8]>) -> tonic::Status {
     let mut raw = StepCacheClient::connect(url.to_owned()).await.unwrap();
     let mut request = tonic::Request::new(LookupStepsRequest {
         keys: vec![Digest::of(b"k").to_vec()],
+        trusted_signers: vec![],
     });
     if let Some(value) = header {
         request.metadata_mut().insert(
@@ -90,6 +92,7 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_the_token_is_never_
     let mut raw = StepCacheClient::connect(server.url.clone()).await.unwrap();
     let mut request = tonic::Request::new(LookupStepsRequest {
         keys: vec![Digest::of(b"k").to_vec()],
+        trusted_signers: vec![],
     });
     request
         .metadata_mut()
@@ -99,7 +102,10 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_the_token_is_never_
     assert!(!hits[0].found);
     // The scheme is case-insensitive, as HTTP says.
     let lower = format!("bearer {}", tokens[0]);
-    let mut request = tonic::Request::new(LookupStepsRequest { keys: vec![] });
+    let mut request = tonic::Request::new(LookupStepsRequest {
+        keys: vec![],
+        trusted_signers: vec![],
+    });
     request
         .metadata_mut()
         .insert("authorization", lower.parse().unwrap());

@@ -83,6 +83,7 @@ fn step_result(layer: Digest) -> StepResult {
             hermetic: true,
             ..Default::default()
         },
+        seal: None,
     }
 }
 

@@ -311,6 +311,7 @@ async fn a_layer_is_compressed_once_and_a_cached_rebuild_takes_the_cached_blob()
                 builder: "layers test: gzip -9".into(),
                 ..Provenance::default()
             },
+            seal: None,
         };
         assert!(client.record_step(&key, &result).await.unwrap());
         expected.push(digest_of(&blob));

@@ -27,6 +27,7 @@ fn result(layer: Option<Digest>, config: &str, builder: &str) -> StepResult {
             created_unix: 1_700_000_000,
             ..Default::default()
         },
+        seal: None,
     }
 }
 

@@ -152,6 +152,7 @@ async fn fill(
             hermetic: true,
             ..Default::default()
         },
+        seal: None,
     };
     let recorded: Vec<Digest> = (0..opts.keys).map(|i| key(i, true)).collect();
     for batch in recorded.chunks(RECORDS_IN_FLIGHT) {

@@ -40,6 +40,11 @@ enum Command {
     Build(Box<cmd::build::BuildArgs>),
     /// Make bearer tokens for `strata serve --tokens`.
     Token(cmd::token::TokenArgs),
+    /// Your signing key: `strata key show` prints its public key (others
+    /// trust it), `strata key new FILE` makes one for a fleet.
+    Key(cmd::signing::KeyArgs),
+    /// Whose step results and tags your builds use, besides your own.
+    Trust(cmd::signing::TrustCmdArgs),
     /// Measure push, pull, lookups, dedup and settings, each beside a
     /// baseline from the same run (see BENCHMARKS.md).
     Bench(strata_benches::BenchArgs),
@@ -87,6 +92,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Gc(args) => cmd::gc::run(args).await,
         Command::Build(args) => cmd::build::run(*args).await,
         Command::Token(args) => cmd::token::run(args),
+        Command::Key(args) => cmd::signing::run_key(args),
+        Command::Trust(args) => cmd::signing::run_trust(args),
         Command::Bench(args) => strata_benches::run_cli(args).await,
     }
 }

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use strata_client::{Client, ClientError};
+use strata_client::{Client, ClientError, Distrust, StepLookup};
 use strata_dockerfile::ImageRef;
 use strata_proto::{Digest, StepResult};
 use strata_sandbox::Stream;
@@ -135,6 +135,27 @@ pub struct StepReport {
     /// a stored layer (diff, layer tar, push) — the step's time less the
     /// command's own.
     pub snapshot_seconds: Option<f64>,
+    /// A result was recorded under the step's key, but not by a trusted
+    /// signer (or its signature does not verify): the step ran (or would
+    /// run) instead of taking it.
+    pub untrusted: Option<UntrustedResult>,
+}
+
+/// A cached result this build would not use, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct UntrustedResult {
+    /// The signer it names (`ed25519:…`), if any.
+    pub signer: Option<String>,
+    pub reason: String,
+}
+
+impl From<&Distrust> for UntrustedResult {
+    fn from(d: &Distrust) -> Self {
+        UntrustedResult {
+            signer: d.signer().map(|k| k.to_string()),
+            reason: d.to_string(),
+        }
+    }
 }
 
 /// What a build did.
@@ -298,6 +319,16 @@ pub async fn build(
     let order: Vec<&StagePlan> = needed.iter().filter_map(|&i| stages[i].as_ref()).collect();
     let all_steps: Vec<&Planned> = order.iter().flat_map(|p| p.steps.iter()).collect();
     let mut hits = look_up(client, &all_steps).await?.into_iter();
+    // Results are recorded only with a key to sign them: without one, the
+    // build still builds and shares layers.
+    let mut recording = client.trust().signing_key().is_some();
+    if !recording && !opts.dry_run {
+        notes.push(
+            "step results are not recorded: no signing key (`--signing-key FILE`, \
+             `STRATA_SIGNING_KEY`); this build stores layers but leaves no cache hits"
+                .to_string(),
+        );
+    }
 
     let mut report = BuildReport {
         manifest_digest: None,
@@ -314,12 +345,15 @@ pub async fn build(
     };
     if opts.dry_run {
         for (i, (s, hit)) in all_steps.iter().zip(hits).enumerate() {
-            let status = if hit.is_some() {
+            let status = if matches!(hit, StepLookup::Hit(_)) {
                 StepStatus::Cached
             } else {
                 StepStatus::WouldRun
             };
-            let r = StepReport::new(i, s, status);
+            let mut r = StepReport::new(i, s, status);
+            if let StepLookup::Untrusted(d) = &hit {
+                r.untrusted = Some(d.into());
+            }
             events(Event::StepFinished(&r));
             report.steps.push(r);
         }
@@ -341,8 +375,6 @@ pub async fn build(
     let mut image_runners: Vec<Option<Runner>> = copy_images.iter().map(|_| None).collect();
     let mut index = 0;
     let mut downloaded = 0;
-    // Cleared once the server says this client may not record results.
-    let mut recording = true;
     for &stage in &needed {
         let Some(plan) = stages[stage].as_ref() else {
             continue;
@@ -359,7 +391,11 @@ pub async fn build(
         };
         let mut runner = Runner::new(client, opts, layers, history)?;
         for s in &plan.steps {
-            let hit = hits.next().flatten();
+            let (hit, untrusted) = match hits.next() {
+                Some(StepLookup::Hit(result)) => (Some(result), None),
+                Some(StepLookup::Untrusted(d)) => (None, Some(UntrustedResult::from(&d))),
+                Some(StepLookup::Miss) | None => (None, None),
+            };
             index += 1;
             events(Event::StepStarted {
                 index,
@@ -378,6 +414,7 @@ pub async fn build(
                 }
                 None => {
                     let mut r = StepReport::new(index - 1, s, StepStatus::Executed);
+                    r.untrusted = untrusted;
                     let source = match s.copy_from {
                         Some(CopySource::Stage(j)) => runners[j].as_mut(),
                         Some(CopySource::Image(k)) => {
@@ -414,6 +451,7 @@ pub async fn build(
                         layer: executed.layer.map(|(d, _)| d),
                         config: s.config_after.to_json(),
                         provenance: provenance(s, step_started.elapsed(), executed.sandbox),
+                        seal: None,
                     };
                     if recording {
                         match client.record_step(&s.key.digest, &result).await {
@@ -632,18 +670,15 @@ impl StagePlan {
     }
 }
 
-/// Every step's key looked up, in as few round trips as the batch limit
-/// allows.
-async fn look_up(
-    client: &Client,
-    steps: &[&Planned],
-) -> Result<Vec<Option<StepResult>>, BuildError> {
+/// Every step's key looked up and judged by the client's trust policy, in
+/// as few round trips as the batch limit allows.
+async fn look_up(client: &Client, steps: &[&Planned]) -> Result<Vec<StepLookup>, BuildError> {
     let keys: Vec<Digest> = steps.iter().map(|s| s.key.digest).collect();
     let mut hits = Vec::with_capacity(keys.len());
     for batch in keys.chunks(LOOKUP_BATCH) {
         hits.extend(
             client
-                .lookup_steps(batch)
+                .lookup_steps_judged(batch)
                 .await
                 .map_err(BuildError::cache("looking up step keys"))?,
         );
@@ -664,6 +699,7 @@ impl StepReport {
             uploaded_bytes: 0,
             downloaded_bytes: 0,
             snapshot_seconds: None,
+            untrusted: None,
         }
     }
 }

@@ -34,7 +34,7 @@ use strata_proto::v1::content_store_server::ContentStoreServer;
 use strata_proto::v1::manifest_store_server::ManifestStoreServer;
 use strata_proto::v1::step_cache_server::StepCacheServer;
 use strata_proto::v1::tags_server::TagsServer;
-use strata_proto::{ChunkError, Digest, FILE_DESCRIPTOR_SET, ManifestError, StepError};
+use strata_proto::{ChunkError, Digest, FILE_DESCRIPTOR_SET, ManifestError, PublicKey, StepError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
@@ -169,19 +169,20 @@ pub(crate) fn status_of(e: StoreError) -> Status {
         StoreError::ManifestIncomplete { .. } | StoreError::ManifestLengthMismatch { .. } => {
             Status::failed_precondition(e.to_string())
         }
-        StoreError::StepLayerMissing { .. } | StoreError::TagTargetMissing { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
-        StoreError::StepDivergence { .. } => Status::already_exists(e.to_string()),
+        StoreError::StepLayerMissing { .. }
+        | StoreError::TagTargetMissing { .. }
+        | StoreError::TagStale(_) => Status::failed_precondition(e.to_string()),
+        StoreError::StepDivergence(_) => Status::already_exists(e.to_string()),
         StoreError::BadManifest(
             ManifestError::ChunkTooLarge { .. } | ManifestError::MediaTypeTooLong(_),
         )
         | StoreError::BadStepResult(StepError::TooLarge { .. }) => {
             Status::resource_exhausted(e.to_string())
         }
-        StoreError::BadManifest(_) | StoreError::BadStepResult(_) | StoreError::BadTag { .. } => {
-            Status::invalid_argument(e.to_string())
-        }
+        StoreError::BadManifest(_)
+        | StoreError::BadStepResult(_)
+        | StoreError::BadTag { .. }
+        | StoreError::BadSignature(_) => Status::invalid_argument(e.to_string()),
         StoreError::Corrupt { .. } => Status::data_loss(e.to_string()),
         StoreError::ShuttingDown => Status::unavailable(e.to_string()),
         StoreError::CapReached { .. } => Status::resource_exhausted(e.to_string()),
@@ -222,6 +223,27 @@ pub(crate) fn parse_digests(raw: &[Vec<u8>], limit: usize) -> Result<Vec<Digest>
         .enumerate()
         .map(|(i, d)| {
             Digest::from_slice(d).map_err(|e| Status::invalid_argument(format!("digest {i}: {e}")))
+        })
+        .collect()
+}
+
+/// Most signers one lookup may name as trusted: a trust list is a handful
+/// of keys, and each is compared against every result under a key.
+pub(crate) const MAX_TRUSTED_SIGNERS: usize = 64;
+
+/// The trusted signers of a lookup, checked for shape and count.
+pub(crate) fn parse_signers(raw: &[Vec<u8>]) -> Result<Vec<PublicKey>, Status> {
+    if raw.len() > MAX_TRUSTED_SIGNERS {
+        return Err(Status::resource_exhausted(format!(
+            "request names {} trusted signers; the limit is {MAX_TRUSTED_SIGNERS}",
+            raw.len()
+        )));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            PublicKey::from_slice(k)
+                .map_err(|e| Status::invalid_argument(format!("trusted signer {i}: {e}")))
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! `StepCache`: batched lookups of build-step results by step key, and
-//! recording of new ones. The store decides what is accepted (the layer must
-//! be held; the first result under a key stands); this file only translates.
+//! recording of new ones. The store decides what is accepted (a valid
+//! signature, a held layer; each signer's first result under a key stands)
+//! and which signer's result answers; this file only translates.
 
 use strata_proto::v1::step_cache_server::StepCache;
 use strata_proto::v1::{
@@ -9,7 +10,7 @@ use strata_proto::v1::{
 use strata_proto::{Digest, StepResult};
 use tonic::{Request, Response, Status};
 
-use super::{ServerConfig, blocking, parse_digests, status_of};
+use super::{ServerConfig, blocking, parse_digests, parse_signers, status_of};
 use crate::store::{RecordOutcome, Store, StoreError};
 
 pub struct StepCacheService {
@@ -29,12 +30,11 @@ impl StepCache for StepCacheService {
         &self,
         request: Request<LookupStepsRequest>,
     ) -> Result<Response<LookupStepsResponse>, Status> {
-        let keys = parse_digests(
-            &request.into_inner().keys,
-            self.config.max_digests_per_request,
-        )?;
+        let request = request.into_inner();
+        let keys = parse_digests(&request.keys, self.config.max_digests_per_request)?;
+        let trusted = parse_signers(&request.trusted_signers)?;
         let store = self.store.clone();
-        let results = blocking(move || store.lookup_steps(&keys)).await?;
+        let results = blocking(move || store.lookup_steps(&keys, &trusted)).await?;
         let hits = results
             .into_iter()
             .map(|r| StepHit {

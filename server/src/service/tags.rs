@@ -1,12 +1,13 @@
-//! `Tags`: names for stored objects (the builder keeps images under them).
-//! The store checks names and that the object exists; this file translates.
+//! `Tags`: signed names for stored objects (the builder keeps images under
+//! them). The store checks names, signatures and that the object exists;
+//! this file translates.
 
-use strata_proto::Digest;
+use strata_proto::SignedTag;
 use strata_proto::v1::tags_server::Tags;
 use strata_proto::v1::{GetTagRequest, GetTagResponse, SetTagRequest, SetTagResponse};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, status_of};
+use super::{blocking, parse_signers, status_of};
 use crate::store::Store;
 
 pub struct TagsService {
@@ -25,13 +26,9 @@ impl Tags for TagsService {
         &self,
         request: Request<SetTagRequest>,
     ) -> Result<Response<SetTagResponse>, Status> {
-        let request = request.into_inner();
-        let digest = Digest::from_slice(&request.digest)
-            .map_err(|e| Status::invalid_argument(format!("tagged digest: {e}")))?;
-        self.store
-            .set_tag(request.name, digest)
-            .await
-            .map_err(status_of)?;
+        let tag = SignedTag::from_wire(request.into_inner().tag)
+            .map_err(|e| Status::invalid_argument(format!("SetTag: {e}")))?;
+        self.store.set_tag(tag).await.map_err(status_of)?;
         Ok(Response::new(SetTagResponse {}))
     }
 
@@ -39,12 +36,13 @@ impl Tags for TagsService {
         &self,
         request: Request<GetTagRequest>,
     ) -> Result<Response<GetTagResponse>, Status> {
-        let name = request.into_inner().name;
+        let request = request.into_inner();
+        let trusted = parse_signers(&request.trusted_signers)?;
         let store = self.store.clone();
-        let found = blocking(move || store.get_tag(&name)).await?;
+        let found = blocking(move || store.get_tag(&request.name, &trusted)).await?;
         Ok(Response::new(GetTagResponse {
             found: found.is_some(),
-            digest: found.map(|d| d.to_vec()).unwrap_or_default(),
+            tag: found.map(|t| t.to_wire()),
         }))
     }
 }

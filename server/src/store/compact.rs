@@ -17,7 +17,7 @@
 //! record, so a rebuild from the segments ("the latest record wins") reads
 //! the same state back.
 
-use strata_proto::Digest;
+use strata_proto::{Digest, SignedTag, StepResult};
 
 use super::index::{self, ChunkEntry};
 use super::record::{self, HEADER_LEN, RecordKind};
@@ -165,13 +165,26 @@ fn is_live(shared: &Shared, rec: &ScannedRecord) -> Result<bool, StoreError> {
             .and_then(|v| ChunkEntry::decode(&v))
             .is_some_and(|e| e.location == rec.location),
         RecordKind::Manifest => shared.manifests.contains_key(index::digest_key(digest))?,
-        RecordKind::Step => shared
-            .steps
-            .get(digest.as_bytes())?
-            .is_some_and(|v| v.as_ref() == rec.payload.as_slice()),
-        RecordKind::Tag => shared
-            .tags
-            .get(&rec.payload)?
-            .is_some_and(|t| t.as_ref() == digest.as_bytes()),
+        // A step result or tag is live while the index holds exactly it
+        // under its key and signer.
+        RecordKind::Step => match StepResult::decode(&rec.payload)
+            .ok()
+            .and_then(|r| r.signer())
+        {
+            Some(signer) => shared
+                .steps
+                .get(index::StepIndexKey::new(digest, &signer))?
+                .is_some_and(|v| v.as_ref() == rec.payload.as_slice()),
+            None => false,
+        },
+        RecordKind::SignedTag => match SignedTag::decode(&rec.payload) {
+            Ok(tag) => shared
+                .tags
+                .get(index::tag_index_key(&tag.name, &tag.seal.signer))?
+                .is_some_and(|v| v.as_ref() == rec.payload.as_slice()),
+            Err(_) => false,
+        },
+        // Never indexed since signatures (schema 7).
+        RecordKind::UnsignedTag => false,
     })
 }

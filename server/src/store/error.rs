@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use strata_proto::{Digest, ManifestError, StepError};
+use strata_proto::{Digest, ManifestError, PublicKey, SignatureError, StepError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,17 +55,14 @@ pub enum StoreError {
     BadStepResult(#[from] StepError),
     #[error("step result for key {key} names layer {layer}, which is not in the store")]
     StepLayerMissing { key: Digest, layer: Digest },
-    #[error(
-        "step key {key} already has a different result (layer {recorded}, offered {offered}); \
-         the first result stands and this divergence was counted"
-    )]
-    StepDivergence {
-        key: Digest,
-        recorded: String,
-        offered: String,
-    },
+    #[error(transparent)]
+    StepDivergence(Box<StepDivergence>),
     #[error("tag {name:?} is invalid: {why}")]
     BadTag { name: String, why: String },
+    #[error(transparent)]
+    TagStale(Box<TagStale>),
+    #[error(transparent)]
+    BadSignature(#[from] SignatureError),
     #[error("tag {name:?} would name object {digest}, which is not in the store")]
     TagTargetMissing { name: String, digest: Digest },
     #[error("the store is shutting down")]
@@ -125,4 +122,32 @@ fn is_storage_full(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
     )
+}
+
+/// A signer's second, different result under a step key (boxed in
+/// [`StoreError`]: it is large and rare).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "signer {signer} already recorded a different result under step key {key} \
+     (layer {recorded}, offered {offered}); their first result stands and this divergence \
+     was counted"
+)]
+pub struct StepDivergence {
+    pub key: Digest,
+    pub signer: PublicKey,
+    pub recorded: String,
+    pub offered: String,
+}
+
+/// A signed tag change older than the one its signer already set.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "signer {signer} set tag {name:?} at {stored_ms} ms since the epoch; this change was \
+     signed earlier ({offered_ms} ms) and would roll it back, so it is refused"
+)]
+pub struct TagStale {
+    pub name: String,
+    pub signer: PublicKey,
+    pub offered_ms: i64,
+    pub stored_ms: i64,
 }

@@ -31,10 +31,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use strata_proto::{ChunkDecoder, Digest, Manifest};
+use strata_proto::{ChunkDecoder, Digest, Manifest, SignedTag};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::index::{self, ChunkEntry};
+use super::index::{self, ChunkEntry, StepIndexKey};
 use super::record::HEADER_LEN;
 use super::usage::{UseKind, use_key};
 use super::verify;
@@ -115,14 +115,16 @@ pub struct ObjectInfo {
 }
 
 pub struct StepInfo {
-    pub key: Digest,
+    /// Its `steps` key: step key ‖ signer.
+    pub key: StepIndexKey,
     pub layer: Option<Digest>,
     pub record_bytes: u64,
     pub last_use: u64,
 }
 
 pub struct TagInfo {
-    pub name: String,
+    /// Its `tags` key: name ‖ 0 ‖ signer.
+    pub key: Vec<u8>,
     pub target: Digest,
     pub record_bytes: u64,
     pub last_use: u64,
@@ -136,10 +138,10 @@ pub struct ObjectEviction {
     pub logical_bytes: u64,
     pub record_bytes: u64,
     pub refers_to: Vec<Digest>,
-    /// Step results naming it as their layer.
-    pub steps: Vec<Digest>,
-    /// Tags naming it.
-    pub tags: Vec<String>,
+    /// Step results naming it as their layer (their `steps` keys).
+    pub steps: Vec<StepIndexKey>,
+    /// Tags naming it (their `tags` keys).
+    pub tags: Vec<Vec<u8>>,
 }
 
 /// What a round means to take out of the index, dependents first.
@@ -217,32 +219,29 @@ impl Inventory {
         }
         for item in shared.steps.iter() {
             let (key, value) = item?;
-            let Ok(key) = Digest::from_slice(&key) else {
+            let Some(key) = StepIndexKey::from_slice(&key) else {
                 continue;
             };
-            let layer = super::decode_stored_step(&key, &value)
+            let layer = super::decode_stored_step(&key.step(), &value)
                 .ok()
                 .and_then(|r| r.layer);
             inv.steps.push(StepInfo {
-                key,
                 layer,
                 record_bytes: (HEADER_LEN + value.len()) as u64,
                 last_use: last_use(UseKind::Step, key.as_bytes()),
+                key,
             });
         }
         for item in shared.tags.iter() {
-            let (name, target) = item?;
-            let (Ok(name), Ok(target)) = (
-                String::from_utf8(name.to_vec()),
-                Digest::from_slice(&target),
-            ) else {
+            let (key, value) = item?;
+            let Ok(tag) = SignedTag::decode(&value) else {
                 continue;
             };
             inv.tags.push(TagInfo {
-                record_bytes: (HEADER_LEN + name.len()) as u64,
-                last_use: last_use(UseKind::Tag, name.as_bytes()),
-                name,
-                target,
+                record_bytes: (HEADER_LEN + value.len()) as u64,
+                last_use: last_use(UseKind::Tag, &key),
+                key: key.to_vec(),
+                target: tag.target,
             });
         }
         Ok(inv)
@@ -371,7 +370,7 @@ pub fn plan(
                 record_bytes: o.record_bytes,
                 refers_to: o.refers_to.clone(),
                 steps: steps.iter().map(|s| s.key).collect(),
-                tags: tags.iter().map(|t| t.name.clone()).collect(),
+                tags: tags.iter().map(|t| t.key.clone()).collect(),
             });
         }
     }
@@ -423,7 +422,7 @@ pub fn apply(shared: &Shared, plan: &EvictionPlan) -> Result<Evicted, StoreError
             let names_it = shared
                 .steps
                 .get(key.as_bytes())?
-                .and_then(|v| super::decode_stored_step(key, &v).ok())
+                .and_then(|v| super::decode_stored_step(&key.step(), &v).ok())
                 .is_some_and(|r| r.layer == Some(o.digest));
             if names_it && let Some(v) = shared.steps.remove(key.as_bytes())? {
                 shared.uses.forget(UseKind::Step, key.as_bytes())?;
@@ -432,16 +431,16 @@ pub fn apply(shared: &Shared, plan: &EvictionPlan) -> Result<Evicted, StoreError
                 super::writer::sub(&c.steps, 1);
             }
         }
-        for name in &o.tags {
+        for key in &o.tags {
             let names_it = shared
                 .tags
-                .get(name.as_bytes())?
-                .is_some_and(|t| t.as_ref() == o.digest.as_bytes());
-            if names_it {
-                shared.tags.remove(name.as_bytes())?;
-                shared.uses.forget(UseKind::Tag, name.as_bytes())?;
+                .get(key)?
+                .and_then(|v| SignedTag::decode(&v).ok())
+                .is_some_and(|t| t.target == o.digest);
+            if names_it && let Some(v) = shared.tags.remove(key)? {
+                shared.uses.forget(UseKind::Tag, key)?;
                 done.tags += 1;
-                done.bytes += (HEADER_LEN + name.len()) as u64;
+                done.bytes += (HEADER_LEN + v.len()) as u64;
             }
         }
         let removed = drop_object(shared, &o.digest)?;
@@ -539,9 +538,8 @@ pub fn drop_dangling(shared: &Shared) -> Result<u64, StoreError> {
     }
     for item in shared.steps.iter() {
         let (key, value) = item?;
-        let layer = Digest::from_slice(&key)
-            .ok()
-            .and_then(|k| super::decode_stored_step(&k, &value).ok())
+        let layer = StepIndexKey::from_slice(&key)
+            .and_then(|k| super::decode_stored_step(&k.step(), &value).ok())
             .and_then(|r| r.layer);
         if let Some(layer) = layer
             && !is_object(&layer)?
@@ -551,9 +549,12 @@ pub fn drop_dangling(shared: &Shared) -> Result<u64, StoreError> {
         }
     }
     for item in shared.tags.iter() {
-        let (name, target) = item?;
-        if !shared.manifests.contains_key(&target)? {
-            shared.tags.remove(&name)?;
+        let (key, value) = item?;
+        let target = SignedTag::decode(&value).ok().map(|t| t.target);
+        if let Some(target) = target
+            && !shared.manifests.contains_key(target.as_bytes())?
+        {
+            shared.tags.remove(&key)?;
             dropped += 1;
         }
     }
@@ -978,8 +979,9 @@ mod tests {
     #[test]
     fn a_step_result_in_use_keeps_its_layer_and_goes_with_it() {
         let mut inv = inventory(vec![object(1, &[1], 10), object(2, &[2], 20)], &[1, 2]);
+        let key = StepIndexKey::from_slice(&[7; 64]).unwrap();
         inv.steps.push(StepInfo {
-            key: Digest::of(b"step"),
+            key,
             layer: Some(Digest::of(&[1])),
             record_bytes: 10,
             last_use: 30,
@@ -992,7 +994,7 @@ mod tests {
             .iter()
             .find(|o| o.digest == Digest::of(&[1]))
             .unwrap();
-        assert_eq!(first.steps, vec![Digest::of(b"step")]);
+        assert_eq!(first.steps, vec![key]);
     }
 
     #[test]
@@ -1019,7 +1021,7 @@ mod tests {
     fn a_tag_in_use_keeps_its_object_and_goes_with_it() {
         let mut inv = inventory(vec![object(1, &[1], 10), object(2, &[2], 20)], &[1, 2]);
         inv.tags.push(TagInfo {
-            name: "app:latest".into(),
+            key: b"app:latest\0signer".to_vec(),
             target: Digest::of(&[1]),
             record_bytes: 10,
             last_use: 30,
@@ -1033,7 +1035,7 @@ mod tests {
             .iter()
             .find(|o| o.digest == Digest::of(&[1]))
             .unwrap();
-        assert_eq!(tagged.tags, vec!["app:latest".to_string()]);
+        assert_eq!(tagged.tags, vec![b"app:latest\0signer".to_vec()]);
     }
 
     #[test]
@@ -1232,11 +1234,14 @@ mod tests {
                 ),
                 "{refused:?}"
             );
-            let result = StepResult {
+            let signer = strata_proto::SigningKey::from_seed(&[1; 32]).unwrap();
+            let mut result = StepResult {
                 layer: Some(layer),
                 config: b"{}".to_vec(),
                 provenance: Provenance::default(),
+                seal: None,
             };
+            result.sign(&Digest::of(b"key"), &signer);
             let records = vec![PendingRecord::Step {
                 key: Digest::of(b"key"),
                 encoded: result.encode(),
@@ -1248,9 +1253,10 @@ mod tests {
                 matches!(refused, Err(StoreError::StepLayerMissing { .. })),
                 "{refused:?}"
             );
+            let tag = strata_proto::SignedTag::sign("t", layer, 1, &signer);
             let records = vec![PendingRecord::Tag {
-                name: "t".into(),
-                target: layer,
+                encoded: tag.encode(),
+                tag,
                 checked_at: before,
             }];
             let refused = store.submit(|reply| Job::Put { records, reply }).await;
@@ -1263,8 +1269,10 @@ mod tests {
             // Checked after the collection, the same writes are fine once
             // what they name is stored again.
             let (layer, _) = put_object(&store, &bytes_of(2)).await;
-            store.set_tag("t".into(), layer).await.unwrap();
-            assert_eq!(store.get_tag("t").unwrap(), Some(layer));
+            let tag = strata_proto::SignedTag::sign("t", layer, 2, &signer);
+            store.set_tag(tag).await.unwrap();
+            let found = store.get_tag("t", &[signer.public_key()]).unwrap();
+            assert_eq!(found.map(|t| t.target), Some(layer));
         }
     }
 

@@ -1,15 +1,16 @@
 //! The sled index: chunk → location, manifest digest → manifest, the
 //! content indexes of verified manifests (content key, whole-object BLAKE3
 //! and SHA-256)
-//! and the verifier's verdicts and queue, step key → step result, tag name
-//! → object digest, chunks found rotten, and the per-segment watermarks
+//! and the verifier's verdicts and queue, step key ‖ signer → step result,
+//! tag name ‖ signer → signed tag, chunks found rotten, and the per-segment
+//! watermarks
 //! that say how far each segment has been indexed.
 //!
 //! Nearly everything here can be rebuilt from the segments: the index is a
 //! cache of their contents, written only after the records it points to are
 //! on disk. The exceptions, which a rebuild keeps, are named below.
 
-use strata_proto::{Codec, Digest};
+use strata_proto::{Codec, Digest, PublicKey};
 
 use super::segment::Location;
 
@@ -24,7 +25,12 @@ use super::segment::Location;
 ///
 /// 6: `by_object_sha256`, filled from the kept verdicts by the rebuild a
 /// store of version 5 gets at open.
-pub const SCHEMA_VERSION: u32 = 6;
+///
+/// 7: step results and tags are signed and kept per signer (`steps` keyed
+/// by step key ‖ signer, `tags` by name ‖ 0 ‖ signer). The rebuild a store
+/// of version 6 gets at open leaves out its unsigned results and tags: no
+/// client would trust them.
+pub const SCHEMA_VERSION: u32 = 7;
 
 pub const SCHEMA_KEY: &[u8] = b"schema";
 
@@ -40,6 +46,56 @@ pub const DIVERGENCES_KEY: &[u8] = b"divergences";
 pub const SKIPPED_RECORDS_KEY: &[u8] = b"recovery_skipped_records";
 pub const SKIPPED_BYTES_KEY: &[u8] = b"recovery_skipped_bytes";
 pub const TAIL_BYTES_CUT_KEY: &[u8] = b"recovery_tail_bytes_cut";
+
+/// A `steps` key: step key ‖ signer. A key's results sit together, so one
+/// prefix scan finds every signer's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepIndexKey([u8; 64]);
+
+impl StepIndexKey {
+    /// The key of `signer`'s result under step `key`.
+    pub fn new(key: &Digest, signer: &PublicKey) -> Self {
+        let mut k = [0u8; 64];
+        k[..32].copy_from_slice(key.as_bytes());
+        k[32..].copy_from_slice(signer.as_bytes());
+        StepIndexKey(k)
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(StepIndexKey)
+    }
+
+    /// The step key it is under.
+    pub fn step(&self) -> Digest {
+        Digest::from_slice(&self.0[..32]).unwrap_or_else(|_| Digest::of(&[]))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for StepIndexKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The `tags` keys of name `name`, all signers: the name and a zero byte
+/// (which no tag name contains, so `app` never prefixes `app:v1`).
+pub fn tag_prefix(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 33);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The `tags` key of `signer`'s tag `name`.
+pub fn tag_index_key(name: &str, signer: &PublicKey) -> Vec<u8> {
+    let mut k = tag_prefix(name);
+    k.extend_from_slice(signer.as_bytes());
+    k
+}
 
 /// What the index knows of a stored chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

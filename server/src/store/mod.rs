@@ -53,7 +53,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strata_proto::{ChunkDecoder, ChunkError, Codec, Digest, Manifest, StepResult};
+use strata_proto::{
+    ChunkDecoder, ChunkError, Codec, Digest, Manifest, PublicKey, SignedTag, StepResult,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
@@ -251,6 +253,9 @@ pub struct RebuildReport {
     pub skipped_records: u64,
     /// Bytes in those stretches.
     pub skipped_bytes: u64,
+    /// Step results and tags of a store before signatures (schema 6), left
+    /// out of the index: no client would trust them.
+    pub unsigned_left_out: u64,
 }
 
 /// What a scrub found.
@@ -501,6 +506,13 @@ impl Store {
                 skipped_records = report.skipped_records,
                 skipped_bytes = report.skipped_bytes,
                 "indexed segment tail"
+            );
+        }
+        if report.unsigned_left_out > 0 {
+            tracing::warn!(
+                left_out = report.unsigned_left_out,
+                "step results and tags written before signatures were left out of the index; \
+                 builds record signed ones again as they run"
             );
         }
         shared.recount()?;
@@ -929,14 +941,18 @@ impl Store {
         let _ = tokio::task::spawn_blocking(move || store.shared().verify_queue.wait_idle()).await;
     }
 
-    /// Records `result` under step `key` once its layer is held; the first
-    /// result under a key stands (see [`RecordOutcome`] and
-    /// [`StoreError::StepDivergence`]).
+    /// Records `result`, signed by its writer, under step `key` once its
+    /// layer is held. Each signer's first result under a key stands (see
+    /// [`RecordOutcome`] and [`StoreError::StepDivergence`]); results of
+    /// different signers stand side by side.
     pub async fn record_step(
         &self,
         key: Digest,
         result: StepResult,
     ) -> Result<RecordOutcome, StoreError> {
+        // Refused before anything is looked up: an entry no one signed, or
+        // signed for another key or content, is never stored.
+        let signer = result.verify(&key)?;
         self.wait_for_room().await?;
         let checked_at = self.shared().collections.load(Ordering::Acquire);
         if let Some(layer) = result.layer {
@@ -958,6 +974,7 @@ impl Store {
         }
         let encoded = result.encode();
         let offered_layer = result.layer;
+        let index_key = index::StepIndexKey::new(&key, &signer);
         let records = vec![PendingRecord::Step {
             key,
             result: Box::new(result),
@@ -966,53 +983,70 @@ impl Store {
         }];
         // Before it is indexed, as for an object (recording the same
         // result again is a use too).
-        self.shared().uses.created(UseKind::Step, key.as_bytes());
+        self.shared()
+            .uses
+            .created(UseKind::Step, index_key.as_bytes());
         let outcome = self.submit(|reply| Job::Put { records, reply }).await?;
         if outcome.stored > 0 {
             return Ok(RecordOutcome::Created);
         }
         if outcome.divergent > 0 {
-            let recorded = self.lookup_steps(&[key])?.pop().flatten();
+            let recorded = self
+                .shared()
+                .steps
+                .get(index_key)?
+                .map(|v| decode_stored_step(&key, &v))
+                .transpose()?;
             let layer_name = |l: Option<Digest>| l.map_or("none".to_string(), |d| d.to_string());
-            return Err(StoreError::StepDivergence {
-                key,
-                recorded: layer_name(recorded.and_then(|r| r.layer)),
-                offered: layer_name(offered_layer),
-            });
+            return Err(StoreError::StepDivergence(Box::new(
+                error::StepDivergence {
+                    key,
+                    signer,
+                    recorded: layer_name(recorded.and_then(|r| r.layer)),
+                    offered: layer_name(offered_layer),
+                },
+            )));
         }
         Ok(RecordOutcome::AlreadyRecorded)
     }
 
-    /// The result recorded under each key, in order (`None` for a miss).
-    /// A hit is a use of the step result (for eviction order).
-    pub fn lookup_steps(&self, keys: &[Digest]) -> Result<Vec<Option<StepResult>>, StoreError> {
+    /// The result recorded under each key, in order (`None` for a miss):
+    /// that of the first signer in `trusted` who recorded one, else one of
+    /// another signer's (which the asker will not use, but can name). A
+    /// hit is a use of the step result (for eviction order).
+    pub fn lookup_steps(
+        &self,
+        keys: &[Digest],
+        trusted: &[PublicKey],
+    ) -> Result<Vec<Option<StepResult>>, StoreError> {
         keys.iter()
             .map(|key| -> Result<Option<StepResult>, StoreError> {
-                let hit = self
-                    .shared()
-                    .steps
-                    .get(key.as_bytes())?
-                    .map(|v| decode_stored_step(key, &v))
-                    .transpose()?;
-                if let Some(result) = &hit {
-                    self.shared().uses.touch(UseKind::Step, key.as_bytes());
-                    // The asker will pull the layer or name it (a tag, an
-                    // image record) next: leased, like a found manifest.
-                    if let Some(layer) = &result.layer {
-                        self.shared().leases.lease([layer]);
-                    }
+                let entries = self.shared().steps.scan_prefix(key.as_bytes());
+                let Some((index_key, value)) = preferred_entry(entries, trusted)? else {
+                    return Ok(None);
+                };
+                let result = decode_stored_step(key, &value)?;
+                self.shared().uses.touch(UseKind::Step, &index_key);
+                // The asker will pull the layer or name it (a tag, an
+                // image record) next: leased, like a found manifest.
+                if let Some(layer) = &result.layer {
+                    self.shared().leases.lease([layer]);
                 }
-                Ok(hit)
+                Ok(Some(result))
             })
             .collect()
     }
 
-    /// Points tag `name` at object `target`, which must be stored.
-    pub async fn set_tag(&self, name: String, target: Digest) -> Result<(), StoreError> {
-        check_tag_name(&name)?;
+    /// Points a tag at an object, which must be stored, as its signer set
+    /// it: a signer's newest change to a name stands, an older one is
+    /// refused ([`StoreError::TagStale`]).
+    pub async fn set_tag(&self, tag: SignedTag) -> Result<(), StoreError> {
+        check_tag_name(&tag.name)?;
+        tag.verify()?;
         self.wait_for_room().await?;
         let checked_at = self.shared().collections.load(Ordering::Acquire);
         let this = self.clone();
+        let target = tag.target;
         let held = tokio::task::spawn_blocking(move || {
             this.shared()
                 .manifests
@@ -1022,34 +1056,41 @@ impl Store {
         .map_err(|_| StoreError::ShuttingDown)??;
         if !held {
             return Err(StoreError::TagTargetMissing {
-                name,
+                name: tag.name,
                 digest: target,
             });
         }
         // Before it is indexed, as for an object.
-        self.shared().uses.created(UseKind::Tag, name.as_bytes());
+        let index_key = index::tag_index_key(&tag.name, &tag.seal.signer);
+        self.shared().uses.created(UseKind::Tag, &index_key);
         let records = vec![PendingRecord::Tag {
-            name,
-            target,
+            encoded: tag.encode(),
+            tag,
             checked_at,
         }];
         self.submit(|reply| Job::Put { records, reply }).await?;
         Ok(())
     }
 
-    /// The object tag `name` names, if any.
-    pub fn get_tag(&self, name: &str) -> Result<Option<Digest>, StoreError> {
+    /// Tag `name` as set by the first signer in `trusted` who set it, else
+    /// as another signer set it (see [`Store::lookup_steps`]).
+    pub fn get_tag(
+        &self,
+        name: &str,
+        trusted: &[PublicKey],
+    ) -> Result<Option<SignedTag>, StoreError> {
         check_tag_name(name)?;
-        let Some(v) = self.shared().tags.get(name.as_bytes())? else {
+        let entries = self.shared().tags.scan_prefix(index::tag_prefix(name));
+        let Some((index_key, value)) = preferred_entry(entries, trusted)? else {
             return Ok(None);
         };
-        self.shared().uses.touch(UseKind::Tag, name.as_bytes());
-        Digest::from_slice(&v)
+        self.shared().uses.touch(UseKind::Tag, &index_key);
+        SignedTag::decode(&value)
             .map(Some)
-            .map_err(|_| StoreError::Corrupt {
+            .map_err(|e| StoreError::Corrupt {
                 what: "tag",
                 digest: Digest::of(name.as_bytes()),
-                detail: format!("index entry of tag {name:?} is not a digest; rebuild the index"),
+                detail: format!("index entry of tag {name:?}: {e}; rebuild the index"),
             })
     }
 
@@ -1271,11 +1312,30 @@ impl Shared {
                             }
                             manifests.insert(key.as_bytes(), rec.payload);
                         }
-                        // Only a key's first result is ever written, so
-                        // there is nothing to choose between here.
-                        RecordKind::Step => steps.insert(key.as_bytes(), rec.payload),
-                        // Segment order is write order: the latest tag wins.
-                        RecordKind::Tag => tags.insert(rec.payload, key.as_bytes()),
+                        // Only a signer's first result under a key is ever
+                        // written, so there is nothing to choose between
+                        // here. Unsigned results (schema 6) are left out.
+                        RecordKind::Step => match StepResult::decode(&rec.payload)
+                            .ok()
+                            .and_then(|r| r.signer())
+                        {
+                            Some(signer) => steps.insert(
+                                index::StepIndexKey::new(&key, &signer).as_bytes(),
+                                rec.payload,
+                            ),
+                            None => report.unsigned_left_out += 1,
+                        },
+                        // Segment order is write order, and a signer's older
+                        // change is never written after a newer one: the
+                        // latest record of a name and signer wins.
+                        RecordKind::SignedTag => match SignedTag::decode(&rec.payload) {
+                            Ok(tag) => tags.insert(
+                                index::tag_index_key(&tag.name, &tag.seal.signer),
+                                rec.payload,
+                            ),
+                            Err(_) => report.unsigned_left_out += 1,
+                        },
+                        RecordKind::UnsignedTag => report.unsigned_left_out += 1,
                     }
                 })
                 .map_err(|e| StoreError::io(format!("scanning segment {id}"), e))?;
@@ -1578,6 +1638,34 @@ fn check_tag_name(name: &str) -> Result<(), StoreError> {
         return Err(bad("a tag starts with a letter, digit or _"));
     }
     Ok(())
+}
+
+/// Most entries of one step key or tag name looked at per lookup: a bound
+/// on the work one question can cause, whatever was recorded.
+const MAX_SIGNERS_LOOKED_AT: usize = 64;
+
+/// Of index entries keyed `… ‖ signer` (one step key's results, or one tag
+/// name's), the one of the earliest signer in `trusted`, else the first.
+fn preferred_entry(
+    entries: sled::Iter,
+    trusted: &[PublicKey],
+) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+    let mut best: Option<(usize, sled::IVec, sled::IVec)> = None;
+    for item in entries.take(MAX_SIGNERS_LOOKED_AT) {
+        let (k, v) = item?;
+        let signer = k.len().checked_sub(32).map(|at| &k[at..]);
+        let rank = trusted
+            .iter()
+            .position(|t| Some(&t.as_bytes()[..]) == signer)
+            .unwrap_or(usize::MAX);
+        if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+            best = Some((rank, k, v));
+            if rank == 0 {
+                break;
+            }
+        }
+    }
+    Ok(best.map(|(_, k, v)| (k, v)))
 }
 
 /// Decodes a step result read from the index; a bad one is rot, not input.

@@ -13,13 +13,15 @@
 //! |--------|------|----------------------------------------------------|
 //! | 0      | 4    | magic `SRC1`                                       |
 //! | 4      | 1    | kind: 0 chunk, 1 manifest, 2 step result, 3 tag    |
+//! |        |      | (unsigned: no longer written), 4 signed tag        |
 //! | 5      | 1    | codec: 0 raw, 1 zstd                               |
 //! | 6      | 2    | reserved, zero                                     |
 //! | 8      | 4    | decoded (raw) length                               |
 //! | 12     | 4    | stored length: bytes of payload that follow        |
 //! | 16     | 32   | BLAKE3 digest of the decoded content; for a step   |
 //! |        |      | result, the step key it is recorded under; for a   |
-//! |        |      | tag, the tagged object (the payload is the name)   |
+//! |        |      | tag, the tagged object (the payload is the name,   |
+//! |        |      | or for a signed tag its encoded `SignedTag`)       |
 //! | 48     | 4    | CRC-32 of bytes 0..48 followed by the payload      |
 //!
 //! The payload (stored length bytes) follows the header directly.
@@ -45,7 +47,8 @@
 //! 2. the CRC-32 over header and payload;
 //! 3. the content against its name: a chunk decodes to its raw length and
 //!    BLAKE3 digest, a manifest's bytes hash to its digest, a step result
-//!    decodes, a tag's payload is a valid tag name.
+//!    or signed tag decodes and its signature verifies (under the step key
+//!    of the header, for the object the header names).
 //!
 //! Bytes that are not a record pass 1 and 2 by chance at about one offset
 //! in 2^90 (32 bits of magic, 29 of kind, codec and reserved bytes, 32 of
@@ -54,21 +57,24 @@
 //! part of a layer, say) does pass 1 and 2, which is why 3 re-checks the
 //! content cryptographically where the record is content-addressed: such a
 //! copy, if found, holds exactly the bytes its digest names, so indexing it
-//! serves nothing wrong. What remains is a step result or tag deliberately
-//! forged inside a chunk's payload (they name no content to check), and it
-//! could only ever be reached if the header of the very record holding it
-//! rots; once step results and tags are signed (DESIGN.md, Trust), clients
-//! refuse such a forgery anyway.
+//! serves nothing wrong. A step result or tag copied from elsewhere holds a
+//! signature that verifies only for what its writer signed, so such a copy,
+//! if found, is a real entry of its signer; one forged inside a chunk's
+//! payload does not verify and is not taken (and clients check signatures
+//! again before they use anything).
 //!
 //! Records met at a boundary the previous record gave are checked with 1
 //! and 2 only, as they always were: a boundary is not a guess.
 
-use strata_proto::{Codec, Digest, StepResult};
+use strata_proto::{Codec, Digest, SignedTag, StepResult};
 
 pub const HEADER_LEN: usize = 52;
 
 /// Longest tag name.
 pub const MAX_TAG_BYTES: u32 = 255;
+/// Longest encoded signed tag: a name, a digest, a time, a key and a
+/// signature come to under 400 bytes.
+pub const MAX_SIGNED_TAG_BYTES: u32 = 1024;
 /// The first four bytes of every record.
 pub const MAGIC: &[u8; 4] = b"SRC1";
 
@@ -78,7 +84,10 @@ pub enum RecordKind {
     Chunk,
     Manifest,
     Step,
-    Tag,
+    /// A tag of a store before signatures (schema 6): still recognised in
+    /// old segments, never written, never indexed.
+    UnsignedTag,
+    SignedTag,
 }
 
 impl RecordKind {
@@ -87,7 +96,8 @@ impl RecordKind {
             RecordKind::Chunk => 0,
             RecordKind::Manifest => 1,
             RecordKind::Step => 2,
-            RecordKind::Tag => 3,
+            RecordKind::UnsignedTag => 3,
+            RecordKind::SignedTag => 4,
         }
     }
 
@@ -96,7 +106,8 @@ impl RecordKind {
             0 => Some(RecordKind::Chunk),
             1 => Some(RecordKind::Manifest),
             2 => Some(RecordKind::Step),
-            3 => Some(RecordKind::Tag),
+            3 => Some(RecordKind::UnsignedTag),
+            4 => Some(RecordKind::SignedTag),
             _ => None,
         }
     }
@@ -171,7 +182,8 @@ pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<RecordHeader, RecordError> {
         RecordKind::Chunk => strata_proto::MAX_CHUNK_BYTES,
         RecordKind::Manifest => 1 << 30,
         RecordKind::Step => strata_proto::MAX_STEP_RESULT_BYTES as u32,
-        RecordKind::Tag => MAX_TAG_BYTES,
+        RecordKind::UnsignedTag => MAX_TAG_BYTES,
+        RecordKind::SignedTag => MAX_SIGNED_TAG_BYTES,
     };
     if raw_len > limit || stored_len > limit.saturating_add(limit / 8) {
         return Err(RecordError::TooLong(raw_len.max(stored_len)));
@@ -257,9 +269,25 @@ pub fn check_found_record(
             }
         }
         RecordKind::Step => StepResult::decode(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.verify(&header.digest).map_err(|e| e.to_string()))
             .map(|_| ())
-            .map_err(|e| RecordError::Content(e.to_string())),
-        RecordKind::Tag => match std::str::from_utf8(payload) {
+            .map_err(RecordError::Content),
+        RecordKind::SignedTag => {
+            let tag =
+                SignedTag::decode(payload).map_err(|e| RecordError::Content(e.to_string()))?;
+            if tag.target != header.digest {
+                return content(format!(
+                    "signed tag names {}, its header {}",
+                    tag.target, header.digest
+                ));
+            }
+            super::check_tag_name(&tag.name).map_err(|e| RecordError::Content(e.to_string()))?;
+            tag.verify()
+                .map(|_| ())
+                .map_err(|e| RecordError::Content(e.to_string()))
+        }
+        RecordKind::UnsignedTag => match std::str::from_utf8(payload) {
             Ok(name) => {
                 super::check_tag_name(name).map_err(|e| RecordError::Content(e.to_string()))
             }
@@ -353,20 +381,62 @@ mod tests {
     }
 
     #[test]
-    fn a_found_tag_must_carry_a_valid_tag_name() {
+    fn a_found_tag_must_carry_a_valid_name_and_signature() {
+        let key = strata_proto::SigningKey::from_seed(&[5; 32]).unwrap();
         let target = Digest::of(b"object");
-        for (name, ok) in [(&b"app:v1"[..], true), (b"/etc/passwd", false)] {
+        let found = |tag: &SignedTag, header_digest: &Digest| {
+            let payload = tag.encode();
             let mut r = Vec::new();
             append_record(
                 &mut r,
-                RecordKind::Tag,
-                &target,
+                RecordKind::SignedTag,
+                header_digest,
                 Codec::Raw,
-                name.len() as u32,
-                name,
+                payload.len() as u32,
+                &payload,
             );
             let h = parse_found_header(&header_of(&r)).unwrap();
-            assert_eq!(check_found_record(&r, &h, &r[HEADER_LEN..]).is_ok(), ok);
-        }
+            check_found_record(&r, &h, &r[HEADER_LEN..])
+        };
+        let good = SignedTag::sign("app:v1", target, 1, &key);
+        found(&good, &target).unwrap();
+        // Another object in the header than the tag names.
+        assert!(found(&good, &Digest::of(b"other")).is_err());
+        // A name the store refuses, however well signed.
+        assert!(found(&SignedTag::sign("/etc/passwd", target, 1, &key), &target).is_err());
+        // A forged change to a signed tag.
+        let mut forged = good.clone();
+        forged.target = Digest::of(b"evil");
+        assert!(found(&forged, &forged.target).is_err());
+    }
+
+    #[test]
+    fn a_found_step_result_must_verify_under_the_key_in_its_header() {
+        let key = strata_proto::SigningKey::from_seed(&[6; 32]).unwrap();
+        let step = Digest::of(b"step key");
+        let mut result = StepResult {
+            layer: None,
+            config: b"{}".to_vec(),
+            provenance: Default::default(),
+            seal: None,
+        };
+        let found = |result: &StepResult, step: &Digest| {
+            let payload = result.encode();
+            let mut r = Vec::new();
+            append_record(
+                &mut r,
+                RecordKind::Step,
+                step,
+                Codec::Raw,
+                payload.len() as u32,
+                &payload,
+            );
+            let h = parse_found_header(&header_of(&r)).unwrap();
+            check_found_record(&r, &h, &r[HEADER_LEN..])
+        };
+        assert!(found(&result, &step).is_err(), "unsigned");
+        result.sign(&step, &key);
+        found(&result, &step).unwrap();
+        assert!(found(&result, &Digest::of(b"another step")).is_err());
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::collections::HashMap;
 
-use strata_proto::{Codec, Digest, StepResult};
+use strata_proto::{Codec, Digest, SignedTag, StepResult};
 use tokio::sync::{mpsc, oneshot};
 
 use super::compact::Compacted;
@@ -42,8 +42,10 @@ pub enum PendingRecord {
         encoded: Vec<u8>,
         checked_at: u64,
     },
-    /// A step result; written only if its key has none yet (the first
-    /// result stands), refused as divergent if the key has another outcome.
+    /// A step result, signed (its signature checked by the caller);
+    /// written only if its signer has none under the key yet (a signer's
+    /// first result stands), refused as divergent if that one has another
+    /// outcome.
     Step {
         key: Digest,
         /// Boxed: a result is far larger than the other records.
@@ -51,10 +53,12 @@ pub enum PendingRecord {
         encoded: Vec<u8>,
         checked_at: u64,
     },
-    /// A tag change; skipped when the tag already names that object.
+    /// A signed tag change (its signature checked by the caller); skipped
+    /// when its signer's tag already says the same, refused when that one
+    /// was set later.
     Tag {
-        name: String,
-        target: Digest,
+        tag: SignedTag,
+        encoded: Vec<u8>,
         checked_at: u64,
     },
 }
@@ -109,13 +113,11 @@ impl PendingRecord {
                 _ => None,
             },
             PendingRecord::Tag {
-                name,
-                target,
-                checked_at,
-            } if *checked_at != collections && !object_held(target)? => {
+                tag, checked_at, ..
+            } if *checked_at != collections && !object_held(&tag.target)? => {
                 Some(StoreError::TagTargetMissing {
-                    name: name.clone(),
-                    digest: *target,
+                    name: tag.name.clone(),
+                    digest: tag.target,
                 })
             }
             _ => None,
@@ -283,9 +285,10 @@ impl Writer {
         let mut unverified_entries = sled::Batch::default();
         let mut step_entries = sled::Batch::default();
         let mut tag_entries = sled::Batch::default();
-        // Step results of this group by key: a second job recording the same
-        // key in the same group must see the first.
-        let mut group_steps: HashMap<Digest, StepResult> = HashMap::new();
+        // Step results and tags of this group by index key: a second job
+        // recording the same key in the same group must see the first.
+        let mut group_steps: HashMap<index::StepIndexKey, StepResult> = HashMap::new();
+        let mut group_tags: HashMap<Vec<u8>, SignedTag> = HashMap::new();
         let mut new_steps = 0u64;
         let (mut new_chunks, mut new_raw, mut new_stored) = (0u64, 0u64, 0u64);
         let (mut new_manifests, mut new_logical) = (0u64, 0u64);
@@ -327,41 +330,67 @@ impl Writer {
                         encoded.len() as u32,
                         &encoded[..],
                     ),
-                    PendingRecord::Tag { name, target, .. } => (
-                        RecordKind::Tag,
-                        *target,
+                    PendingRecord::Tag { tag, encoded, .. } => (
+                        RecordKind::SignedTag,
+                        tag.target,
                         Codec::Raw,
-                        name.len() as u32,
-                        name.as_bytes(),
+                        encoded.len() as u32,
+                        &encoded[..],
                     ),
                 };
                 if let PendingRecord::Step { key, result, .. } = &rec {
-                    let recorded = match group_steps.get(key) {
+                    let Some(index_key) =
+                        result.signer().map(|s| index::StepIndexKey::new(key, &s))
+                    else {
+                        outcomes.push(Err(StoreError::BadStepResult(
+                            strata_proto::SignatureError::Unsigned.into(),
+                        )));
+                        continue 'jobs;
+                    };
+                    let own = match group_steps.get(&index_key) {
                         Some(r) => Some(r.clone()),
                         None => shared
                             .steps
-                            .get(key.as_bytes())?
+                            .get(index_key)?
                             .map(|v| super::decode_stored_step(key, &v))
                             .transpose()?,
                     };
-                    if let Some(recorded) = recorded {
-                        if !recorded.same_outcome(result) {
+                    if let Some(own) = own {
+                        if !own.same_outcome(result) {
                             outcome.divergent += 1;
-                            shared.counters.divergences.fetch_add(1, Ordering::Relaxed);
-                            let total = shared.counters.divergences.load(Ordering::Relaxed);
-                            shared
-                                .meta
-                                .insert(index::DIVERGENCES_KEY, &total.to_le_bytes())?;
+                            count_divergence(&shared)?;
                         }
                         continue;
                     }
-                } else if let PendingRecord::Tag { name, target, .. } = &rec {
-                    if shared
-                        .tags
-                        .get(name.as_bytes())?
-                        .is_some_and(|t| t.as_ref() == target.as_bytes())
-                    {
-                        continue;
+                    // Another signer's different outcome stands beside this
+                    // one, never replaced by it: counted, and both kept.
+                    if others_differ(&shared, &group_steps, key, result)? {
+                        count_divergence(&shared)?;
+                    }
+                } else if let PendingRecord::Tag { tag, .. } = &rec {
+                    let index_key = index::tag_index_key(&tag.name, &tag.seal.signer);
+                    let stored = match group_tags.get(&index_key) {
+                        Some(t) => Some(t.clone()),
+                        None => shared
+                            .tags
+                            .get(&index_key)?
+                            .and_then(|v| SignedTag::decode(&v).ok()),
+                    };
+                    if let Some(stored) = stored {
+                        if stored.target == tag.target && tag.set_unix_ms <= stored.set_unix_ms {
+                            continue;
+                        }
+                        if tag.set_unix_ms < stored.set_unix_ms {
+                            outcomes.push(Err(StoreError::TagStale(Box::new(
+                                super::error::TagStale {
+                                    name: tag.name.clone(),
+                                    signer: tag.seal.signer,
+                                    offered_ms: tag.set_unix_ms,
+                                    stored_ms: stored.set_unix_ms,
+                                },
+                            ))));
+                            continue 'jobs;
+                        }
                     }
                 } else {
                     let tree = match kind {
@@ -422,13 +451,18 @@ impl Writer {
                         ..
                     } => {
                         named.extend(result.layer);
-                        step_entries.insert(key.as_bytes(), encoded);
-                        group_steps.insert(key, *result);
-                        new_steps += 1;
+                        if let Some(signer) = result.signer() {
+                            let index_key = index::StepIndexKey::new(&key, &signer);
+                            step_entries.insert(index_key.as_bytes(), encoded);
+                            group_steps.insert(index_key, *result);
+                            new_steps += 1;
+                        }
                     }
-                    PendingRecord::Tag { name, target, .. } => {
-                        named.push(target);
-                        tag_entries.insert(name.as_bytes(), target.as_bytes());
+                    PendingRecord::Tag { tag, encoded, .. } => {
+                        named.push(tag.target);
+                        let index_key = index::tag_index_key(&tag.name, &tag.seal.signer);
+                        tag_entries.insert(&index_key[..], encoded);
+                        group_tags.insert(index_key, tag);
                     }
                 }
             }
@@ -586,6 +620,48 @@ fn open(shared: &Shared, id: u32) -> Result<(File, u64), StoreError> {
             e,
         )
     })
+}
+
+/// Counts one more divergent step result, durably (a refused result leaves
+/// no record to count it again from).
+fn count_divergence(shared: &Shared) -> Result<(), StoreError> {
+    let total = shared.counters.divergences.fetch_add(1, Ordering::Relaxed) + 1;
+    shared
+        .meta
+        .insert(index::DIVERGENCES_KEY, &total.to_le_bytes())?;
+    Ok(())
+}
+
+/// Most results under one step key looked at to tell whether another
+/// signer's outcome differs: a bound on the work one record can cause.
+const MAX_SIGNERS_COMPARED: usize = 64;
+
+/// Whether a result of another signer under `key` (stored, or earlier in
+/// this commit group) has an outcome other than `result`'s.
+fn others_differ(
+    shared: &Shared,
+    group: &HashMap<index::StepIndexKey, StepResult>,
+    key: &Digest,
+    result: &StepResult,
+) -> Result<bool, StoreError> {
+    let in_group = group
+        .iter()
+        .filter(|(k, _)| k.step() == *key)
+        .any(|(_, r)| !r.same_outcome(result));
+    if in_group {
+        return Ok(true);
+    }
+    for item in shared
+        .steps
+        .scan_prefix(key.as_bytes())
+        .take(MAX_SIGNERS_COMPARED)
+    {
+        let (_, v) = item?;
+        if !super::decode_stored_step(key, &v)?.same_outcome(result) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Lowers a counter, never below zero.

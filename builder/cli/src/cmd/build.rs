@@ -14,10 +14,12 @@ use strata_builder::image::Compression;
 use strata_builder::progress::human_bytes;
 use strata_builder::source_date::image_created;
 use strata_builder::target::Target;
+use strata_client::ClientConfig;
 use strata_dockerfile::ImageRef;
 use strata_registry::RegistryOptions;
 use strata_sandbox::Limits;
 
+use super::signing::TrustArgs;
 use super::{ChunkingArgs, ServerArg};
 
 #[derive(Args)]
@@ -92,6 +94,8 @@ pub struct BuildArgs {
     chunking: ChunkingArgs,
     #[command(flatten)]
     server: ServerArg,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 pub async fn run(args: BuildArgs) -> Result<()> {
@@ -146,11 +150,25 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             ..RegistryOptions::default()
         },
     };
-    let config = args.server.connection(args.chunking.client_config()?)?;
+    let mut trust_notes = Vec::new();
+    let trust = args.trust.policy(&mut trust_notes)?;
+    for note in &trust_notes {
+        show_event(Event::Note(note));
+    }
+    let config = ClientConfig {
+        trust,
+        ..args.server.connection(args.chunking.client_config()?)?
+    };
     let target = Target::open(args.server.server.as_deref(), config).await?;
     let result = strata_builder::build::build(&target.client, &opts, &mut show_event).await;
     target.close().await?;
-    let report = result?;
+    let mut report = result?;
+    // A missing default key was said once already; the build's own note
+    // about it would say it again.
+    if !trust_notes.is_empty() {
+        report.notes.retain(|n| !n.contains("no signing key"));
+        report.notes.extend(trust_notes);
+    }
     print_build_report(&report, args.json, args.dry_run)
 }
 

@@ -5,6 +5,7 @@ pub mod gc;
 pub mod pull;
 pub mod push;
 pub mod serve;
+pub mod signing;
 pub mod stat;
 pub mod token;
 
