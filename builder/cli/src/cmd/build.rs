@@ -229,9 +229,19 @@ fn show_event(event: Event<'_>) {
                 .layer_bytes
                 .map(|b| format!(", layer {}", human_bytes(b)))
                 .unwrap_or_default();
+            let untrusted = r
+                .untrusted
+                .as_ref()
+                .map(|u| {
+                    format!(
+                        "\n[{}] untrusted: a cached result is {}; not used",
+                        r.index, u.reason
+                    )
+                })
+                .unwrap_or_default();
             writeln!(
                 err,
-                "[{}] {status} in {:.2} s{layer}, uploaded {}, downloaded {}  key {}",
+                "[{}] {status} in {:.2} s{layer}, uploaded {}, downloaded {}  key {}{untrusted}",
                 r.index,
                 r.seconds,
                 human_bytes(r.uploaded_bytes),
@@ -265,6 +275,9 @@ fn print_build_report(report: &BuildReport, json: bool, dry_run: bool) -> Result
                 "{status}  {}  line {}: {}",
                 s.key, s.line, s.instruction
             )?;
+            if let Some(u) = &s.untrusted {
+                writeln!(out, "           untrusted: a cached result is {}", u.reason)?;
+            }
         }
     } else if let Some(d) = &report.manifest_digest {
         if let Some(pushed) = &report.pushed {
