@@ -196,6 +196,30 @@ mod tests {
         }
     }
 
+    /// Pins what a step result's signature covers: computed independently
+    /// (Python's `cryptography` over the bytes the module docs of
+    /// `signing` lay out), so a change to the signed message, which would
+    /// turn every recorded result untrusted, cannot pass unnoticed.
+    #[test]
+    fn a_known_result_has_a_known_signature() {
+        let signer = SigningKey::from_seed(&[3; 32]).unwrap();
+        let mut r = result(Some(Digest::of(b"layer")), "strata");
+        r.sign(&Digest::of(b"step"), &signer);
+        let expected = concat!(
+            "15926c022835897b36bede94433fdb998cb460e3b61d6d448955001972f9b014",
+            "ac24f7d973f47094040c4e6f93ef8714aaa2cadeda21d1a45a307eef8ed0d80f"
+        );
+        let hex: String = r
+            .seal
+            .unwrap()
+            .signature
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, expected);
+    }
+
     #[test]
     fn a_seal_of_the_wrong_shape_is_refused_on_decode() {
         let mut wire = result(None, "x").to_wire();

@@ -113,6 +113,26 @@ mod tests {
         assert_eq!(redated.verify(), invalid);
     }
 
+    /// Pins what a tag's signature covers (computed independently, as for
+    /// step results).
+    #[test]
+    fn a_known_tag_has_a_known_signature() {
+        let key = SigningKey::from_seed(&[9; 32]).unwrap();
+        let tag = SignedTag::sign("app:v1", Digest::of(b"image"), 1_700_000_000_000, &key);
+        let expected = concat!(
+            "157bae56efe8ec9e0f872c5e2d9eb7630f56a29e72c0f94f3df2d8de1e1b5407",
+            "1cd0005538c6b4f5633cf34a2664ca7e16b6032704fe3d7ffe3a128b04a96d00"
+        );
+        let hex: String = tag
+            .seal
+            .signature
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, expected);
+    }
+
     #[test]
     fn an_unsigned_or_absent_tag_is_refused() {
         assert!(matches!(SignedTag::from_wire(None), Err(TagError::Missing)));
