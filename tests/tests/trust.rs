@@ -185,6 +185,22 @@ async fn an_authorized_writer_outside_the_trust_list_cannot_poison_a_build_and_b
         victim.get_tag_judged("victim:latest").await.unwrap(),
         TagLookup::Untrusted(Distrust::NotTrusted(attacker_public))
     );
+    // A build FROM that name does not take it: it goes to the registry,
+    // and, with none reachable, says whose tag it passed over.
+    let from_tag = context("FROM victim:latest\nCOPY data.txt /data.txt\n");
+    let out = build(
+        cache.path(),
+        from_tag.path(),
+        &["--server", &server.url, "--registry-mirror", "127.0.0.1:1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the cache has a tag victim:latest, but it is signed by {attacker_public}"
+        )),
+        "{stderr}"
+    );
     drop((attacker, victim));
     server.stop();
 }

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_client::Client;
+use strata_client::{Client, TagLookup};
 use strata_dockerfile::{BaseImage, StageRef};
 use strata_proto::Digest;
 
@@ -178,14 +178,39 @@ pub(crate) async fn resolve_image(
             // A pinned reference names registry content; only a tag may
             // name an image kept in the cache.
             let kept = match image_ref.digest() {
-                Some(_) => None,
+                Some(_) => TagLookup::Miss,
                 None => client
-                    .get_tag(&name)
+                    .get_tag_judged(&name)
                     .await
                     .map_err(|e| site.error(format!("FROM {image_ref}: {e}")))?,
             };
-            let Some(digest) = kept else {
-                return pull_through::resolve(registries, &image_ref, site).await;
+            let digest = match kept {
+                TagLookup::Hit(tag) => tag.target,
+                TagLookup::Miss => {
+                    return pull_through::resolve(registries, &image_ref, site).await;
+                }
+                // Someone else's tag of this name is not this build's
+                // image: resolve on the registry, and if that fails too,
+                // say why the cache's tag was passed over.
+                TagLookup::Untrusted(why) => {
+                    return pull_through::resolve(registries, &image_ref, site)
+                        .await
+                        .map_err(|e| match e {
+                            BuildError::Step {
+                                file,
+                                line,
+                                message,
+                            } => BuildError::Step {
+                                file,
+                                line,
+                                message: format!(
+                                    "{message} (the cache has a tag {name}, but it is {why}; \
+                                     `strata trust add` its signer to use it)"
+                                ),
+                            },
+                            other => other,
+                        });
+                }
             };
             let bytes = client
                 .pull_to_vec(&digest)
