@@ -64,17 +64,24 @@ fn run(ctrl: &mut UnixStream) -> Result<(), SetupError> {
     let staged_early = enter_privileged_mount_namespace()?;
     if staged_early {
         mounts::make_mounts_private()?;
-        mounts::stage_rootfs(&job.spec.rootfs)?;
+        mounts::stage_rootfs(&mounts::open_rootfs(&job.spec.rootfs)?)?;
     }
     create_user_namespace()?;
     create_other_namespaces(job.spec.network)?;
+    // Opened in the sandbox's mount namespace but with the caller's ids,
+    // before they become container root's (see `mounts::open_rootfs`).
+    let late_rootfs = if staged_early {
+        None
+    } else {
+        Some(mounts::open_rootfs(&job.spec.rootfs)?)
+    };
     map_ids(ctrl, &job.ids)?;
     become_root(&job.ids)?;
     // Changing credentials cleared the parent-death signal: arm it again.
     die_with_parent(job.host_pid)?;
     mounts::make_mounts_private()?;
-    if !staged_early {
-        mounts::stage_rootfs(&job.spec.rootfs)?;
+    if let Some(handles) = &late_rootfs {
+        mounts::stage_rootfs(handles)?;
     }
     mounts::mount_rootfs(&mounts::staged_paths(&job.spec.rootfs))?;
     if job.probe {
