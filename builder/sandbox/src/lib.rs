@@ -116,6 +116,7 @@ mod host;
 mod idmap;
 mod limits;
 mod mounts;
+mod refusal;
 mod seccomp;
 mod stage1;
 mod stage2;
@@ -296,7 +297,10 @@ pub struct Confinement {
     /// The step ran in a session of its own, without a controlling terminal
     /// and without `/dev/tty`.
     pub no_terminal: bool,
-    /// The step got a fresh anonymous session keyring, not the builder's.
+    /// The step got a fresh anonymous session keyring, not the builder's
+    /// (or, where a seccomp filter above the builder refuses `keyctl`, as
+    /// in a container, it reaches no keyring at all: it inherits that
+    /// filter).
     pub fresh_keyring: bool,
     /// `PR_SET_NO_NEW_PRIVS` was set.
     pub no_new_privs: bool,

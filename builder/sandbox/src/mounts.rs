@@ -21,6 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+use super::refusal::{self, SetupCall};
 use super::{RootfsSpec, SetupError, image_path};
 
 /// Where stage 1 mounts a tmpfs holding the mount points below.
@@ -70,7 +71,10 @@ fn errno_text(e: nix::Error) -> String {
         }
         _ => "",
     };
-    format!("{e}{hint}")
+    match e {
+        nix::Error::EACCES => format!("{e}{hint}"),
+        _ => refusal::explain(SetupCall::Mount, e, hint),
+    }
 }
 
 /// `mount(2)` with an error naming what was mounted where.
@@ -100,7 +104,12 @@ pub(super) fn make_mounts_private() -> Result<(), SetupError> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| SetupError::step("cannot make mounts private", e))
+    .map_err(|e| {
+        SetupError::step(
+            "cannot make mounts private",
+            refusal::explain(SetupCall::Mount, e, ""),
+        )
+    })
 }
 
 /// The caller's rootfs directories, opened (`O_PATH`) for [`stage_rootfs`],
@@ -316,7 +325,12 @@ fn ensure_dir(root: &Path, rel: &str, created: &mut Vec<String>) -> Result<PathB
 pub(super) fn mount_proc(root: &Path, created: &mut Vec<String>) -> Result<(), SetupError> {
     let target = ensure_dir(root, "proc", created)?;
     let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_at("proc", Some("proc"), &target, Some("proc"), locked, None)?;
+    mount(Some("proc"), &target, Some("proc"), locked, None::<&str>).map_err(|e| {
+        SetupError::step(
+            format!("cannot mount proc on {}", target.display()),
+            refusal::explain_proc(e),
+        )
+    })?;
     let sys = target.join("sys");
     mount_at(
         "/proc/sys (bind)",
@@ -461,8 +475,17 @@ pub(super) fn bind_host_network_files(
 pub(super) fn pivot_into(root: &Path) -> Result<(), SetupError> {
     nix::unistd::chdir(root)
         .map_err(|e| SetupError::step(format!("cannot enter {}", root.display()), e))?;
-    nix::unistd::pivot_root(".", ".").map_err(|e| SetupError::step("cannot pivot_root", e))?;
-    umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| SetupError::step("cannot detach the host's root", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| {
+        SetupError::step(
+            "cannot pivot_root",
+            refusal::explain(SetupCall::PivotRoot, e, ""),
+        )
+    })?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| {
+        SetupError::step(
+            "cannot detach the host's root",
+            refusal::explain(SetupCall::Umount2, e, ""),
+        )
+    })?;
     nix::unistd::chdir("/").map_err(|e| SetupError::step("cannot enter the new root", e))
 }
