@@ -452,4 +452,5 @@ impl TestCertificates {
 }
 
 pub mod builds;
+pub mod dockerd;
 pub mod hostile;
