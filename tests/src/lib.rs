@@ -490,4 +490,5 @@ impl TestCertificates {
 }
 
 pub mod builds;
+pub mod dockerd;
 pub mod hostile;

@@ -18,9 +18,10 @@
 //! ```text
 //! host builder (any threads)
 //!  └─ stage 1: `<exe> __strata-sandbox`          host pid ns, fresh process
-//!       [as root: a first mount ns to bind the rootfs dirs under /tmp]
-//!       unshare(user), id maps, become root in it, unshare(mnt|pid|ipc|uts[|net]);
-//!       make mounts private; mount the rootfs at /tmp/strata-root
+//!       [as root, if allowed: a first mount ns to bind the rootfs dirs under /tmp]
+//!       unshare(user), unshare(mnt|pid|ipc|uts[|net]); [else: open the rootfs
+//!       dirs, still with the caller's ids]; id maps, become root in it;
+//!       make mounts private; [bind the opened dirs;] mount the rootfs at /tmp/strata-root
 //!      └─ stage 2: `/proc/self/exe __strata-sandbox stage2`   PID 1 of the new pid ns
 //!           setsid, /proc, /dev, hostname, lo up, pivot_root, cwd,
 //!           capabilities, user, env, new keyring, [rlimits,] no_new_privs,
@@ -116,6 +117,7 @@ mod host;
 mod idmap;
 mod limits;
 mod mounts;
+mod refusal;
 mod seccomp;
 mod stage1;
 mod stage2;
@@ -296,7 +298,10 @@ pub struct Confinement {
     /// The step ran in a session of its own, without a controlling terminal
     /// and without `/dev/tty`.
     pub no_terminal: bool,
-    /// The step got a fresh anonymous session keyring, not the builder's.
+    /// The step got a fresh anonymous session keyring, not the builder's
+    /// (or, where a seccomp filter above the builder refuses `keyctl`, as
+    /// in a container, it reaches no keyring at all: it inherits that
+    /// filter).
     pub fresh_keyring: bool,
     /// `PR_SET_NO_NEW_PRIVS` was set.
     pub no_new_privs: bool,

@@ -7,8 +7,9 @@
 //! overlayfs accepts only layers mounted in the mounting process's own mount
 //! namespace, and container root (an unprivileged id on the host) often may
 //! not search the parents of the caller's directories (e.g. `/root`, or a
-//! 0700 temp dir). So [`stage_rootfs`] first bind-mounts those directories
-//! under [`STAGING`] — a tmpfs that covers `/tmp` in the sandbox's mount
+//! 0700 temp dir). So stage 1 opens those directories while its ids are
+//! still the caller's ([`open_rootfs`]), and [`stage_rootfs`] bind-mounts
+//! them under [`STAGING`] — a tmpfs that covers `/tmp` in the sandbox's mount
 //! namespaces only, since `/tmp` exists and is searchable on any host — and
 //! the root is then assembled from there and mounted at [`ROOT`], a plain
 //! path stage 2 can reach.
@@ -20,6 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+use super::refusal::{self, SetupCall};
 use super::{RootfsSpec, SetupError, image_path};
 
 /// Where stage 1 mounts a tmpfs holding the mount points below.
@@ -69,7 +71,10 @@ fn errno_text(e: nix::Error) -> String {
         }
         _ => "",
     };
-    format!("{e}{hint}")
+    match e {
+        nix::Error::EACCES => format!("{e}{hint}"),
+        _ => refusal::explain(SetupCall::Mount, e, hint),
+    }
 }
 
 /// `mount(2)` with an error naming what was mounted where.
@@ -99,21 +104,28 @@ pub(super) fn make_mounts_private() -> Result<(), SetupError> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| SetupError::step("cannot make mounts private", e))
+    .map_err(|e| {
+        SetupError::step(
+            "cannot make mounts private",
+            refusal::explain(SetupCall::Mount, e, ""),
+        )
+    })
 }
 
-/// Covers `/tmp` (in this mount namespace only) with a tmpfs and
-/// bind-mounts the caller's rootfs directories into it, so that they are
-/// reachable by a short path whatever the permissions of their parents.
-///
-/// overlayfs takes only layers mounted in the mounting process's own mount
-/// namespace, so this runs in the mount namespace where the paths resolve
-/// with the caller's rights (a privileged first namespace when stage 1 is
-/// root, else the sandbox's own), and the binds are then inherited. upper and
-/// work are staged through their common parent: overlayfs wants both on one
-/// mount.
-pub(super) fn stage_rootfs(spec: &RootfsSpec) -> Result<(), SetupError> {
-    let (dirs, names): (Vec<&Path>, Vec<String>) = match spec {
+/// The caller's rootfs directories, opened (`O_PATH`) for [`stage_rootfs`],
+/// each with the name it is staged under.
+pub(super) struct RootfsHandles {
+    dirs: Vec<(File, String)>,
+}
+
+/// Opens the directories of `spec` with the caller's rights. Called where
+/// their paths resolve as the caller resolves them: in the privileged first
+/// mount namespace, or in the sandbox's own before stage 1 becomes container
+/// root — its ids are still the caller's then, so the caller's private
+/// parents (a 0700 scratch directory) let it through as their owner, even in
+/// a container without `CAP_SYS_ADMIN`, where there is no first namespace.
+pub(super) fn open_rootfs(spec: &RootfsSpec) -> Result<RootfsHandles, SetupError> {
+    let named: Vec<(&Path, String)> = match spec {
         RootfsSpec::Overlay { lower, upper, work } => {
             if lower.is_empty() {
                 return Err(SetupError::step(
@@ -127,11 +139,28 @@ pub(super) fn stage_rootfs(spec: &RootfsSpec) -> Result<(), SetupError> {
                 .enumerate()
                 .map(|(i, l)| (l.as_path(), format!("lower{i}")))
                 .chain([(parent, "rw".to_owned())])
-                .unzip()
+                .collect()
         }
-        RootfsSpec::Copy { root } => (vec![root.as_path()], vec!["copy".to_owned()]),
+        RootfsSpec::Copy { root } => vec![(root.as_path(), "copy".to_owned())],
     };
-    let handles: Vec<File> = dirs.iter().map(|d| open_dir(d)).collect::<Result<_, _>>()?;
+    let dirs = named
+        .into_iter()
+        .map(|(dir, name)| open_dir(dir).map(|handle| (handle, name)))
+        .collect::<Result<_, _>>()?;
+    Ok(RootfsHandles { dirs })
+}
+
+/// Covers `/tmp` (in this mount namespace only) with a tmpfs and
+/// bind-mounts the opened rootfs directories into it, so that they are
+/// reachable by a short path whatever the permissions of their parents.
+///
+/// overlayfs takes only layers mounted in the mounting process's own mount
+/// namespace, so this runs in the mount namespace the handles were opened
+/// in (a privileged first namespace when stage 1 is root and may make one,
+/// else the sandbox's own), and the binds are then inherited. upper and work
+/// are staged through their common parent: overlayfs wants both on one
+/// mount.
+pub(super) fn stage_rootfs(handles: &RootfsHandles) -> Result<(), SetupError> {
     mount_at(
         "the staging tmpfs",
         Some("tmpfs"),
@@ -144,7 +173,7 @@ pub(super) fn stage_rootfs(spec: &RootfsSpec) -> Result<(), SetupError> {
         std::fs::create_dir(dir)
             .map_err(|e| SetupError::step(format!("cannot create {dir}"), e))?;
     }
-    for (handle, name) in handles.iter().zip(&names) {
+    for (handle, name) in &handles.dirs {
         let target = Path::new(LAYERS).join(name);
         std::fs::create_dir(&target)
             .map_err(|e| SetupError::step(format!("cannot create {}", target.display()), e))?;
@@ -296,7 +325,12 @@ fn ensure_dir(root: &Path, rel: &str, created: &mut Vec<String>) -> Result<PathB
 pub(super) fn mount_proc(root: &Path, created: &mut Vec<String>) -> Result<(), SetupError> {
     let target = ensure_dir(root, "proc", created)?;
     let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_at("proc", Some("proc"), &target, Some("proc"), locked, None)?;
+    mount(Some("proc"), &target, Some("proc"), locked, None::<&str>).map_err(|e| {
+        SetupError::step(
+            format!("cannot mount proc on {}", target.display()),
+            refusal::explain_proc(e),
+        )
+    })?;
     let sys = target.join("sys");
     mount_at(
         "/proc/sys (bind)",
@@ -441,8 +475,17 @@ pub(super) fn bind_host_network_files(
 pub(super) fn pivot_into(root: &Path) -> Result<(), SetupError> {
     nix::unistd::chdir(root)
         .map_err(|e| SetupError::step(format!("cannot enter {}", root.display()), e))?;
-    nix::unistd::pivot_root(".", ".").map_err(|e| SetupError::step("cannot pivot_root", e))?;
-    umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| SetupError::step("cannot detach the host's root", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| {
+        SetupError::step(
+            "cannot pivot_root",
+            refusal::explain(SetupCall::PivotRoot, e, ""),
+        )
+    })?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| {
+        SetupError::step(
+            "cannot detach the host's root",
+            refusal::explain(SetupCall::Umount2, e, ""),
+        )
+    })?;
     nix::unistd::chdir("/").map_err(|e| SetupError::step("cannot enter the new root", e))
 }

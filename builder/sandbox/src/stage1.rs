@@ -22,6 +22,7 @@ use nix::unistd::{Gid, Uid};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use super::idmap::{IdMapping, MapWriter};
+use super::refusal::{self, SetupCall};
 use super::wire::{CommandExit, Message, WireError};
 use super::{Job, Network, REEXEC_ARG, SETUP_FAILED_EXIT, SetupError, mounts, sys};
 
@@ -64,17 +65,24 @@ fn run(ctrl: &mut UnixStream) -> Result<(), SetupError> {
     let staged_early = enter_privileged_mount_namespace()?;
     if staged_early {
         mounts::make_mounts_private()?;
-        mounts::stage_rootfs(&job.spec.rootfs)?;
+        mounts::stage_rootfs(&mounts::open_rootfs(&job.spec.rootfs)?)?;
     }
     create_user_namespace()?;
     create_other_namespaces(job.spec.network)?;
+    // Opened in the sandbox's mount namespace but with the caller's ids,
+    // before they become container root's (see `mounts::open_rootfs`).
+    let late_rootfs = if staged_early {
+        None
+    } else {
+        Some(mounts::open_rootfs(&job.spec.rootfs)?)
+    };
     map_ids(ctrl, &job.ids)?;
     become_root(&job.ids)?;
     // Changing credentials cleared the parent-death signal: arm it again.
     die_with_parent(job.host_pid)?;
     mounts::make_mounts_private()?;
-    if !staged_early {
-        mounts::stage_rootfs(&job.spec.rootfs)?;
+    if let Some(handles) = &late_rootfs {
+        mounts::stage_rootfs(handles)?;
     }
     mounts::mount_rootfs(&mounts::staged_paths(&job.spec.rootfs))?;
     if job.probe {
@@ -144,20 +152,23 @@ fn enter_privileged_mount_namespace() -> Result<bool, SetupError> {
 
 fn create_user_namespace() -> Result<(), SetupError> {
     unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
-        let hint = match e {
-            nix::Error::EPERM => {
-                " (is kernel.unprivileged_userns_clone=0, \
-                 kernel.apparmor_restrict_unprivileged_userns=1, or a seccomp profile \
-                 refusing unshare? in a container, allow user namespaces)"
-            }
-            nix::Error::ENOSPC => " (user.max_user_namespaces is reached or 0)",
-            nix::Error::EINVAL => {
-                " (the process has threads: main() must call sandbox::reexec_main() \
+        let detail = match e {
+            nix::Error::ENOSPC => format!("{e} (user.max_user_namespaces is reached or 0)"),
+            nix::Error::EINVAL => format!(
+                "{e} (the process has threads: main() must call sandbox::reexec_main() \
                  before starting any)"
-            }
-            _ => "",
+            ),
+            _ => refusal::explain(
+                SetupCall::Unshare,
+                e,
+                &format!(
+                    " (is kernel.unprivileged_userns_clone=0 or \
+                     kernel.apparmor_restrict_unprivileged_userns=1? in a container, see {})",
+                    refusal::DEPLOY_DOC
+                ),
+            ),
         };
-        SetupError::step("cannot create user namespace", format!("{e}{hint}"))
+        SetupError::step("cannot create user namespace", detail)
     })
 }
 
@@ -172,8 +183,12 @@ fn create_other_namespaces(network: Network) -> Result<(), SetupError> {
     if network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    unshare(flags)
-        .map_err(|e| SetupError::step("cannot create mount, pid, ipc, uts or network namespace", e))
+    unshare(flags).map_err(|e| {
+        SetupError::step(
+            "cannot create mount, pid, ipc, uts or network namespace",
+            refusal::explain(SetupCall::Unshare, e, ""),
+        )
+    })
 }
 
 /// Single mappings are written by stage 1 itself; others by the host, which

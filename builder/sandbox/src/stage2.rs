@@ -30,6 +30,7 @@ use rustix::thread::{
 
 use super::idmap::{IdMapping, MapWriter};
 use super::limits::apply_rlimits;
+use super::refusal::{self, SetupCall};
 use super::stage1::{control_socket, keep_descriptors_private, read_job};
 use super::user::{self, Identity};
 use super::wire::Message;
@@ -147,9 +148,21 @@ fn leave_the_builders_session() -> Result<(), SetupError> {
 
 /// A new anonymous session keyring in place of the builder's, whose keys
 /// (tokens, credentials) the step could otherwise use.
+/// Where a seccomp filter above the builder refuses `keyctl` altogether (as
+/// container runtimes' default profiles do), there is no keyring to leave:
+/// the step inherits that filter, which nothing can lift, and can reach no
+/// keyring either.
 fn join_new_keyring() -> Result<(), SetupError> {
-    sys::join_new_session_keyring()
-        .map_err(|e| SetupError::step("cannot join a new session keyring", e))
+    match sys::join_new_session_keyring() {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EPERM)
+                && refusal::refused_by_seccomp(SetupCall::Keyctl) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(SetupError::step("cannot join a new session keyring", e)),
+    }
 }
 
 /// `no_new_privs`: an exec'd setuid or file-capability program gains
@@ -161,8 +174,12 @@ fn forbid_new_privileges() -> Result<(), SetupError> {
 }
 
 fn set_hostname(name: &str) -> Result<(), SetupError> {
-    nix::unistd::sethostname(name)
-        .map_err(|e| SetupError::step(format!("cannot set host name {name:?}"), e))
+    nix::unistd::sethostname(name).map_err(|e| {
+        SetupError::step(
+            format!("cannot set host name {name:?}"),
+            refusal::explain(SetupCall::Sethostname, e, ""),
+        )
+    })
 }
 
 /// A new network namespace starts with `lo` down; builds expect localhost.

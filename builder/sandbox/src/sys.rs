@@ -3,7 +3,8 @@
 //! `SIOCGIFFLAGS`/`SIOCSIFFLAGS` ioctls; rustix and nix expose ioctls only as
 //! `unsafe`), keeping stray descriptors from being inherited (`close_range`,
 //! which neither wraps), and joining a new session keyring (`keyctl`, which
-//! neither wraps). The seccomp filter is installed through `seccompiler`'s
+//! neither wraps; also asked an unknown operation, to tell a seccomp filter
+//! refusing it from the kernel). The seccomp filter is installed through `seccompiler`'s
 //! safe `apply_filter`. Everything unsafe in the sandbox lives here, each
 //! block with the reason it is sound — the tests' probes of what a step may
 //! call too; this module must not grow a call that a safe wrapper covers.
@@ -135,6 +136,21 @@ pub(super) fn join_new_session_keyring() -> io::Result<()> {
             return Ok(());
         }
         return Err(e);
+    }
+    Ok(())
+}
+
+/// An operation number `keyctl` does not have.
+const KEYCTL_UNKNOWN_OPERATION: libc::c_long = 0x7fff_ffff;
+
+/// `keyctl` with an operation the kernel does not know: it answers
+/// EOPNOTSUPP, so EPERM means a seccomp filter refuses every `keyctl`.
+pub(super) fn keyctl_unknown_operation() -> io::Result<()> {
+    // SAFETY: the kernel rejects an unknown operation before looking at any
+    // other argument; no memory of ours is read or written.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_UNKNOWN_OPERATION) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -237,6 +237,17 @@ fn probe_inside_a_step() {
                     println!("probe {name}={}", errno_text(probe::call(call)));
                 }
             }
+            "refusal" => {
+                use crate::refusal::{SetupCall, refused_by_seccomp};
+                for (name, call) in [
+                    ("unshare", SetupCall::Unshare),
+                    ("mount", SetupCall::Mount),
+                    ("umount2", SetupCall::Umount2),
+                    ("keyctl", SetupCall::Keyctl),
+                ] {
+                    println!("probe refused_{name}={}", refused_by_seccomp(call));
+                }
+            }
             "keyring" => match probe::call(Call::SessionKeyring) {
                 Ok(id) => println!("probe session_keyring={id}"),
                 Err(e) => println!("probe session_keyring=errno {e}"),
@@ -990,6 +1001,25 @@ fn builder_in_a_terminal() {
             println!("typed into the terminal: nothing")
         }
         Err(e) => panic!("reading the terminal: {e}"),
+    }
+}
+
+#[test]
+fn under_a_seccomp_filter_the_setup_blames_it_for_the_calls_it_refuses() {
+    // A step runs under the sandbox's own filter, which refuses these
+    // calls whatever their arguments, as a container runtime's default
+    // profile refuses them to the builder.
+    let f = Fixture::with_probe();
+    let out = f.run_probe("refusal");
+    out.assert_success();
+    let results = probe_results(&out.stdout);
+    for call in ["unshare", "mount", "umount2", "keyctl"] {
+        assert_eq!(
+            results.get(&format!("refused_{call}")).map(String::as_str),
+            Some("true"),
+            "{call}: {}",
+            out.stdout
+        );
     }
 }
 
