@@ -105,6 +105,7 @@ impl Client {
 
     /// Pulls into a temporary file beside `output`, renamed into place only
     /// once every byte is verified: a failed pull leaves no partial file.
+    /// An `output` that is a device or a pipe is written in order instead.
     /// Windows are written at their offsets as soon as they are verified,
     /// in any order, by the threads that decoded them.
     /// The file is not fsynced (as `zstd -d`, curl or tar do not): the cache
@@ -130,6 +131,15 @@ impl Client {
         output: &Path,
         progress: &Progress,
     ) -> Result<PullReport, ClientError> {
+        // A device or a pipe (`-o /dev/null`, a FIFO) is written in place,
+        // as a stream: a temporary file renamed over it would replace it.
+        if std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(output)
+                .map_err(|e| ClientError::io(format!("cannot write {}", output.display()), e))?;
+            return Ok(self.pull(digest, out, progress).await?.0);
+        }
         let dir = match output.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

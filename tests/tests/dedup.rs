@@ -179,3 +179,59 @@ async fn re_pushing_a_known_file_reuses_its_manifest_and_agrees_with_streaming()
     assert_eq!(after.digest, digest);
     server.stop().await;
 }
+
+/// The file paths of a push: new data (whose first block the server lacks:
+/// no whole-object pass), the same file again (found whole), and the file
+/// with its middle changed once the first is verified (a whole-object miss:
+/// the SHA-256 is computed from the cut blocks). Each reports the true
+/// SHA-256, sends only what is new, and pulls back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_pushes_of_new_known_and_changed_data_report_true_sha256s() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("layer.tar");
+    let push = |data: &[u8]| {
+        std::fs::write(&path, data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let client = &client;
+        async move { client.push_file(file, "x", &Progress::new()).await.unwrap() }
+    };
+
+    let data = layer_like_bytes(24 << 20, 5);
+    let first = push(&data).await;
+    assert_eq!(first.sha256, <[u8; 32]>::from(sha2::Sha256::digest(&data)));
+    assert!(first.sent_bytes > 0);
+    server.store.wait_for_verification().await;
+
+    let again = push(&data).await;
+    assert_eq!((again.digest, again.sent_bytes), (first.digest, 0));
+
+    let mut changed = data.clone();
+    let middle = changed.len() / 2;
+    changed[middle..middle + (1 << 20)].copy_from_slice(&random_bytes(1 << 20, 6));
+    let third = push(&changed).await;
+    assert_eq!(
+        third.sha256,
+        <[u8; 32]>::from(sha2::Sha256::digest(&changed))
+    );
+    assert!(
+        third.sent_bytes >= 1 << 20 && third.sent_bytes < 4 << 20,
+        "{third:?}"
+    );
+    assert_eq!(
+        client.get_manifest(&third.digest).await.unwrap().sha256(),
+        &third.sha256
+    );
+    assert!(client.pull_to_vec(&third.digest).await.unwrap() == changed);
+
+    // A file shorter than one block, and an empty one.
+    for small in [layer_like_bytes(100_000, 8), Vec::new()] {
+        let r = push(&small).await;
+        assert_eq!(r.sha256, <[u8; 32]>::from(sha2::Sha256::digest(&small)));
+        assert!(client.pull_to_vec(&r.digest).await.unwrap() == small);
+    }
+    server.stop().await;
+}

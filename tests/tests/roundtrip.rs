@@ -137,3 +137,47 @@ async fn every_push_reports_the_objects_sha256() {
         assert_eq!(pushed.sha256, expected);
     }
 }
+
+/// `strata pull -o /dev/null` used to rename its temporary file over the
+/// device. A pipe stands in for it here (a test must not risk /dev/null):
+/// the bytes arrive through it in order, and it is still a pipe after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_to_a_pipe_writes_through_it_and_leaves_it_a_pipe() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let data = layer_like_bytes(3 << 20, 4);
+    let digest = client
+        .push(Cursor::new(data.clone()), "x", &Progress::new())
+        .await
+        .unwrap()
+        .digest;
+    let work = tempfile::tempdir().unwrap();
+    let fifo = work.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            std::fs::File::open(fifo)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        })
+    };
+    let report = client
+        .pull_to_file(&digest, &fifo, &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(report.total_bytes, data.len() as u64);
+    assert!(reader.join().unwrap() == data);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    server.stop().await;
+}

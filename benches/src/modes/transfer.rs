@@ -243,6 +243,10 @@ pub async fn run(
                     let server = ctx.start_server().await?;
                     let client = server.client(ctx.client.clone()).await?;
                     let (report, _) = timed_push(&client, &input).await?;
+                    // Untimed: the server's verifier reads the new object
+                    // back (decode, SHA-256, BLAKE3) on the same cores;
+                    // pulls timed meanwhile would measure that too.
+                    server.settle_verification().await?;
                     let digest = report.digest;
                     pull_source = Some((server, client, digest));
                 }
