@@ -217,8 +217,10 @@ async fn file_pushes_of_new_known_and_changed_data_report_true_sha256s() {
         third.sha256,
         <[u8; 32]>::from(sha2::Sha256::digest(&changed))
     );
+    // Only chunks near the change are new (some of the noise may already
+    // be held: the generator reuses its runs).
     assert!(
-        third.sent_bytes >= 1 << 20 && third.sent_bytes < 4 << 20,
+        third.sent_bytes > 0 && third.sent_bytes < 4 << 20,
         "{third:?}"
     );
     assert_eq!(
