@@ -29,8 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::whole_object::{self, Lookup};
-use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress, within};
+use crate::{Chunker, Client, ClientError, CutBatch, HashedChunk, Progress, whole_object, within};
 use std::time::Duration;
 
 /// What one push did.
@@ -101,15 +100,13 @@ impl Client {
         self.push_with(reader, None, media_type, progress).await
     }
 
-    /// Pushes a regular file. Unless its first block already has chunks
-    /// the server lacks (new data), the whole file is first BLAKE3-hashed on
+    /// Pushes a regular file. First the whole file is BLAKE3-hashed on
     /// every core and the server asked once for a verified object with that
     /// hash (`FindObject`): an unchanged file is then pushed without being
-    /// chunked at all. Otherwise it is pushed as a stream is, its SHA-256
-    /// computed from the blocks as they are cut. Only against an older
-    /// server without `FindObject` is the SHA-256 left to a second,
-    /// positional reader started when needed: when the file's chunks
-    /// already form a stored object, the known SHA-256 is reused.
+    /// chunked at all. Otherwise it is pushed as a stream is, except that
+    /// its SHA-256 is computed by a second, positional reader, and only when
+    /// needed: when the file's chunks already form a stored object, the
+    /// known SHA-256 is reused.
     ///
     /// A push the server breaks off (it restarts, the connection drops) is
     /// started again, up to [`ClientConfig::retries`](crate::ClientConfig)
@@ -138,22 +135,14 @@ impl Client {
         media_type: &str,
         progress: &Progress,
     ) -> Result<PushReport, ClientError> {
-        match self.look_up_file(&file, media_type, progress).await? {
-            FileLookup::Known(report) => Ok(report),
-            // Not stored as a whole: the SHA-256 will be needed, so it is
-            // computed from the blocks as they are cut, from the start —
-            // no second read of the file, and it overlaps the cutting.
-            FileLookup::New => self.push_with(file, None, media_type, progress).await,
-            // An older server: the chunk list may still match a stored
-            // object, whose SHA-256 is then reused (`find_known`).
-            FileLookup::Unanswered => {
-                let second = file
-                    .try_clone()
-                    .map_err(|e| ClientError::io("reopening the input", e))?;
-                self.push_with(file, Some(Arc::new(second)), media_type, progress)
-                    .await
-            }
+        if let Some(report) = self.push_known_file(&file, media_type, progress).await? {
+            return Ok(report);
         }
+        let second = file
+            .try_clone()
+            .map_err(|e| ClientError::io("reopening the input", e))?;
+        self.push_with(file, Some(Arc::new(second)), media_type, progress)
+            .await
     }
 
     async fn push_with<R: Read + Send + 'static>(
@@ -302,41 +291,21 @@ impl Client {
 }
 
 impl Client {
-    /// Whether the server holds `file` already as a verified object, found
-    /// by its whole-object BLAKE3 (then the report of its push).
-    ///
-    /// The whole-object pass costs a read and a BLAKE3 of every byte, wasted
-    /// when the lookup misses, so it is skipped when a miss is certain: the
-    /// first block is cut and hashed first (a few milliseconds), and if the
-    /// server lacks any of its chunks it cannot hold the object — it finds
-    /// an object only when it holds every chunk of it. New data then goes
-    /// straight to the pipeline.
-    async fn look_up_file(
+    /// The report of a push of `file` if the server holds it already as a
+    /// verified object, found by its whole-object BLAKE3; `None` to push it.
+    async fn push_known_file(
         &self,
         file: &std::fs::File,
         media_type: &str,
         progress: &Progress,
-    ) -> Result<FileLookup, ClientError> {
+    ) -> Result<Option<PushReport>, ClientError> {
         let metadata = file
             .metadata()
             .map_err(|e| ClientError::io("reading the input's metadata", e))?;
         if !metadata.is_file() {
-            // No positional reads: pushed as a stream is.
-            return Ok(FileLookup::New);
+            return Ok(None);
         }
         let len = metadata.len();
-        let probed = file
-            .try_clone()
-            .map_err(|e| ClientError::io("reopening the input", e))?;
-        let chunking = self.config.chunking;
-        let head = tokio::task::spawn_blocking(move || first_chunks(&probed, len, chunking))
-            .await
-            .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?
-            .map_err(|e| ClientError::io("reading the input", e))?;
-        let missing = find_missing(self.content.clone(), head, self.config.idle_timeout).await?;
-        if !missing.is_empty() {
-            return Ok(FileLookup::New);
-        }
         let hashed = file
             .try_clone()
             .map_err(|e| ClientError::io("reopening the input", e))?;
@@ -344,14 +313,12 @@ impl Client {
             .await
             .map_err(|e| ClientError::io("hashing", std::io::Error::other(e)))?
             .map_err(|e| ClientError::io("reading the input", e))?;
-        let known = match self.find_object(&object, len, media_type).await? {
-            Lookup::Found(known) => known,
-            Lookup::Missed => return Ok(FileLookup::New),
-            Lookup::Unanswered => return Ok(FileLookup::Unanswered),
+        let Some(known) = self.find_object(&object, len, media_type).await? else {
+            return Ok(None);
         };
         progress.advance(len);
         let chunks = known.manifest.chunks().len() as u64;
-        Ok(FileLookup::Known(PushReport {
+        Ok(Some(PushReport {
             digest: known.digest,
             sha256: *known.manifest.sha256(),
             total_bytes: len,
@@ -393,36 +360,6 @@ impl Client {
             && found.digest == digest.to_vec();
         Ok(same.then_some((digest, *manifest.sha256())))
     }
-}
-
-/// What the server knows of a file before it is pushed.
-enum FileLookup {
-    /// A verified object with the same bytes: its push is this report.
-    Known(PushReport),
-    /// No stored object has these bytes.
-    New,
-    /// The server cannot look objects up whole (an older one).
-    Unanswered,
-}
-
-/// The chunks of the first block of `file` (its first `len` bytes) that
-/// are chunks of the whole file: those a [`Chunker`] over the whole file
-/// yields first, whatever follows the block.
-fn first_chunks(
-    file: &std::fs::File,
-    len: u64,
-    chunking: crate::ChunkerConfig,
-) -> std::io::Result<Vec<HashedChunk>> {
-    use std::os::unix::fs::FileExt;
-    let mut block = vec![0u8; len.min(crate::BLOCK_BYTES as u64) as usize];
-    file.read_exact_at(&mut block, 0)?;
-    // A block of exactly `BLOCK_BYTES` is not taken as the end of the
-    // input: its last, block-cut chunk is carried, hence left out here.
-    let mut chunker = Chunker::new(&block[..], chunking);
-    Ok(chunker
-        .next_batch()?
-        .map(|batch| batch.chunks)
-        .unwrap_or_default())
 }
 
 /// A SHA-256 and the number of bytes it covers.

@@ -120,16 +120,6 @@ pub struct KnownObject {
     pub manifest: Manifest,
 }
 
-/// What a whole-object lookup answered.
-pub(crate) enum Lookup {
-    /// The server holds a verified object with these bytes.
-    Found(KnownObject),
-    /// It holds none.
-    Missed,
-    /// It cannot say: an older server, without `FindObject`.
-    Unanswered,
-}
-
 impl Client {
     /// The verified manifest of the object of `total_length` bytes whose
     /// whole BLAKE3 is `object`, pushed as `media_type`, if the server holds
@@ -139,7 +129,7 @@ impl Client {
         object: &Digest,
         total_length: u64,
         media_type: &str,
-    ) -> Result<Lookup, ClientError> {
+    ) -> Result<Option<KnownObject>, ClientError> {
         let request = FindObjectRequest {
             blake3: object.to_vec(),
             media_type: media_type.to_owned(),
@@ -164,27 +154,25 @@ impl Client {
             media_type: media_type.to_owned(),
             sha256: sha256.to_vec(),
         };
-        match self.find_whole_object(request, total_length).await? {
-            Lookup::Found(known) if known.manifest.sha256() == sha256 => Ok(Some(known)),
-            _ => Ok(None),
-        }
+        let found = self.find_whole_object(request, total_length).await?;
+        Ok(found.filter(|known| known.manifest.sha256() == sha256))
     }
 
     async fn find_whole_object(
         &self,
         request: FindObjectRequest,
         total_length: u64,
-    ) -> Result<Lookup, ClientError> {
+    ) -> Result<Option<KnownObject>, ClientError> {
         let media_type = request.media_type.clone();
         let mut manifests = self.manifests.clone();
         let find = manifests.find_object(request);
         let found = match within(self.config.idle_timeout, "find object", find).await? {
             Ok(found) => found.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(Lookup::Unanswered),
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
             Err(s) => return Err(ClientError::from_status("find object", s)),
         };
         let Some(wire) = found.manifest else {
-            return Ok(Lookup::Missed);
+            return Ok(None);
         };
         let manifest = Manifest::from_wire(wire)
             .map_err(|e| ClientError::Integrity(format!("found object manifest: {e}")))?;
@@ -196,9 +184,9 @@ impl Client {
         }
         // Not the object asked for: a miss, whatever the server meant.
         if manifest.total_length() != total_length || manifest.media_type() != media_type {
-            return Ok(Lookup::Missed);
+            return Ok(None);
         }
-        Ok(Lookup::Found(KnownObject { digest, manifest }))
+        Ok(Some(KnownObject { digest, manifest }))
     }
 }
 
