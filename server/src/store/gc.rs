@@ -174,8 +174,6 @@ impl Inventory {
     /// it reads was leased by the request that changed it, and [`apply`]
     /// re-checks leases.
     pub fn load(shared: &Shared) -> Result<Inventory, StoreError> {
-        let uses = shared.uses.all()?;
-        let last_use = |kind, name: &[u8]| uses.get(&use_key(kind, name)).copied().unwrap_or(0);
         let mut inv = Inventory {
             index_bytes: shared.db.size_on_disk()?,
             ..Inventory::default()
@@ -212,7 +210,7 @@ impl Inventory {
                     chunks: manifest.chunks().iter().map(|c| c.digest).collect(),
                     record_bytes: (HEADER_LEN + value.len()) as u64,
                     logical_bytes: manifest.total_length(),
-                    last_use: last_use(UseKind::Object, digest.as_bytes()),
+                    last_use: 0,
                     refers_to,
                 },
             );
@@ -228,7 +226,7 @@ impl Inventory {
             inv.steps.push(StepInfo {
                 layer,
                 record_bytes: (HEADER_LEN + value.len()) as u64,
-                last_use: last_use(UseKind::Step, key.as_bytes()),
+                last_use: 0,
                 key,
             });
         }
@@ -239,10 +237,25 @@ impl Inventory {
             };
             inv.tags.push(TagInfo {
                 record_bytes: (HEADER_LEN + value.len()) as u64,
-                last_use: last_use(UseKind::Tag, &key),
+                last_use: 0,
                 key: key.to_vec(),
                 target: tag.target,
             });
+        }
+        // Read last: a use time is written before its name is indexed, so
+        // everything read above has its time in this read. (Read first, a
+        // name indexed in between would have none and look least recently
+        // used of all: a just-acknowledged push, evicted first.)
+        let uses = shared.uses.all()?;
+        let last_use = |kind, name: &[u8]| uses.get(&use_key(kind, name)).copied().unwrap_or(0);
+        for (digest, o) in &mut inv.objects {
+            o.last_use = last_use(UseKind::Object, digest.as_bytes());
+        }
+        for s in &mut inv.steps {
+            s.last_use = last_use(UseKind::Step, s.key.as_bytes());
+        }
+        for t in &mut inv.tags {
+            t.last_use = last_use(UseKind::Tag, &t.key);
         }
         Ok(inv)
     }
@@ -1127,6 +1140,47 @@ mod tests {
 
         async fn settle(store: &Store) {
             store.wait_for_verification().await;
+        }
+
+        /// An inventory read while objects are stored never sees one
+        /// without its use time: such an object would look least recently
+        /// used of all and be the first evicted, just after its push was
+        /// acknowledged (the step result naming it next would then be
+        /// refused for a missing layer).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn an_inventory_never_sees_an_object_without_its_use_time() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path(), false);
+            // Many chunks, so each inventory spends a while on the chunk
+            // tree before it reads the manifests.
+            for n in 0..8u8 {
+                put_chunks(
+                    &store,
+                    &[bytes_of(n), bytes_of(n.wrapping_add(100))].concat(),
+                )
+                .await;
+            }
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reader = {
+                let store = store.clone();
+                let done = done.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut loads = 0u32;
+                    while !done.load(Ordering::Acquire) || loads == 0 {
+                        let inv = Inventory::load(store.shared()).unwrap();
+                        for (digest, o) in &inv.objects {
+                            assert_ne!(o.last_use, 0, "object {digest} has no use time");
+                        }
+                        loads += 1;
+                    }
+                    loads
+                })
+            };
+            for n in 0..200u32 {
+                put_object(&store, &n.to_le_bytes().repeat(64)).await;
+            }
+            done.store(true, Ordering::Release);
+            assert!(reader.await.unwrap() > 1);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,8 +333,9 @@ struct Shared {
     /// a collection removed between its check and its commit.
     collections: AtomicU64,
     /// While a collection round runs (from before its inventory until its
-    /// plan is applied): every chunk a manifest committed meanwhile names,
-    /// and every object a step result or tag committed meanwhile names.
+    /// plan is applied): every object committed meanwhile and every chunk
+    /// it names, and every object a step result or tag committed
+    /// meanwhile names.
     /// The inventory may have missed those names; the plan must not take
     /// what they need (see `gc::apply`). `None` between rounds.
     named_during_round: std::sync::Mutex<Option<HashSet<Digest>>>,

@@ -492,6 +492,7 @@ impl Writer {
             .as_mut()
         {
             during.extend(named);
+            during.extend(new_manifest_digests.iter().copied());
             for digest in &new_manifest_digests {
                 if let Some(bytes) = shared.manifests.get(index::digest_key(digest))?
                     && let Ok(m) = strata_proto::Manifest::decode(&bytes)
