@@ -134,8 +134,10 @@ impl fmt::Display for Distrust {
             Distrust::BadSignature {
                 claimed: Some(k),
                 why,
-            } => write!(f, "claims signer {k}, but {why}"),
-            Distrust::BadSignature { claimed: None, why } => write!(f, "{why}"),
+            } => write!(f, "forged or damaged: it names signer {k}, but {why}"),
+            Distrust::BadSignature { claimed: None, why } => {
+                write!(f, "forged or damaged: {why}")
+            }
         }
     }
 }

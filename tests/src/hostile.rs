@@ -1,6 +1,6 @@
-//! A hostile server: the real services over a real store, with the chunk and
-//! manifest answers tampered with on purpose, so tests can prove the client
-//! trusts nothing it downloads.
+//! A hostile server: the real services over a real store, with the chunk,
+//! manifest, step-result and tag answers tampered with on purpose, so tests
+//! can prove the client trusts nothing it downloads.
 //!
 //! Each [`Tamper`] is one lie a broken or malicious server could tell. The
 //! server starts honest (pushes through it store real data); a test then
@@ -23,13 +23,15 @@ use strata_client::{Client, ClientConfig};
 use strata_proto::v1::admin_server::AdminServer;
 use strata_proto::v1::content_store_server::{ContentStore, ContentStoreServer};
 use strata_proto::v1::manifest_store_server::{ManifestStore, ManifestStoreServer};
-use strata_proto::v1::step_cache_server::StepCacheServer;
-use strata_proto::v1::tags_server::TagsServer;
+use strata_proto::v1::step_cache_server::{StepCache, StepCacheServer};
+use strata_proto::v1::tags_server::{Tags, TagsServer};
 use strata_proto::v1::{
     self, Chunk, FindManifestRequest, FindManifestResponse, FindMissingRequest,
     FindMissingResponse, FindObjectRequest, GetChunksRequest, GetChunksResponse,
-    GetManifestRequest, GetManifestResponse, PutChunksRequest, PutChunksResponse,
-    PutManifestRequest, PutManifestResponse, StatManifestRequest, StatManifestResponse,
+    GetManifestRequest, GetManifestResponse, GetTagRequest, GetTagResponse, LookupStepsRequest,
+    LookupStepsResponse, PutChunksRequest, PutChunksResponse, PutManifestRequest,
+    PutManifestResponse, RecordStepRequest, RecordStepResponse, SetTagRequest, SetTagResponse,
+    StatManifestRequest, StatManifestResponse,
 };
 use strata_proto::{Codec, Digest, Manifest, with_thread_decoder};
 use strata_server::service::{
@@ -43,8 +45,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// One lie the server tells. Chunk lies apply to every `GetChunks` answer,
-/// manifest lies to every `GetManifest` answer, until the next
-/// [`HostileServer::set_tamper`].
+/// manifest lies to every `GetManifest` answer, step-result lies to every
+/// result a `LookupSteps` answer carries and tag lies to every `GetTag`
+/// answer, until the next [`HostileServer::set_tamper`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tamper {
     /// Serve the truth.
@@ -90,6 +93,29 @@ pub enum Tamper {
     /// manifest, keeps it in memory and serves it back on `GetManifest`,
     /// though its chunks were never stored.
     ClaimEverything,
+    /// Flip one bit of each step result's signature, signer kept.
+    FlipStepSignature,
+    /// Point each step result at this layer, its signature kept.
+    StepLayer(Digest),
+    /// Say each step result was recorded without a network sandbox
+    /// (`network: host`), its signature kept.
+    StepProvenance,
+    /// Answer every step key with the true, signed result recorded under
+    /// this other key.
+    StepOfKey(Digest),
+    /// Send each step result with its signer and signature removed.
+    UnsignStep,
+    /// Answer one step key fewer than asked.
+    DropStepHit,
+    /// Flip one bit of the tag's signature, signer kept.
+    FlipTagSignature,
+    /// Point the tag at this object, its signature kept.
+    TagTarget(Digest),
+    /// Move the tag's time forward by a day, its signature kept (a rollback
+    /// dressed up as the newest change).
+    TagTime,
+    /// Answer every tag name with the true, signed tag of this other name.
+    TagOfName(String),
 }
 
 /// What the services share with the test.
@@ -121,9 +147,9 @@ impl Shared {
     }
 }
 
-/// The real store served on loopback behind lying `ContentStore` and
-/// `ManifestStore` services; `StepCache`, `Tags` and `Admin` are the real
-/// ones.
+/// The real store served on loopback behind lying `ContentStore`,
+/// `ManifestStore`, `StepCache` and `Tags` services; `Admin` is the real
+/// one.
 pub struct HostileServer {
     pub url: String,
     pub store: Store,
@@ -174,11 +200,14 @@ impl HostileServer {
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
             )
-            .add_service(StepCacheServer::new(StepCacheService::new(
-                store.clone(),
-                config.clone(),
-            )))
-            .add_service(TagsServer::new(TagsService::new(store.clone())))
+            .add_service(StepCacheServer::new(HostileSteps {
+                real: StepCacheService::new(store.clone(), config.clone()),
+                shared: shared.clone(),
+            }))
+            .add_service(TagsServer::new(HostileTags {
+                real: TagsService::new(store.clone()),
+                shared: shared.clone(),
+            }))
             .add_service(AdminServer::new(AdminService::new(store.clone())));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -479,5 +508,134 @@ impl ManifestStore for HostileManifests {
         request: Request<StatManifestRequest>,
     ) -> Result<Response<StatManifestResponse>, Status> {
         self.real.stat_manifest(request).await
+    }
+}
+
+struct HostileSteps {
+    real: StepCacheService,
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl StepCache for HostileSteps {
+    async fn lookup_steps(
+        &self,
+        request: Request<LookupStepsRequest>,
+    ) -> Result<Response<LookupStepsResponse>, Status> {
+        let tamper = self.shared.tamper();
+        let request = match &tamper {
+            Tamper::StepOfKey(other) => {
+                let asked = request.into_inner();
+                Request::new(LookupStepsRequest {
+                    keys: vec![other.to_vec(); asked.keys.len()],
+                    trusted_signers: asked.trusted_signers,
+                })
+            }
+            _ => request,
+        };
+        let mut answer = self.real.lookup_steps(request).await?.into_inner();
+        let mut falsified = false;
+        if tamper == Tamper::DropStepHit {
+            falsified = answer.hits.pop().is_some();
+        }
+        for result in answer.hits.iter_mut().filter_map(|h| h.result.as_mut()) {
+            falsified |= match &tamper {
+                Tamper::FlipStepSignature => flip_last_bit(&mut result.signature),
+                Tamper::StepLayer(layer) => {
+                    result.layer = layer.to_vec();
+                    true
+                }
+                Tamper::StepProvenance => match result.provenance.as_mut() {
+                    Some(p) => {
+                        p.network = "host".into();
+                        p.hermetic = false;
+                        true
+                    }
+                    None => false,
+                },
+                Tamper::StepOfKey(_) => true,
+                Tamper::UnsignStep => {
+                    result.signer.clear();
+                    result.signature.clear();
+                    true
+                }
+                _ => false,
+            };
+        }
+        if falsified {
+            self.shared.count();
+        }
+        Ok(Response::new(answer))
+    }
+
+    async fn record_step(
+        &self,
+        request: Request<RecordStepRequest>,
+    ) -> Result<Response<RecordStepResponse>, Status> {
+        self.real.record_step(request).await
+    }
+}
+
+struct HostileTags {
+    real: TagsService,
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Tags for HostileTags {
+    async fn set_tag(
+        &self,
+        request: Request<SetTagRequest>,
+    ) -> Result<Response<SetTagResponse>, Status> {
+        self.real.set_tag(request).await
+    }
+
+    async fn get_tag(
+        &self,
+        request: Request<GetTagRequest>,
+    ) -> Result<Response<GetTagResponse>, Status> {
+        let tamper = self.shared.tamper();
+        let request = match &tamper {
+            Tamper::TagOfName(other) => {
+                let asked = request.into_inner();
+                Request::new(GetTagRequest {
+                    name: other.clone(),
+                    trusted_signers: asked.trusted_signers,
+                })
+            }
+            _ => request,
+        };
+        let mut answer = self.real.get_tag(request).await?.into_inner();
+        let Some(tag) = answer.tag.as_mut() else {
+            return Ok(Response::new(answer));
+        };
+        let falsified = match &tamper {
+            Tamper::FlipTagSignature => flip_last_bit(&mut tag.signature),
+            Tamper::TagTarget(target) => {
+                tag.digest = target.to_vec();
+                true
+            }
+            Tamper::TagTime => {
+                tag.set_unix_ms += 86_400_000;
+                true
+            }
+            Tamper::TagOfName(_) => true,
+            _ => false,
+        };
+        if falsified {
+            self.shared.count();
+        }
+        Ok(Response::new(answer))
+    }
+}
+
+/// Flips the last bit of `bytes`; whether there was one.
+fn flip_last_bit(bytes: &mut [u8]) -> bool {
+    match bytes.last_mut() {
+        Some(b) => {
+            *b ^= 0x01;
+            true
+        }
+        None => false,
     }
 }

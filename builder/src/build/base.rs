@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_client::{Client, TagLookup};
+use strata_client::{Client, Distrust, TagLookup};
 use strata_dockerfile::{BaseImage, StageRef};
 use strata_proto::Digest;
 
@@ -203,10 +203,15 @@ pub(crate) async fn resolve_image(
                             } => BuildError::Step {
                                 file,
                                 line,
-                                message: format!(
-                                    "{message} (the cache has a tag {name}, but it is {why}; \
-                                     `strata trust add` its signer to use it)"
-                                ),
+                                message: match why {
+                                    Distrust::NotTrusted(_) => format!(
+                                        "{message} (the cache has a tag {name}, but it is \
+                                         {why}; `strata trust add` its signer to use it)"
+                                    ),
+                                    Distrust::BadSignature { .. } => format!(
+                                        "{message} (the cache has a tag {name}, but it is {why})"
+                                    ),
+                                },
                             },
                             other => other,
                         });
