@@ -1,7 +1,9 @@
 //! The builder in a container, under exactly the security settings of
 //! `deploy/k8s/builder-job.yaml` (read from it), with the seccomp profile
 //! shipped beside it, in a Docker daemon of the test's own: a RUN step
-//! runs in its sandbox and the image holds what it wrote. Under Docker's
+//! runs in its sandbox, the image holds what it wrote, and the step's
+//! provenance says the step could reach no keyring (the runtime's profile
+//! refuses `keyctl` to the builder and so to every step). Under Docker's
 //! default seccomp profile, or with the runtime's /proc masks, the build
 //! fails with one line that names the cause and points to
 //! `deploy/k8s/README.md`.
@@ -22,9 +24,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use strata_proto::Digest;
+use strata_server::{Store, StoreConfig};
 use strata_tests::builds::{context, umoci_unpack};
 use strata_tests::dockerd::Dockerd;
-use strata_tests::strata_bin;
+use strata_tests::{strata_bin, test_key_file, test_trust};
 
 /// The settings under test, as shipped.
 const JOB: &str = concat!(
@@ -59,16 +63,29 @@ fn the_builder_runs_a_step_under_the_deploy_settings_and_says_what_a_default_con
     let unmasked_proc = UNMASKED_PROC.map(String::from);
 
     let deployed = [&security[..], &unmasked_proc, &seccomp].concat();
-    let (out, built) = build_in_container(&daemon, ctx.path(), &deployed);
+    let (out, built) = build_in_container(&daemon, ctx.path(), &deployed, &["--json"]);
     assert!(
         out.status.success(),
         "the build failed under the deploy settings: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run_key: Digest = report["steps"][1]["key"].as_str().unwrap().parse().unwrap();
+    let store = Store::open(&built.tmp.path().join("cache"), StoreConfig::default()).unwrap();
+    let signer = test_trust().trusted()[0];
+    let recorded = store.lookup_steps(&[run_key], &[signer]).unwrap();
+    let result = recorded[0].as_ref().expect("the RUN step's result");
+    assert_eq!(result.signer(), Some(signer));
+    let sandbox = &result.provenance.sandbox;
+    assert!(
+        sandbox.starts_with("no-terminal keyring-unreachable no-new-privs "),
+        "{sandbox}"
+    );
+    drop(store);
     let rootfs = umoci_unpack(
-        &built.path().join("image"),
+        &built.out.path().join("image"),
         "latest",
-        &built.path().join("bundle"),
+        &built.out.path().join("bundle"),
     );
     assert_eq!(
         std::fs::read_to_string(rootfs.join("built.txt")).unwrap(),
@@ -77,7 +94,7 @@ fn the_builder_runs_a_step_under_the_deploy_settings_and_says_what_a_default_con
 
     // Docker's own default profile (RuntimeDefault); the rest as deployed.
     let default_profile = [&security[..], &unmasked_proc].concat();
-    let (out, _) = build_in_container(&daemon, ctx.path(), &default_profile);
+    let (out, _) = build_in_container(&daemon, ctx.path(), &default_profile, &[]);
     let line = the_one_line_pointing_to_the_doc(&out);
     assert!(
         line.starts_with("strata: error: ")
@@ -88,7 +105,7 @@ fn the_builder_runs_a_step_under_the_deploy_settings_and_says_what_a_default_con
 
     // The profile, but /proc as the runtime masks it (procMount: Default).
     let masked_proc = [&security[..], &seccomp].concat();
-    let (out, _) = build_in_container(&daemon, ctx.path(), &masked_proc);
+    let (out, _) = build_in_container(&daemon, ctx.path(), &masked_proc, &[]);
     let line = the_one_line_pointing_to_the_doc(&out);
     assert!(
         line.starts_with("strata: error: ")
@@ -217,17 +234,41 @@ fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `strata build` of `ctx` in a container with `options`, no network, the
-/// context read-only, and fresh directories for `/tmp` (the Job's emptyDir,
-/// holding the embedded store too) and the output; returns the output
-/// directory with the OCI layout `image` in it.
+/// Where the Job's builder finds its signing key: the `STRATA_SIGNING_KEY`
+/// value in the manifest.
+fn job_signing_key_path(job: &str) -> String {
+    let mut lines = job.lines().map(str::trim);
+    lines
+        .by_ref()
+        .find(|l| *l == "- name: STRATA_SIGNING_KEY")
+        .expect("the Job sets STRATA_SIGNING_KEY");
+    lines
+        .next()
+        .and_then(|l| l.strip_prefix("value: "))
+        .expect("STRATA_SIGNING_KEY has a value on the next line")
+        .to_owned()
+}
+
+/// The directories a build in a container wrote to.
+struct Built {
+    /// The container's `/tmp`: the embedded store is in `cache`.
+    tmp: tempfile::TempDir,
+    /// The container's `/out`: the OCI layout is in `image`.
+    out: tempfile::TempDir,
+}
+
+/// `strata build [extra]` of `ctx` in a container with `options`, no
+/// network, the context read-only, and fresh directories for `/tmp` (the
+/// Job's emptyDir, holding the embedded store too) and the output.
 fn build_in_container(
     daemon: &Dockerd,
     ctx: &Path,
     options: &[String],
-) -> (Output, tempfile::TempDir) {
+    extra: &[&str],
+) -> (Output, Built) {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
+    let key_path = job_signing_key_path(&std::fs::read_to_string(JOB).unwrap());
     let mount =
         |host: &Path, inside: &str, mode: &str| format!("{}:{inside}:{mode}", host.display());
     let out = daemon
@@ -238,12 +279,16 @@ fn build_in_container(
         .args(["-v", &mount(tmp.path(), "/tmp", "rw")])
         .args(["-v", &mount(out_dir.path(), "/out", "rw")])
         .args(["-e", "TMPDIR=/tmp", "-e", "STRATA_CACHE_DIR=/tmp/cache"])
+        // The fleet's key, mounted where the Job mounts its secret.
+        .args(["-v", &mount(&test_key_file(), &key_path, "ro")])
+        .args(["-e", &format!("STRATA_SIGNING_KEY={key_path}")])
         .arg(IMAGE)
         .args(["/usr/local/bin/strata", "build", "--memory", "3g"])
+        .args(extra)
         .args(["--output", "oci:/out/image:latest", "/context"])
         .output()
         .unwrap();
-    (out, out_dir)
+    (out, Built { tmp, out: out_dir })
 }
 
 /// The failed build's stderr has exactly one line naming `DEPLOY_DOC`, and

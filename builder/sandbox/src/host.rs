@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use super::idmap::IdMapping;
 use super::limits::StepCgroup;
+use super::refusal::{self, SetupCall};
 use super::wire::{CommandExit, Message, WireError};
 use super::{
-    AppliedLimits, Confinement, ExitKind, Job, LimitExceeded, REEXEC_ARG, RootfsSpec, RunOutcome,
-    RunSpec, SECCOMP_PROFILE, SandboxError, SetupError, Stream,
+    AppliedLimits, Confinement, ExitKind, Job, KeyringConfinement, LimitExceeded, REEXEC_ARG,
+    RootfsSpec, RunOutcome, RunSpec, SECCOMP_PROFILE, SandboxError, SetupError, Stream,
 };
 
 /// Output chunks in flight between the pipe readers and the caller's
@@ -110,12 +111,26 @@ pub(super) fn run_with(
         // Stage 2 refuses to exec the command without each of these.
         confinement: Confinement {
             no_terminal: true,
-            fresh_keyring: true,
+            keyring: keyring_confinement(),
             no_new_privs: true,
             seccomp: SECCOMP_PROFILE,
             limits: report.limits,
         },
         limit_exceeded: report.exceeded,
+    })
+}
+
+/// How stage 2 kept the step from the builder's keyring: a seccomp filter
+/// above the builder is inherited by every step, so whether it refuses
+/// `keyctl` is the builder's to find out, once (the probe changes nothing).
+fn keyring_confinement() -> KeyringConfinement {
+    static FOUND: OnceLock<KeyringConfinement> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        if refusal::refused_by_seccomp(SetupCall::Keyctl) {
+            KeyringConfinement::Unreachable
+        } else {
+            KeyringConfinement::Fresh
+        }
     })
 }
 

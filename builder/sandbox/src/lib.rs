@@ -298,17 +298,36 @@ pub struct Confinement {
     /// The step ran in a session of its own, without a controlling terminal
     /// and without `/dev/tty`.
     pub no_terminal: bool,
-    /// The step got a fresh anonymous session keyring, not the builder's
-    /// (or, where a seccomp filter above the builder refuses `keyctl`, as
-    /// in a container, it reaches no keyring at all: it inherits that
-    /// filter).
-    pub fresh_keyring: bool,
+    /// How the step was kept from the builder's session keyring.
+    pub keyring: KeyringConfinement,
     /// `PR_SET_NO_NEW_PRIVS` was set.
     pub no_new_privs: bool,
     /// Name and version of the seccomp filter ([`SECCOMP_PROFILE`]).
     pub seccomp: &'static str,
     /// The limits in force and how they were enforced.
     pub limits: AppliedLimits,
+}
+
+/// How a step was kept from the builder's session keyring (its tokens and
+/// credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringConfinement {
+    /// It got a fresh anonymous session keyring of its own.
+    Fresh,
+    /// A seccomp filter above the builder (a container runtime's default
+    /// profile) refuses `keyctl`: the step inherits that filter, which
+    /// nothing can lift, and reaches no keyring at all.
+    Unreachable,
+}
+
+impl KeyringConfinement {
+    /// As provenance records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyringConfinement::Fresh => "fresh-keyring",
+            KeyringConfinement::Unreachable => "keyring-unreachable",
+        }
+    }
 }
 
 /// Why a step could not be run (as opposed to: it ran and failed, which is an

@@ -131,7 +131,7 @@ fn confinement_text(c: &sandbox::Confinement) -> String {
     format!(
         "{} {} {} seccomp={} limits={} memory={} pids={} cpu-millis={}",
         flag(c.no_terminal, "no-terminal"),
-        flag(c.fresh_keyring, "fresh-keyring"),
+        c.keyring.as_str(),
         flag(c.no_new_privs, "no-new-privs"),
         c.seccomp,
         c.limits.mechanism.as_str(),
