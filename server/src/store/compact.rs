@@ -92,6 +92,7 @@ impl Writer {
             .segments
             .remove(id)
             .map_err(|e| StoreError::io(format!("removing compacted segment {id}"), e))?;
+        shared.forget_segment(id);
         // The old segment's watermark stays: should a power cut bring the
         // file back, recovery does not read its stale records again.
         sub(&shared.counters.segment_bytes, bytes_before);

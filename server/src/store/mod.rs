@@ -45,7 +45,7 @@ mod usage;
 mod verify;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -343,6 +343,9 @@ struct Shared {
     leases: Leases,
     /// Last-use times (`atimes` tree), advisory: a rebuild keeps them.
     uses: UseTimes,
+    /// How much of each segment a power cut now is certain to leave: what
+    /// was synced (see [`Store::synced_segment_lengths`]).
+    synced: std::sync::Mutex<BTreeMap<u32, u64>>,
 }
 
 /// A handle to an open store; cheap to clone.
@@ -479,6 +482,7 @@ impl Store {
             counters: Counters::default(),
             collections: AtomicU64::new(0),
             named_during_round: std::sync::Mutex::new(None),
+            synced: std::sync::Mutex::new(BTreeMap::new()),
             config,
         });
 
@@ -494,7 +498,18 @@ impl Store {
             }
             shared.clear_index()?;
         }
+        // Under `Always`, what is on disk is synced before recovery indexes
+        // any of it: a process that synced nothing (`Never`, or a crash
+        // before its sync) may have left records in the page cache, and a
+        // power cut must not take bytes the index names.
+        if shared.config.fsync == FsyncPolicy::Always {
+            shared
+                .segments
+                .sync_all()
+                .map_err(|e| StoreError::io("syncing the segments", e))?;
+        }
         let report = shared.recover()?;
+        shared.note_synced_at_open()?;
         if rebuild {
             gc::drop_dangling(&shared)?;
         }
@@ -844,6 +859,20 @@ impl Store {
             digest: *digest,
             detail: e.to_string(),
         })
+    }
+
+    /// How much of each segment (by id) a power cut now is certain to
+    /// leave: the length last synced, and a segment whose creation was
+    /// synced, at 0. Under [`FsyncPolicy::Always`] it covers every
+    /// acknowledged write; under `Never` only the files' names. Bytes past
+    /// it may survive a power cut, partly or not at all. For power-loss
+    /// tests, which cut the files back to it.
+    pub fn synced_segment_lengths(&self) -> BTreeMap<u32, u64> {
+        self.shared()
+            .synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The manifest whose content key is `key`, if a verified one is held.
@@ -1251,6 +1280,55 @@ impl Shared {
             &u64::from(index::SCHEMA_VERSION).to_le_bytes(),
         )?;
         Ok(())
+    }
+
+    /// What is synced once recovery is done: under [`FsyncPolicy::Always`]
+    /// every segment whole (synced before recovery, and a torn tail's cut
+    /// is synced too); under `Never`, only their names.
+    fn note_synced_at_open(&self) -> Result<(), StoreError> {
+        let mut synced = BTreeMap::new();
+        for id in self
+            .segments
+            .list()
+            .map_err(|e| StoreError::io("listing segments", e))?
+        {
+            let len = match self.config.fsync {
+                FsyncPolicy::Always => std::fs::metadata(self.segments.path_of(id))
+                    .map_err(|e| StoreError::io(format!("segment {id}"), e))?
+                    .len(),
+                FsyncPolicy::Never => 0,
+            };
+            synced.insert(id, len);
+        }
+        *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = synced;
+        Ok(())
+    }
+
+    /// Segment `id` is synced up to `len` (its directory entry, at least,
+    /// with `len` 0).
+    fn note_synced(&self, id: u32, len: u64) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, len);
+    }
+
+    /// Segment `id` was opened for appending: its name, at least, is
+    /// synced (at creation, or at open under `Always`).
+    fn note_opened(&self, id: u32) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_insert(0);
+    }
+
+    /// Segment `id` is gone, durably.
+    fn forget_segment(&self, id: u32) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     /// Indexes every segment from its watermark to its end, stepping over

@@ -133,15 +133,40 @@ impl Segments {
     }
 
     /// Opens (creating if needed) segment `id` for appending by the writer.
+    /// A segment it creates has its directory entry synced before it is
+    /// written to: a synced record in a file a power cut forgot would be
+    /// lost all the same.
     pub fn open_for_append(&self, id: u32) -> io::Result<(File, u64)> {
-        let file = OpenOptions::new()
+        let path = self.path_of(id);
+        let created = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.path_of(id))?;
+            .create_new(true)
+            .open(&path);
+        let file = match created {
+            Ok(file) => {
+                self.sync_dir()?;
+                file
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                OpenOptions::new().read(true).write(true).open(&path)?
+            }
+            Err(e) => return Err(e),
+        };
         let len = file.metadata()?.len();
         Ok((file, len))
+    }
+
+    /// Syncs every segment and the directory.
+    pub fn sync_all(&self) -> io::Result<()> {
+        for id in self.list()? {
+            File::open(self.path_of(id))?.sync_all()?;
+        }
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
     }
 
     fn reader(&self, id: u32) -> io::Result<Arc<File>> {
@@ -284,7 +309,7 @@ impl Segments {
     /// that already hold its handle finish their reads.
     pub fn remove(&self, id: u32) -> io::Result<()> {
         std::fs::remove_file(self.path_of(id))?;
-        File::open(&self.dir)?.sync_all()?;
+        self.sync_dir()?;
         self.readers
             .write()
             .unwrap_or_else(|e| e.into_inner())

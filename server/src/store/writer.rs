@@ -547,6 +547,9 @@ impl Writer {
             ));
         }
         self.len += self.buf.len() as u64;
+        if self.shared.config.fsync == FsyncPolicy::Always {
+            self.shared.note_synced(self.segment, self.len);
+        }
         self.shared
             .counters
             .segment_bytes
@@ -614,13 +617,17 @@ impl Writer {
     }
 }
 
+/// Opens segment `id` for appending. One it creates is synced into its
+/// directory: a power cut leaves it, empty.
 fn open(shared: &Shared, id: u32) -> Result<(File, u64), StoreError> {
-    shared.segments.open_for_append(id).map_err(|e| {
+    let opened = shared.segments.open_for_append(id).map_err(|e| {
         StoreError::io(
             format!("opening segment {}", shared.segments.path_of(id).display()),
             e,
         )
-    })
+    })?;
+    shared.note_opened(id);
+    Ok(opened)
 }
 
 /// Counts one more divergent step result, durably (a refused result leaves
