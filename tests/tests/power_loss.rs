@@ -280,7 +280,7 @@ async fn a_torn_write_at_every_offset_of_the_last_record_is_cut_kept_aside_and_t
     store.put_chunks(vec![verified(&last)]).await.unwrap();
     drop(store);
     let whole = std::fs::read(&segment).unwrap();
-    assert_eq!(segment_files(dir.path()), [segment.clone()]);
+    assert_eq!(segment_files(dir.path()), std::slice::from_ref(&segment));
     let record_len = whole.len() as u64 - record_at;
     assert!(record_len > 52, "a header and a payload");
 
