@@ -437,28 +437,73 @@ fn exit_codes_propagate() {
     assert!(!f.run("false").outcome.exit.success());
 }
 
+/// The interface [`with_something_to_hide`] adds.
+const HIDDEN_INTERFACE: &str = "strata-hide0";
+
+/// Runs `f` on a thread of its own in a new network namespace that holds,
+/// besides `lo`, a bridge named [`HIDDEN_INTERFACE`] (up): something for the
+/// sandbox to hide on any host, even one with only `lo`. A namespace is per
+/// thread, and a sandbox started from that thread starts in it.
+fn with_something_to_hide<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("a network namespace for the test (needs root)");
+                for args in [
+                    &["link", "add", HIDDEN_INTERFACE, "type", "bridge"][..],
+                    &["link", "set", HIDDEN_INTERFACE, "up"],
+                ] {
+                    let out = Command::new("ip").args(args).output().expect(
+                        "this test needs `ip`: apt-get install iproute2 (scripts/test installs it)",
+                    );
+                    assert!(
+                        out.status.success(),
+                        "ip {args:?}: {} (the kernel needs bridge support)",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// The interfaces of the calling thread's network namespace.
+fn this_threads_interfaces() -> BTreeSet<String> {
+    // Not /proc/net: that is the main thread's.
+    interface_names(&fs::read_to_string("/proc/thread-self/net/dev").unwrap())
+}
+
 #[test]
 fn only_lo_exists_and_it_is_up() {
-    let f = Fixture::new();
-    let out = f.run("cat /proc/net/dev; echo ---; ip link; echo ---; ping -c1 -W1 127.0.0.1 >/dev/null && echo ping-ok");
-    out.assert_success();
-    let (dev, rest) = out.stdout.split_once("---").unwrap();
-    assert_eq!(interface_names(dev), BTreeSet::from(["lo".to_owned()]));
-    let (links, ping) = rest.split_once("---").unwrap();
-    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
-    assert_eq!(links.matches(": <").count(), 1, "{links}");
-    assert_eq!(ping.trim(), "ping-ok", "{}", out.stderr);
+    with_something_to_hide(|| {
+        assert!(this_threads_interfaces().contains(HIDDEN_INTERFACE));
+        let f = Fixture::new();
+        let out = f.run("cat /proc/net/dev; echo ---; ip link; echo ---; ping -c1 -W1 127.0.0.1 >/dev/null && echo ping-ok");
+        out.assert_success();
+        let (dev, rest) = out.stdout.split_once("---").unwrap();
+        assert_eq!(interface_names(dev), BTreeSet::from(["lo".to_owned()]));
+        let (links, ping) = rest.split_once("---").unwrap();
+        assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+        assert_eq!(links.matches(": <").count(), 1, "{links}");
+        assert_eq!(ping.trim(), "ping-ok", "{}", out.stderr);
+    });
 }
 
 #[test]
 fn the_host_network_shows_the_hosts_interfaces() {
-    let f = Fixture::new();
-    let mut spec = f.spec("cat /proc/net/dev");
-    spec.network = Network::Host;
-    let out = f.run_spec(&spec).unwrap();
-    out.assert_success();
-    let host = interface_names(&fs::read_to_string("/proc/net/dev").unwrap());
-    assert_eq!(interface_names(&out.stdout), host);
+    with_something_to_hide(|| {
+        let f = Fixture::new();
+        let mut spec = f.spec("cat /proc/net/dev");
+        spec.network = Network::Host;
+        let out = f.run_spec(&spec).unwrap();
+        out.assert_success();
+        let host = this_threads_interfaces();
+        assert!(host.contains(HIDDEN_INTERFACE), "{host:?}");
+        assert_eq!(interface_names(&out.stdout), host);
+    });
 }
 
 #[test]
