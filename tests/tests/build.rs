@@ -617,6 +617,50 @@ WORKDIR /home/user/work
 /// BuildKit's platform ARGs have values: in `FROM` lines as they are, and
 /// in a stage once declared with a bare `ARG`.
 #[test]
+fn from_platform_naming_the_host_changes_nothing_and_another_is_refused_at_its_line() {
+    let plain = "FROM scratch AS build\nCOPY data.txt /data.txt\nFROM scratch\nCOPY --from=build /data.txt /d\n";
+    let ctx = context(plain);
+    let cache = tempfile::tempdir().unwrap();
+    let without = build_json(cache.path(), ctx.path(), &[]);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM scratch AS build\nCOPY data.txt /data.txt\n\
+         FROM --platform=${TARGETPLATFORM} scratch\nCOPY --from=build /data.txt /d\n",
+    )
+    .unwrap();
+    // The same steps, the same keys: every step is a hit. (The image's
+    // time follows the Dockerfile's mtime here, so its digest moves.)
+    let with = build_json(cache.path(), ctx.path(), &[]);
+    assert_eq!(statuses(&with), ["cached", "cached"]);
+    let keys = |r: &serde_json::Value| {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&with), keys(&without));
+
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY data.txt /data.txt\nFROM --platform=linux/s390x scratch\n",
+    )
+    .unwrap();
+    for extra in [&[][..], &["--dry-run"]] {
+        let out = build(cache.path(), ctx.path(), extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(
+                "Dockerfile:3: FROM --platform=linux/s390x: Strata builds for the host platform"
+            ),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn platform_args_are_set_as_buildkit_sets_them() {
     need("umoci", "umoci");
     let ctx = context(

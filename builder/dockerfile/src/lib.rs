@@ -132,6 +132,8 @@ pub struct FromInstruction {
     pub image: String,
     /// The `AS name`, lower-cased.
     pub stage_name: Option<String>,
+    /// `--platform=...`, unexpanded; see [`Dockerfile::base_platform`].
+    pub platform: Option<String>,
 }
 
 /// What a `FROM` resolves to once expanded.
@@ -217,6 +219,27 @@ impl Dockerfile {
             return Ok(BaseImage::Stage(stage));
         }
         parse_base_image(&reference).map_err(|message| self.error(from.line, message))
+    }
+
+    /// Stage `index`'s `FROM --platform`, expanded in `scope` (where the
+    /// platform ARGs, `$BUILDPLATFORM` and kin, are defined).
+    pub fn base_platform(
+        &self,
+        index: usize,
+        scope: &dyn Scope,
+    ) -> Result<Option<String>, ParseError> {
+        let from = &self.stages[index].from;
+        from.platform
+            .as_deref()
+            .map(|p| {
+                expand(p, self.escape, scope).map_err(|e| {
+                    self.error(
+                        from.line,
+                        format!("FROM: cannot expand --platform={p}: {e}"),
+                    )
+                })
+            })
+            .transpose()
     }
 
     /// The stage a `COPY --from` in stage `index` names: an earlier stage's
@@ -329,7 +352,11 @@ impl Assembler<'_> {
         let (keyword, args) = parser::split_line(text)?;
         self.check_order(keyword)?;
         match parser::parse_instruction(keyword, args, self.escape)? {
-            Parsed::From { image, stage_name } => {
+            Parsed::From {
+                image,
+                stage_name,
+                platform,
+            } => {
                 let names_a_stage = self.stages.iter().any(|s| {
                     s.from.stage_name.as_deref() == Some(image.to_ascii_lowercase().as_str())
                 });
@@ -353,6 +380,7 @@ impl Assembler<'_> {
                         source_text: text.to_owned(),
                         image,
                         stage_name,
+                        platform,
                     },
                     steps: Vec::new(),
                 });

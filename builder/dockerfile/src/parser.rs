@@ -112,6 +112,7 @@ impl Keyword {
     /// The flags this instruction accepts (names without `--`).
     fn allowed_flags(self) -> &'static [&'static str] {
         match self {
+            Keyword::From => &["platform"],
             Keyword::Run => &["network"],
             Keyword::Copy => &["chown", "chmod", "from", "link"],
             Keyword::Add => &["chown", "chmod", "checksum", "link"],
@@ -139,6 +140,8 @@ pub(crate) enum Parsed {
     From {
         image: String,
         stage_name: Option<String>,
+        /// `--platform=...`, unexpanded.
+        platform: Option<String>,
     },
     Instruction(Instruction),
 }
@@ -158,7 +161,7 @@ pub(crate) fn parse_instruction(
     let (flag_words, rest) = extract_flags(args);
     let flags = Flags::parse(keyword, &flag_words)?;
     let instruction = match keyword {
-        Keyword::From => return parse_from(rest),
+        Keyword::From => return parse_from(rest, flags.get("platform")),
         Keyword::Run => parse_run(&flags, rest, escape)?,
         Keyword::Copy => parse_copy(&flags, rest, escape)?,
         Keyword::Add => parse_add(&flags, rest, escape)?,
@@ -240,8 +243,15 @@ impl Flags {
 /// Docker flags we know and refuse on purpose, with the reason.
 fn unsupported_flag(keyword: Keyword, name: &str) -> Option<String> {
     match (keyword, name) {
-        (Keyword::From, "platform") => Some(
-            "FROM --platform is not supported: images are built for the host platform".to_owned(),
+        (Keyword::Run, "mount") => Some(
+            "RUN --mount (cache, bind, tmpfs, secret and ssh mounts) is not supported yet; \
+             copy what the step needs into the image instead"
+                .to_owned(),
+        ),
+        (Keyword::Run, "security") => Some(
+            "RUN --security is refused: a step never runs with more privilege than the sandbox \
+             gives it"
+                .to_owned(),
         ),
         _ => None,
     }
@@ -260,9 +270,10 @@ fn unknown_flag(keyword: Keyword, name: &str) -> String {
     }
 }
 
-/// `FROM image [AS name]`.
-fn parse_from(rest: &str) -> Result<Parsed, String> {
+/// `FROM [--platform=P] image [AS name]`.
+fn parse_from(rest: &str, platform: Option<&str>) -> Result<Parsed, String> {
     let words = split_whitespace(rest);
+    let platform = platform.map(str::to_owned);
     match words.as_slice() {
         [] => Err(
             "FROM: expected an image (scratch, oci:DIR[:TAG] or NAME[:TAG]), found nothing"
@@ -271,10 +282,12 @@ fn parse_from(rest: &str) -> Result<Parsed, String> {
         [image] => Ok(Parsed::From {
             image: image.clone(),
             stage_name: None,
+            platform,
         }),
         [image, as_word, name] if as_word.eq_ignore_ascii_case("as") => Ok(Parsed::From {
             image: image.clone(),
             stage_name: Some(stage_name(name)?),
+            platform,
         }),
         _ => Err(format!("FROM: expected `IMAGE [AS NAME]`, found `{rest}`")),
     }

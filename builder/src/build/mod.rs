@@ -248,6 +248,13 @@ pub async fn build(
             .iter()
             .map(|p| p.as_ref().map(StagePlan::final_key))
             .collect();
+        if let Some(platform) = df.base_platform(index, &globals)? {
+            let site = Site {
+                file: df.file_name.clone(),
+                line: df.stages[index].from.line,
+            };
+            check_platform(&platform).map_err(|message| site.error(message))?;
+        }
         let base = match df.base_image(index, &globals)? {
             BaseImage::Stage(StageRef(j)) => StageBase::Stage(j),
             image => {
@@ -582,6 +589,40 @@ async fn resolve_announced(
     Ok(base)
 }
 
+/// A `FROM --platform` is honoured when it names the platform Strata
+/// builds for, the host's (`$BUILDPLATFORM` and `$TARGETPLATFORM` always
+/// do); another is refused, since a step of it could only run emulated.
+fn check_platform(platform: &str) -> Result<(), String> {
+    let (os, arch) = crate::image::platform();
+    let mut parts = platform.split('/');
+    let (wanted_os, wanted_arch, variant) = (parts.next(), parts.next(), parts.next());
+    let arch_alias = |a: &str| match a {
+        "x86_64" | "x86-64" => "amd64".to_owned(),
+        "aarch64" => "arm64".to_owned(),
+        other => other.to_ascii_lowercase(),
+    };
+    let same_arch = wanted_arch.is_some_and(|a| arch_alias(a) == arch);
+    // amd64 has no variant but its v1 baseline; arm64's is v8.
+    let same_variant = match (arch, variant) {
+        (_, None) => true,
+        ("amd64", Some(v)) => v == "v1",
+        ("arm64", Some(v)) => v == "v8",
+        _ => false,
+    };
+    if wanted_os.is_some_and(|o| o.eq_ignore_ascii_case(os))
+        && same_arch
+        && same_variant
+        && parts.next().is_none()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "FROM --platform={platform}: Strata builds for the host platform, {os}/{arch}, \
+             and does not emulate another (--platform=$BUILDPLATFORM names it)"
+        ))
+    }
+}
+
 /// The images (not stages) stage `index`'s `COPY --from` steps name, with
 /// their lines, read with the global ARGs in scope (as stage references
 /// are; a name made by an ARG set inside the stage is refused when planned).
@@ -700,6 +741,43 @@ impl StepReport {
             downloaded_bytes: 0,
             snapshot_seconds: None,
             untrusted: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_platform;
+
+    #[test]
+    fn from_platform_is_honoured_for_the_host_and_refused_for_any_other() {
+        let (os, arch) = crate::image::platform();
+        for host in [
+            format!("{os}/{arch}"),
+            format!("{}/{}", os.to_uppercase(), arch),
+        ] {
+            assert_eq!(check_platform(&host), Ok(()), "{host}");
+        }
+        if arch == "amd64" {
+            for alias in ["linux/x86_64", "linux/amd64/v1"] {
+                assert_eq!(check_platform(alias), Ok(()), "{alias}");
+            }
+        }
+        for other in [
+            "linux/s390x",
+            "windows/amd64",
+            "linux",
+            "",
+            "linux/amd64/v3/x",
+            "linux/amd64/v3",
+        ] {
+            let err = check_platform(other).unwrap_err();
+            assert!(
+                err.starts_with(&format!(
+                    "FROM --platform={other}: Strata builds for the host"
+                )) && err.contains("$BUILDPLATFORM"),
+                "{err}"
+            );
         }
     }
 }
