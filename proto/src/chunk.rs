@@ -293,6 +293,26 @@ pub fn verify_chunk(expected: &Digest, raw: &[u8]) -> Result<(), ChunkError> {
 mod tests {
     use super::*;
 
+    /// The codec numbers are on the wire and in every on-disk record: a
+    /// change would make every stored chunk unreadable.
+    #[test]
+    fn codec_numbers_are_pinned_and_unknown_ones_refused() {
+        assert_eq!((Codec::Raw.to_wire(), Codec::Zstd.to_wire()), (0, 1));
+        assert_eq!((Codec::Raw.to_byte(), Codec::Zstd.to_byte()), (0, 1));
+        for codec in [Codec::Raw, Codec::Zstd] {
+            assert_eq!(Codec::from_wire(codec.to_wire()).unwrap(), codec);
+            assert_eq!(Codec::from_byte(codec.to_byte()).unwrap(), codec);
+        }
+        assert!(matches!(
+            Codec::from_wire(2),
+            Err(ChunkError::UnknownCodec(2))
+        ));
+        assert!(matches!(
+            Codec::from_byte(255),
+            Err(ChunkError::UnknownCodec(255))
+        ));
+    }
+
     #[test]
     fn compressible_chunk_round_trips_through_zstd() {
         let raw = b"strata ".repeat(1000);
