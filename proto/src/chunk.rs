@@ -313,6 +313,78 @@ mod tests {
         ));
     }
 
+    /// Incompressible bytes of `len`, the first `zeros` of them zero.
+    fn mostly_noise(len: usize, zeros: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i < zeros { 0 } else { x as u8 }
+            })
+            .collect()
+    }
+
+    /// zstd is kept only when it saves at least 1/32 of the bytes: a chunk
+    /// it shrinks by ~1% is stored raw (decoding it would cost more than the
+    /// bytes saved), one it shrinks by ~10% is stored compressed.
+    #[test]
+    fn zstd_is_kept_only_when_it_saves_a_thirty_second() {
+        let mut enc = ChunkEncoder::new(1).unwrap();
+        let len = 64 << 10;
+        let barely = mostly_noise(len, len / 100);
+        assert_eq!(enc.encode(&barely).0, Codec::Raw);
+        let worth_it = mostly_noise(len, len / 10);
+        let (codec, stored) = enc.encode(&worth_it);
+        assert_eq!(codec, Codec::Zstd);
+        assert!(stored.len() < len - len / 32);
+    }
+
+    /// The size limit is exact: a chunk of the largest size decodes, one a
+    /// byte larger is refused before its bytes are looked at.
+    #[test]
+    fn the_chunk_size_limit_is_exact() {
+        let mut dec = ChunkDecoder::new().unwrap();
+        let largest = vec![7u8; crate::MAX_CHUNK_BYTES as usize];
+        let digest = Digest::of(&largest);
+        let out = dec
+            .decode_verified(&digest, Codec::Raw, crate::MAX_CHUNK_BYTES, &largest)
+            .unwrap();
+        assert_eq!(out.len(), largest.len());
+        let err = dec
+            .decode_verified(&digest, Codec::Raw, crate::MAX_CHUNK_BYTES + 1, &largest)
+            .unwrap_err();
+        assert!(
+            matches!(err, ChunkError::TooLarge { length, limit, .. }
+                if length == crate::MAX_CHUNK_BYTES + 1 && limit == crate::MAX_CHUNK_BYTES),
+            "{err}"
+        );
+    }
+
+    /// The owned decode hands back the chunk's bytes, for both codecs, and
+    /// refuses bytes that are not the digest's.
+    #[test]
+    fn owned_decoding_round_trips_and_refuses_wrong_content() {
+        let mut enc = ChunkEncoder::new(1).unwrap();
+        let mut dec = ChunkDecoder::new().unwrap();
+        for raw in [b"strata ".repeat(1000), mostly_noise(5000, 0)] {
+            let digest = Digest::of(&raw);
+            let (codec, stored) = enc.encode(&raw);
+            let stored = bytes::Bytes::copy_from_slice(stored);
+            let out = dec
+                .decode_verified_owned(&digest, codec, raw.len() as u32, stored.clone())
+                .unwrap();
+            assert_eq!(&out[..], &raw[..], "{codec:?}");
+            let other = Digest::of(b"other");
+            assert!(
+                dec.decode_verified_owned(&other, codec, raw.len() as u32, stored)
+                    .is_err(),
+                "{codec:?}"
+            );
+        }
+    }
+
     #[test]
     fn compressible_chunk_round_trips_through_zstd() {
         let raw = b"strata ".repeat(1000);
