@@ -608,3 +608,59 @@ async fn a_full_disk_is_resource_exhausted_without_paths_and_writes_resume_once_
     server.stop().await;
     drop(tmpfs);
 }
+
+/// The index on a disk of its own, filled by something else: sled would
+/// fail for good at its first full write, so writes are refused before one
+/// reaches it, reads go on, and writes resume once space returns, with no
+/// restart. Opening a store whose index disk is full says so plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_index_disk_refuses_writes_until_space_returns_without_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let index_dir = data.path().join("index");
+    std::fs::create_dir_all(&index_dir).unwrap();
+    let tmpfs = Tmpfs::mount(&index_dir, "16m");
+    let server = TestServer::start(data.path()).await;
+    let client = server.client().await;
+    let kept = random_bytes(300_000, 30);
+    let report = client
+        .push(Cursor::new(kept.clone()), "kept", &Progress::new())
+        .await
+        .unwrap();
+    server.store.flush().unwrap();
+
+    let filler = tmpfs.dir.join("filler");
+    fill_disk(&filler);
+    for seed in 0..3u64 {
+        let big = random_bytes(1 << 20, 100 + seed);
+        let err = client
+            .push(Cursor::new(big), "big", &Progress::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("disk is full"), "{err}");
+        // Reads go on (and record no use time on the full disk).
+        assert!(client.pull_to_vec(&report.digest).await.unwrap() == kept);
+        server.store.flush().unwrap();
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    let big = random_bytes(1 << 20, 200);
+    let pushed = client
+        .push(Cursor::new(big.clone()), "big", &Progress::new())
+        .await
+        .expect("writes resume once space returns");
+    assert!(client.pull_to_vec(&pushed.digest).await.unwrap() == big);
+    assert!(client.pull_to_vec(&report.digest).await.unwrap() == kept);
+    drop(client);
+    server.stop().await;
+
+    fill_disk(&filler);
+    let err = strata_server::Store::open(data.path(), strata_server::StoreConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("opening the index at") && err.contains("its disk is full"),
+        "{err}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    drop(tmpfs);
+}

@@ -117,7 +117,7 @@ impl StoreError {
 }
 
 /// `ENOSPC` and `EDQUOT`.
-fn is_storage_full(e: &std::io::Error) -> bool {
+pub(super) fn is_storage_full(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded

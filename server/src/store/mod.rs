@@ -40,6 +40,7 @@ mod error;
 mod gc;
 mod index;
 mod record;
+mod room;
 mod segment;
 mod usage;
 mod verify;
@@ -65,6 +66,7 @@ pub use record::HEADER_LEN as RECORD_HEADER_LEN;
 use gc::Collector;
 use index::ChunkEntry;
 use record::RecordKind;
+use room::IndexRoom;
 use segment::{ReadError, Segments};
 use usage::{Leases, UseKind, UseTimes};
 use writer::{Job, PendingRecord, Writer};
@@ -346,6 +348,8 @@ struct Shared {
     /// How much of each segment a power cut now is certain to leave: what
     /// was synced (see [`Store::synced_segment_lengths`]).
     synced: std::sync::Mutex<BTreeMap<u32, u64>>,
+    /// Whether the index's filesystem has room for index writes.
+    index_room: Arc<IndexRoom>,
 }
 
 /// A handle to an open store; cheap to clone.
@@ -423,6 +427,16 @@ fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
             {
                 std::thread::sleep(Duration::from_millis(10));
             }
+            Err(sled::Error::Io(e)) if error::is_storage_full(&e) => {
+                return Err(StoreError::StorageFull {
+                    what: format!(
+                        "opening the index at {}: its disk is full; free some space there \
+                         and start again",
+                        path.display()
+                    ),
+                    source: e,
+                });
+            }
             result => return Ok(result?),
         }
     }
@@ -460,6 +474,7 @@ impl Store {
         }
         let segments = Segments::open(&dir.join("segments")).map_err(data_dir_err)?;
         let db = open_index(&dir.join("index"))?;
+        let index_room = Arc::new(IndexRoom::new(dir.join("index")));
         let shared = Arc::new(Shared {
             _lock: lock,
             chunks: db.open_tree("chunks")?,
@@ -475,7 +490,7 @@ impl Store {
             rotten: db.open_tree("rotten")?,
             meta: db.open_tree("meta")?,
             gc_figures: db.open_tree("gc")?,
-            uses: UseTimes::new(db.open_tree("atimes")?),
+            uses: UseTimes::new(db.open_tree("atimes")?, index_room.clone()),
             leases: Leases::new(config.lease),
             db,
             segments,
@@ -483,6 +498,7 @@ impl Store {
             collections: AtomicU64::new(0),
             named_during_round: std::sync::Mutex::new(None),
             synced: std::sync::Mutex::new(BTreeMap::new()),
+            index_room,
             config,
         });
 

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use strata_proto::Digest;
 
+use super::room::IndexRoom;
+
 /// How often one name's last-use time is written to the index at most.
 /// Eviction order only needs to be right to about this much.
 pub const TOUCH_INTERVAL_MS: u64 = 60_000;
@@ -157,15 +159,19 @@ pub fn now_ms() -> u64 {
 /// Coarse last-use times, written through to the `atimes` tree.
 pub struct UseTimes {
     tree: sled::Tree,
+    /// Use times are advisory: none is written while the index's disk is
+    /// short of room.
+    room: std::sync::Arc<IndexRoom>,
     /// The last time written per key: a touch within [`TOUCH_INTERVAL_MS`]
     /// of it writes nothing.
     written: Mutex<HashMap<Vec<u8>, u64>>,
 }
 
 impl UseTimes {
-    pub fn new(tree: sled::Tree) -> Self {
+    pub fn new(tree: sled::Tree, room: std::sync::Arc<IndexRoom>) -> Self {
         UseTimes {
             tree,
+            room,
             written: Mutex::new(HashMap::new()),
         }
     }
@@ -199,6 +205,9 @@ impl UseTimes {
                 written.clear();
             }
             written.insert(key.clone(), now);
+        }
+        if !self.room.has_room() {
+            return;
         }
         if let Err(e) = self.tree.insert(key, &now.to_le_bytes()) {
             tracing::warn!(error = %e, "could not record a last-use time");

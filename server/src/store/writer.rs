@@ -254,7 +254,14 @@ impl Writer {
             return;
         }
         let (records, replies): (Vec<_>, Vec<_>) = puts.into_iter().unzip();
-        match self.commit(records) {
+        // Refused before a byte is written: a full disk must never reach
+        // the index (see `room.rs`).
+        let committed = self
+            .shared
+            .index_room
+            .check()
+            .and_then(|()| self.commit(records));
+        match committed {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
