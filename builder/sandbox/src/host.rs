@@ -88,7 +88,12 @@ pub(super) fn run_with(
         LimitsBy::CgroupIfPossible => StepCgroup::create(&spec.limits),
         LimitsBy::Rlimits => None,
     };
-    let report = execute(job, helper, spec.timeout, &mut out, cgroup)?;
+    let report = execute(job, helper, spec.timeout, &mut out, cgroup);
+    // Stage 1 is gone and its mount namespace, with the overlay, too.
+    if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
+        super::tree::open_overlay_work(work);
+    }
+    let report = report?;
     let oom_killed = matches!(report.exceeded, Some(LimitExceeded::Memory { .. }));
     let exit = match (report.timed_out, report.setup_error, report.exit) {
         (Some(limit), _, _) => ExitKind::TimedOut(limit),
@@ -186,14 +191,9 @@ pub fn probe_overlay(
     }
 }
 
-/// overlayfs leaves `work/work` with mode 000; open it up so a non-root
-/// owner can delete it. Best effort: a leftover probe dir is harmless.
+/// Best effort: a leftover probe dir is harmless.
 fn remove_probe_dir(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let work = super::tree::overlay_work_dir(dir);
-    for sub in ["work", "index"] {
-        let _ = std::fs::set_permissions(work.join(sub), std::fs::Permissions::from_mode(0o700));
-    }
+    super::tree::open_overlay_work(&super::tree::overlay_work_dir(dir));
     let _ = std::fs::remove_dir_all(dir);
 }
 

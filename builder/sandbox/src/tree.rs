@@ -305,6 +305,17 @@ pub(super) fn overlay_work_dir(dir: &Path) -> PathBuf {
     dir.join("rw").join("work")
 }
 
+/// overlayfs leaves `work/work` (and `work/index`) in its work directory
+/// with mode 000. Root deletes them anyway; a non-root builder cannot list
+/// them, so without this every build's scratch directory outlives it.
+/// Opens them to their owner; call it once the overlay is unmounted. Best
+/// effort: a directory overlayfs did not make is skipped.
+pub(super) fn open_overlay_work(work: &Path) {
+    for sub in ["work", "index"] {
+        let _ = fs::set_permissions(work.join(sub), fs::Permissions::from_mode(0o700));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
