@@ -360,6 +360,15 @@ mod tests {
                 if length == crate::MAX_CHUNK_BYTES + 1 && limit == crate::MAX_CHUNK_BYTES),
             "{err}"
         );
+        // The same limit for decoding into the caller's buffer.
+        let mut out = vec![0u8; largest.len()];
+        dec.decode_verified_into(&digest, Codec::Raw, &largest, &mut out)
+            .unwrap();
+        let mut over = vec![0u8; largest.len() + 1];
+        let err = dec
+            .decode_verified_into(&digest, Codec::Raw, &largest, &mut over)
+            .unwrap_err();
+        assert!(matches!(err, ChunkError::TooLarge { .. }), "{err}");
     }
 
     /// The owned decode hands back the chunk's bytes, for both codecs, and

@@ -290,6 +290,24 @@ mod tests {
         Manifest::new(chunks, total, [7; 32], "application/octet-stream".into()).unwrap()
     }
 
+    /// What a manifest was made with is what it answers, and what it
+    /// answers after a round trip through its encoding and the wire.
+    #[test]
+    fn a_manifest_answers_what_it_was_made_with() {
+        let m = sample(&[10, 20]);
+        let check = |m: &Manifest| {
+            assert_eq!(m.total_length(), 30);
+            assert_eq!(m.sha256(), &[7; 32]);
+            assert_eq!(m.media_type(), "application/octet-stream");
+            let lengths: Vec<u32> = m.chunks().iter().map(|c| c.length).collect();
+            assert_eq!(lengths, [10, 20]);
+            assert_eq!(m.chunks()[0].digest, Digest::of(&10u32.to_le_bytes()));
+        };
+        check(&m);
+        check(&Manifest::decode(&m.encode()).unwrap());
+        check(&Manifest::from_wire(m.to_wire()).unwrap());
+    }
+
     #[test]
     fn lengths_that_do_not_add_up_are_refused() {
         let mut wire = sample(&[10, 20]).to_wire();

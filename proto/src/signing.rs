@@ -256,6 +256,21 @@ mod tests {
         SigningKey::from_seed(&[byte; SEED_BYTES]).unwrap()
     }
 
+    /// Unsigned means both fields empty; one of them alone is a malformed
+    /// seal, named as such.
+    #[test]
+    fn a_seal_with_one_field_missing_is_malformed_not_unsigned() {
+        assert_eq!(Seal::from_wire(&[], &[]), Err(SignatureError::Unsigned));
+        assert_eq!(
+            Seal::from_wire(&[], &[9; SIGNATURE_BYTES]),
+            Err(SignatureError::BadKeyLength(0))
+        );
+        assert_eq!(
+            Seal::from_wire(key(1).public_key().as_bytes(), &[]),
+            Err(SignatureError::BadSignatureLength(0))
+        );
+    }
+
     #[test]
     fn a_known_seed_gives_the_rfc_8032_public_key_and_signature() {
         // RFC 8032, section 7.1, TEST 1 (the empty message).

@@ -221,6 +221,40 @@ mod tests {
     }
 
     #[test]
+    fn the_signer_is_the_one_who_signed_and_none_before() {
+        let signer = SigningKey::from_seed(&[4; 32]).unwrap();
+        let mut r = result(None, "x");
+        assert_eq!(r.signer(), None);
+        r.sign(&Digest::of(b"step"), &signer);
+        assert_eq!(r.signer(), Some(signer.public_key()));
+    }
+
+    /// The size limit is exact: a result of the largest size decodes, one
+    /// a byte larger is refused.
+    #[test]
+    fn the_step_result_size_limit_is_exact() {
+        let mut wire = result(None, "x").to_wire();
+        // The config's length prefix grows with it: settle on a size that
+        // lands exactly on the limit.
+        let mut pad = MAX_STEP_RESULT_BYTES;
+        loop {
+            wire.config = vec![b'x'; pad];
+            let size = wire.encoded_len();
+            if size == MAX_STEP_RESULT_BYTES {
+                break;
+            }
+            pad = pad + MAX_STEP_RESULT_BYTES - size;
+        }
+        assert!(StepResult::from_wire(wire.clone()).is_ok());
+        wire.config.push(b'x');
+        assert!(matches!(
+            StepResult::from_wire(wire),
+            Err(StepError::TooLarge { size, limit })
+                if size == MAX_STEP_RESULT_BYTES + 1 && limit == MAX_STEP_RESULT_BYTES
+        ));
+    }
+
+    #[test]
     fn a_seal_of_the_wrong_shape_is_refused_on_decode() {
         let mut wire = result(None, "x").to_wire();
         wire.signer = vec![1; 32];
