@@ -17,7 +17,8 @@
 //! - every append goes through one writer thread, which commits whatever is
 //!   queued as one group: one write, one sync, one index batch;
 //! - rot is an error, never data, and it repairs itself: a chunk found
-//!   rotten (on read or by [`Store::scrub`]) leaves the index — on the writer
+//!   rotten (on read, by [`Store::scrub`] or by the background scrub of
+//!   `scrub.rs`) leaves the index — on the writer
 //!   thread, like every other index change — so `FindMissing` reports it
 //!   and the next push of the same content stores it again, while reads of
 //!   it keep failing as corrupt until then;
