@@ -202,6 +202,58 @@ fn serve_refuses_a_taken_port_an_unusable_dir_and_a_locked_store() {
     server.stop();
 }
 
+/// `--scrub-interval` takes a duration with a unit or `off`, `--scrub-mbps`
+/// a whole number of MiB/s of at least 1; anything else is refused before
+/// the store is opened, naming the flag and what it takes.
+#[test]
+fn serve_takes_a_scrub_schedule_and_refuses_a_bad_one_clearly() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    for (flag, value, needle) in [
+        ("--scrub-interval", "24", "has no unit"),
+        ("--scrub-interval", "soon", "is not a duration"),
+        ("--scrub-interval", "2w", "unknown unit"),
+        ("--scrub-interval", "1.5h", "unknown unit"),
+        ("--scrub-mbps", "0", "use --scrub-interval off"),
+        ("--scrub-mbps", "fast", "a whole number of MiB/s"),
+        ("--scrub-mbps", "2.5", "a whole number of MiB/s"),
+    ] {
+        let out = strata(cache.path())
+            .args(["serve", "--listen", "127.0.0.1:0", flag, value, "--data"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(
+            stderr.contains(flag) && stderr.contains(needle),
+            "{flag} {value}: expected {needle:?} in: {stderr}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(data.path()).unwrap().next().is_none(),
+        "a refused flag must not touch the store"
+    );
+
+    let on = ServerProcess::start(
+        data.path(),
+        &["--scrub-interval", "10m", "--scrub-mbps", "8"],
+    );
+    assert!(on.log().contains("background scrub on"), "{}", on.log());
+    on.stop();
+    let off = ServerProcess::start(data.path(), &["--scrub-interval", "off"]);
+    assert!(!off.log().contains("background scrub on"), "{}", off.log());
+    off.stop();
+    // The default is on (a pass a day).
+    let default = ServerProcess::start(data.path(), &[]);
+    assert!(
+        default.log().contains("background scrub on"),
+        "{}",
+        default.log()
+    );
+    default.stop();
+}
+
 /// `--tag`, `--output` and `FROM` share one reference parser: a name Docker
 /// refuses is refused before anything runs, and `oci:DIR:TAG` splits at the
 /// first `:` everywhere.

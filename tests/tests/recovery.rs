@@ -7,8 +7,9 @@
 //! missing, and the store counts what it stepped over. Torn writes and holes
 //! past the index's watermark are handled the same way at an ordinary open.
 //!
-//! Repair: a chunk found rotten, on a pull or by a scrub, leaves the index,
-//! so `FindMissing` reports it and pushing the same file again heals it.
+//! Repair: a chunk found rotten, on a pull, by a scrub or by the background
+//! scrub, leaves the index, so `FindMissing` reports it and pushing the same
+//! file again heals it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -781,6 +782,80 @@ async fn a_chunk_found_rotten_by_scrub_is_reported_missing_and_healed_by_pushing
     assert_eq!(report.skipped_records, 1);
     assert!(client.pull_to_vec(&object).await.unwrap() == data);
     assert_eq!(rotten_and_chunks(server.store.stats()), (0, held));
+    drop(client);
+    server.stop().await;
+}
+
+/// Polls the store's figures until `done` holds; fails after a minute.
+async fn wait_for_stats(
+    store: &Store,
+    what: &str,
+    done: impl Fn(&StoreStats) -> bool,
+) -> StoreStats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let stats = store.stats();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {stats:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_found_rotten_by_the_background_scrub_is_reported_missing_and_healed_by_pushing_again()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let store = Store::open(
+        &data_dir,
+        StoreConfig {
+            scrub_interval: Some(std::time::Duration::from_millis(200)),
+            scrub_bytes_per_sec: 64 << 20,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let server = serve_store(store).await;
+    let client = server.client().await;
+    let data = random_bytes(2 << 20, 53);
+    let (object, chunks, _) = push_file(&server, &client, dir.path(), &data).await;
+    let held = server.store.stats().chunks;
+    let rotten = rot_one_chunk(&data_dir, &chunks);
+
+    // No one pulls or asks for a scrub: the background scrub finds it and
+    // drops it, so FindMissing reports it.
+    let stats = wait_for_stats(&server.store, "the background scrub to find the rot", |s| {
+        s.scrub_rotten_found >= 1
+    })
+    .await;
+    assert_eq!(stats.scrub_rotten_found, 1, "{stats:?}");
+    assert_eq!(find_missing(&server.url, &chunks).await, vec![rotten]);
+    assert_eq!(rotten_and_chunks(server.store.stats()), (1, held - 1));
+    assert_pull_is_integrity_error_naming(&client, &object, &rotten).await;
+
+    // An honest re-push sends that chunk, and only it; the object is whole.
+    let (again, _, stored) = push_file(&server, &client, dir.path(), &data).await;
+    assert_eq!((again, stored), (object, 1));
+    assert!(client.pull_to_vec(&object).await.unwrap() == data);
+    assert!(find_missing(&server.url, &chunks).await.is_empty());
+    assert_eq!(rotten_and_chunks(server.store.stats()), (0, held));
+
+    // Two more whole passes (the first may have begun before the heal):
+    // the healed copy is intact, and nothing else is found.
+    let passes = server.store.stats().scrub_passes;
+    let stats = wait_for_stats(&server.store, "two more passes", |s| {
+        s.scrub_passes >= passes + 2
+    })
+    .await;
+    assert_eq!(stats.scrub_rotten_found, 1, "{stats:?}");
+    assert!(stats.scrub_chunks_checked >= 2 * held, "{stats:?}");
+    assert!(stats.scrub_bytes_read > 0, "{stats:?}");
+    assert_eq!(rotten_and_chunks(stats), (0, held));
     drop(client);
     server.stop().await;
 }

@@ -51,6 +51,11 @@ impl Admin for AdminService {
             chunks_freed: s.chunks_freed,
             bytes_compacted: s.bytes_compacted,
             gc_rounds: s.gc_rounds,
+            scrub_passes: s.scrub_passes,
+            scrub_chunks_checked: s.scrub_chunks_checked,
+            scrub_rotten_found: s.scrub_rotten_found,
+            scrub_bytes_read: s.scrub_bytes_read,
+            scrub_last_pass_ms: s.scrub_last_pass_ms,
         }))
     }
 

@@ -17,7 +17,8 @@
 //! - every append goes through one writer thread, which commits whatever is
 //!   queued as one group: one write, one sync, one index batch;
 //! - rot is an error, never data, and it repairs itself: a chunk found
-//!   rotten (on read or by [`Store::scrub`]) leaves the index — on the writer
+//!   rotten (on read, by [`Store::scrub`] or by the background scrub of
+//!   `scrub.rs`) leaves the index — on the writer
 //!   thread, like every other index change — so `FindMissing` reports it
 //!   and the next push of the same content stores it again, while reads of
 //!   it keep failing as corrupt until then;
@@ -41,6 +42,7 @@ mod gc;
 mod index;
 mod record;
 mod room;
+mod scrub;
 mod segment;
 mod usage;
 mod verify;
@@ -62,11 +64,13 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::StoreError;
 pub use gc::{GcReport, MIN_MAX_BYTES};
 pub use record::HEADER_LEN as RECORD_HEADER_LEN;
+pub use scrub::{DEFAULT_SCRUB_BYTES_PER_SEC, DEFAULT_SCRUB_INTERVAL};
 
 use gc::Collector;
 use index::ChunkEntry;
 use record::RecordKind;
 use room::IndexRoom;
+use scrub::ChunkCheck;
 use segment::{ReadError, Segments};
 use usage::{Leases, UseKind, UseTimes};
 use writer::{Job, PendingRecord, Writer};
@@ -103,6 +107,16 @@ pub struct StoreConfig {
     /// collection: longer than any one push's pause between asking about a
     /// chunk (`FindMissing`) and naming it in a manifest.
     pub lease: Duration,
+    /// How often the background scrub starts a pass over every chunk
+    /// (reading and verifying it like [`Store::scrub`], dropping rotten ones
+    /// so a push heals them); `None` (or zero) turns it off. Off by default
+    /// here (an embedded, short-lived store has no use for it); `strata
+    /// serve` turns it on with [`DEFAULT_SCRUB_INTERVAL`]. See `scrub.rs`.
+    pub scrub_interval: Option<Duration>,
+    /// The most stored bytes (record headers and payloads) the background
+    /// scrub reads per second, so it never crowds out pulls; 0 leaves it
+    /// unpaced (tests only).
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for StoreConfig {
@@ -114,6 +128,8 @@ impl Default for StoreConfig {
             verify_manifests: true,
             max_bytes: None,
             lease: Duration::from_secs(300),
+            scrub_interval: None,
+            scrub_bytes_per_sec: DEFAULT_SCRUB_BYTES_PER_SEC,
         }
     }
 }
@@ -231,6 +247,18 @@ pub struct StoreStats {
     /// Bytes of segment files reclaimed by compaction.
     pub bytes_compacted: u64,
     pub gc_rounds: u64,
+    /// Background scrub figures since the store was opened (not kept
+    /// across restarts): passes completed over every chunk, chunks read
+    /// and verified, chunks it found rotten (and dropped from the index),
+    /// and stored bytes (record headers and payloads) it read.
+    pub scrub_passes: u64,
+    pub scrub_chunks_checked: u64,
+    pub scrub_rotten_found: u64,
+    pub scrub_bytes_read: u64,
+    /// How long the last completed pass took, in ms (the part run since
+    /// this open, when it resumed one a restart interrupted): at least its
+    /// bytes over the rate, by the pacing.
+    pub scrub_last_pass_ms: u64,
 }
 
 /// What recording a step result did.
@@ -293,6 +321,11 @@ struct Counters {
     manifests_unverified: AtomicU64,
     manifests_refuted: AtomicU64,
     index_bytes: AtomicU64,
+    scrub_passes: AtomicU64,
+    scrub_chunks_checked: AtomicU64,
+    scrub_rotten_found: AtomicU64,
+    scrub_bytes_read: AtomicU64,
+    scrub_last_pass_ms: AtomicU64,
 }
 
 /// State shared by the store handles and the writer thread.
@@ -326,6 +359,9 @@ struct Shared {
     /// Collection totals (see [`gc::FIGURE_KEYS`]); not derived from the
     /// segments, so a rebuild keeps them.
     gc_figures: sled::Tree,
+    /// The background scrub's place in its schedule (see `scrub.rs`):
+    /// advisory, kept across rebuilds, written by the scrub thread alone.
+    scrub_state: sled::Tree,
     segments: Segments,
     counters: Counters,
     /// Bumped (after the fact) by every collection that took an object or
@@ -366,6 +402,8 @@ impl std::fmt::Debug for Store {
 
 struct Inner {
     shared: Arc<Shared>,
+    /// Holds a sender to the writer (to drop rotten chunks): stopped first.
+    scrubber: Option<scrub::Scrubber>,
     /// Stopped before the writer: it sends the writer verdicts.
     verifier: Option<verify::Verifier>,
     writer_tx: Option<mpsc::Sender<Job>>,
@@ -377,8 +415,10 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The collector and the verifier hold senders to the writer: stop
-        // them first (a round under way finishes; the writer still runs).
+        // The scrubber, the collector and the verifier hold senders to the
+        // writer: stop them first (the scrubber between two chunks, a
+        // round under way finishes; the writer still runs).
+        self.scrubber.take();
         if let Some(c) = self.collector.take() {
             c.stop();
         }
@@ -490,6 +530,7 @@ impl Store {
             rotten: db.open_tree("rotten")?,
             meta: db.open_tree("meta")?,
             gc_figures: db.open_tree("gc")?,
+            scrub_state: db.open_tree("scrub")?,
             uses: UseTimes::new(db.open_tree("atimes")?, index_room.clone()),
             leases: Leases::new(config.lease),
             db,
@@ -561,8 +602,10 @@ impl Store {
             None
         };
         let collector = Collector::new(shared.clone(), tx.clone());
+        let scrubber = scrub::Scrubber::start(shared.clone(), tx.clone())?;
         let mut inner = Inner {
             shared,
+            scrubber,
             verifier,
             writer_tx: Some(tx),
             writer_thread: Some(thread),
@@ -627,6 +670,11 @@ impl Store {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// The writer's queue, for dropping rotten chunks; `None` once closing.
+    fn writer(&self) -> Option<&mpsc::Sender<Job>> {
+        self.inner.writer_tx.as_ref()
     }
 
     async fn submit<T>(
@@ -708,75 +756,10 @@ impl Store {
     pub fn read_chunk(&self, digest: &Digest) -> Result<StoredChunk, StoreError> {
         let shared = self.shared();
         match shared.chunks.get(index::digest_key(digest))? {
-            Some(entry) => self.read_current_chunk(digest, entry).map(|(_, c)| c),
+            Some(entry) => shared
+                .read_current_chunk(self.writer(), digest, entry)
+                .map(|(_, c)| c),
             None => Err(shared.missing_chunk_error(digest)?),
-        }
-    }
-
-    /// Reads the chunk index entry `entry` points at. Compaction may move
-    /// the chunk (and remove the file) between the index read and the
-    /// segment read, and collection may remove it: on a failed read, an
-    /// entry that changed meanwhile is read again where it points now
-    /// (returned with the chunk), and a removed one is missing.
-    fn read_current_chunk(
-        &self,
-        digest: &Digest,
-        mut entry: sled::IVec,
-    ) -> Result<(sled::IVec, StoredChunk), StoreError> {
-        let shared = self.shared();
-        loop {
-            match self.read_indexed_chunk(digest, &entry) {
-                Ok(chunk) => return Ok((entry, chunk)),
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    match shared.chunks.get(index::digest_key(digest))? {
-                        Some(now) if now != entry => entry = now,
-                        Some(_) => return Err(e),
-                        None => return Err(shared.missing_chunk_error(digest)?),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Reads the chunk the index entry `raw_entry` points at; drops it from
-    /// the index when the bytes there prove it rotten.
-    fn read_indexed_chunk(
-        &self,
-        digest: &Digest,
-        raw_entry: &[u8],
-    ) -> Result<StoredChunk, StoreError> {
-        match self.shared().read_chunk_at(digest, raw_entry) {
-            Ok(chunk) => Ok(chunk),
-            Err(ChunkReadError::Rotten(detail)) => {
-                let dropped = self.drop_rotten_chunk(digest, raw_entry);
-                Err(StoreError::Corrupt {
-                    what: "chunk",
-                    digest: *digest,
-                    detail: if dropped {
-                        format!("{detail}; dropped from the index: push it again to heal it")
-                    } else {
-                        detail
-                    },
-                })
-            }
-            Err(ChunkReadError::Unreadable(detail)) => Err(StoreError::Corrupt {
-                what: "chunk",
-                digest: *digest,
-                detail,
-            }),
-        }
-    }
-
-    /// Asks the writer thread (the one place the index changes) to drop
-    /// `digest` from the index if it still has the entry `raw_entry` that
-    /// was found rotten, and waits for it. Returns whether it was dropped
-    /// (false too if the store is shutting down: the next read finds the rot
-    /// again).
-    fn drop_rotten_chunk(&self, digest: &Digest, raw_entry: &[u8]) -> bool {
-        match self.inner.writer_tx.as_ref() {
-            Some(tx) => drop_rotten_via(tx, digest, raw_entry),
-            None => false,
         }
     }
 
@@ -1172,6 +1155,11 @@ impl Store {
             chunks_verified: c.chunks_verified.load(Ordering::Relaxed),
             manifests_unverified: c.manifests_unverified.load(Ordering::Relaxed),
             manifests_refuted: c.manifests_refuted.load(Ordering::Relaxed),
+            scrub_passes: c.scrub_passes.load(Ordering::Relaxed),
+            scrub_chunks_checked: c.scrub_chunks_checked.load(Ordering::Relaxed),
+            scrub_rotten_found: c.scrub_rotten_found.load(Ordering::Relaxed),
+            scrub_bytes_read: c.scrub_bytes_read.load(Ordering::Relaxed),
+            scrub_last_pass_ms: c.scrub_last_pass_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -1193,33 +1181,14 @@ impl Store {
             let Ok(digest) = Digest::from_slice(&key) else {
                 continue;
             };
-            report.chunks_checked += 1;
-            let intact = match self.read_current_chunk(&digest, entry) {
-                // The record passed its CRC; the content must still decode
-                // to its digest (a scrub is the one read that checks it).
-                Ok((entry, c)) => {
-                    match decoder.decode_verified(&digest, c.codec, c.raw_len, &c.data) {
-                        Ok(_) => true,
-                        Err(e) => {
-                            tracing::error!(
-                                digest = %digest,
-                                error = %e,
-                                "stored chunk does not decode to its digest"
-                            );
-                            self.drop_rotten_chunk(&digest, &entry);
-                            false
-                        }
-                    }
+            match scrub::check_chunk(self.shared(), self.writer(), &mut decoder, &digest, entry) {
+                // Collected since the scan read its entry: nothing to check.
+                ChunkCheck::Gone => {}
+                ChunkCheck::Intact => report.chunks_checked += 1,
+                ChunkCheck::Corrupt => {
+                    report.chunks_checked += 1;
+                    report.corrupt.push(digest);
                 }
-                Err(StoreError::ChunkNotFound(_)) => {
-                    // Collected since the scan read its entry: nothing to check.
-                    report.chunks_checked -= 1;
-                    continue;
-                }
-                Err(_) => false,
-            };
-            if !intact {
-                report.corrupt.push(digest);
             }
         }
         let found_now: HashSet<Digest> = report.corrupt.iter().copied().collect();
@@ -1531,6 +1500,64 @@ impl Shared {
         })
     }
 
+    /// Reads the chunk index entry `entry` points at, as a pull does.
+    /// Compaction may move the chunk (and remove the file) between the
+    /// index read and the segment read, and collection may remove it: on a
+    /// failed read, an entry that changed meanwhile is read again where it
+    /// points now (returned with the chunk), and a removed one is missing.
+    /// A chunk the bytes prove rotten is dropped through `writer` (see
+    /// [`drop_rotten`]) before this returns.
+    fn read_current_chunk(
+        &self,
+        writer: Option<&mpsc::Sender<Job>>,
+        digest: &Digest,
+        mut entry: sled::IVec,
+    ) -> Result<(sled::IVec, StoredChunk), StoreError> {
+        loop {
+            match self.read_indexed_chunk(writer, digest, &entry) {
+                Ok(chunk) => return Ok((entry, chunk)),
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    match self.chunks.get(index::digest_key(digest))? {
+                        Some(now) if now != entry => entry = now,
+                        Some(_) => return Err(e),
+                        None => return Err(self.missing_chunk_error(digest)?),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the chunk the index entry `raw_entry` points at; drops it from
+    /// the index when the bytes there prove it rotten.
+    fn read_indexed_chunk(
+        &self,
+        writer: Option<&mpsc::Sender<Job>>,
+        digest: &Digest,
+        raw_entry: &[u8],
+    ) -> Result<StoredChunk, StoreError> {
+        match self.read_chunk_at(digest, raw_entry) {
+            Ok(chunk) => Ok(chunk),
+            Err(ChunkReadError::Rotten(detail)) => {
+                let dropped = drop_rotten(writer, digest, raw_entry);
+                Err(StoreError::Corrupt {
+                    what: "chunk",
+                    digest: *digest,
+                    detail: if dropped {
+                        format!("{detail}; dropped from the index: push it again to heal it")
+                    } else {
+                        detail
+                    },
+                })
+            }
+            Err(ChunkReadError::Unreadable(detail)) => Err(StoreError::Corrupt {
+                what: "chunk",
+                digest: *digest,
+                detail,
+            }),
+        }
+    }
+
     /// Reads and checks the chunk an index entry points at.
     fn read_chunk_at(
         &self,
@@ -1640,6 +1667,12 @@ impl Shared {
         c.manifests_refuted.store(refuted, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// [`drop_rotten_via`] when the store still has a writer (`writer`); false
+/// if it is shutting down: the next read finds the rot again.
+fn drop_rotten(writer: Option<&mpsc::Sender<Job>>, digest: &Digest, raw_entry: &[u8]) -> bool {
+    writer.is_some_and(|tx| drop_rotten_via(tx, digest, raw_entry))
 }
 
 /// Asks the writer thread (the one place the index changes) through `tx`

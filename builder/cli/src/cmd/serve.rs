@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
+use strata_server::store::{DEFAULT_SCRUB_BYTES_PER_SEC, DEFAULT_SCRUB_INTERVAL};
 use strata_server::{FsyncPolicy, ServerConfig, ServerTls, Store, StoreConfig, Tokens};
 
 #[derive(Args)]
@@ -37,6 +38,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = StoreConfig::default().lease.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     gc_lease: u64,
+    /// How often the background scrub starts a pass that reads every chunk
+    /// back, verifies it and drops rotten ones (a push of their content
+    /// heals them): 30s, 10m, 24h, 7d; `off` (or 0) turns it off. The first
+    /// pass comes one interval after the store first opens; a pass a
+    /// restart interrupts resumes where it stopped. [default: 24h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_scrub_interval)]
+    scrub_interval: Option<ScrubInterval>,
+    /// The background scrub reads at most this many MiB of stored bytes per
+    /// second (a whole number, at least 1), so it never crowds out pulls.
+    #[arg(long, value_name = "MIB_PER_SEC", value_parser = parse_scrub_mbps,
+          default_value_t = DEFAULT_SCRUB_BYTES_PER_SEC >> 20)]
+    scrub_mbps: u64,
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
     max_message_bytes: usize,
@@ -141,6 +154,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         rebuild_index: args.rebuild_index,
         max_bytes: args.max_bytes,
         lease: Duration::from_secs(args.gc_lease),
+        scrub_interval: args
+            .scrub_interval
+            .unwrap_or(ScrubInterval(Some(DEFAULT_SCRUB_INTERVAL)))
+            .0,
+        scrub_bytes_per_sec: args.scrub_mbps << 20,
         ..StoreConfig::default()
     };
     let data = args.data.clone();
@@ -229,6 +247,62 @@ fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// `--scrub-interval`: how often a background scrub pass starts; `None`
+/// is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ScrubInterval(Option<Duration>);
+
+/// A duration as people write it: a whole number and a unit (`s`, `m`,
+/// `h`, `d`), e.g. `30s`, `10m`, `24h`; `off` or `0` for none.
+fn parse_scrub_interval(text: &str) -> Result<ScrubInterval, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") || t == "0" {
+        return Ok(ScrubInterval(None));
+    }
+    let usage = "expected a whole number and a unit, e.g. 30s, 10m, 24h, 7d; or off";
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration ({usage})"))?;
+    let secs_per_unit: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        "" => return Err(format!("{text:?} has no unit ({usage})")),
+        other => return Err(format!("unknown unit {other:?} in {text:?} ({usage})")),
+    };
+    if n == 0 {
+        return Ok(ScrubInterval(None));
+    }
+    let secs = n
+        .checked_mul(secs_per_unit)
+        .filter(|s| *s <= 100 * 365 * 24 * 60 * 60)
+        .ok_or_else(|| format!("{text:?} is too long (at most 100 years; or off)"))?;
+    Ok(ScrubInterval(Some(Duration::from_secs(secs))))
+}
+
+/// `--scrub-mbps`: a whole number of MiB/s, at least 1.
+fn parse_scrub_mbps(text: &str) -> Result<u64, String> {
+    let n: u64 = text.trim().parse().map_err(|_| {
+        format!("{text:?} is not a rate (a whole number of MiB/s, at least 1, e.g. 32)")
+    })?;
+    if n == 0 {
+        return Err(
+            "0 MiB/s would never finish a pass: give at least 1 (to turn the background \
+             scrub off, use --scrub-interval off)"
+                .into(),
+        );
+    }
+    if n > 1 << 20 {
+        return Err(format!(
+            "{text:?} MiB/s is more than any disk reads (at most 1048576)"
+        ));
+    }
+    Ok(n)
+}
+
 async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -239,7 +313,48 @@ async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use std::time::Duration;
+
+    use super::{ScrubInterval, parse_scrub_interval, parse_scrub_mbps, parse_size};
+
+    #[test]
+    fn scrub_intervals_parse_with_units_and_off_and_nonsense_is_refused() {
+        let every = |secs| Ok(ScrubInterval(Some(Duration::from_secs(secs))));
+        assert_eq!(parse_scrub_interval("30s"), every(30));
+        assert_eq!(parse_scrub_interval("10m"), every(600));
+        assert_eq!(parse_scrub_interval("24h"), every(86_400));
+        assert_eq!(parse_scrub_interval("7d"), every(7 * 86_400));
+        for off in ["off", "OFF", "0", "0s", "0h"] {
+            assert_eq!(parse_scrub_interval(off), Ok(ScrubInterval(None)), "{off}");
+        }
+        for bad in [
+            "",
+            "24",
+            "1.5h",
+            "-1h",
+            "10 parsecs",
+            "h",
+            "1w",
+            "99999999999d",
+        ] {
+            assert!(parse_scrub_interval(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_scrub_interval("24").unwrap_err().contains("no unit"));
+    }
+
+    #[test]
+    fn scrub_rates_are_whole_mib_per_second_of_at_least_one() {
+        assert_eq!(parse_scrub_mbps("32"), Ok(32));
+        assert_eq!(parse_scrub_mbps("1"), Ok(1));
+        assert!(
+            parse_scrub_mbps("0")
+                .unwrap_err()
+                .contains("--scrub-interval off")
+        );
+        for bad in ["", "-1", "2.5", "fast", "99999999999999"] {
+            assert!(parse_scrub_mbps(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn sizes_parse_as_people_write_them_and_nonsense_is_refused() {

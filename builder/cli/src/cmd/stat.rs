@@ -97,6 +97,11 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             "chunks_freed": s.chunks_freed,
             "bytes_compacted": s.bytes_compacted,
             "gc_rounds": s.gc_rounds,
+            "scrub_passes": s.scrub_passes,
+            "scrub_chunks_checked": s.scrub_chunks_checked,
+            "scrub_rotten_found": s.scrub_rotten_found,
+            "scrub_bytes_read": s.scrub_bytes_read,
+            "scrub_last_pass_ms": s.scrub_last_pass_ms,
             "dedup_ratio": dedup,
             "compression_ratio": compression,
         });
@@ -150,6 +155,18 @@ async fn stat_store(target: &Target, json: bool) -> Result<()> {
             s.objects_evicted, s.step_results_evicted, s.tags_evicted, s.chunks_freed, s.gc_rounds
         )?;
         writeln!(out, "compacted          {}", human_bytes(s.bytes_compacted))?;
+        // Only a server with a background scrub that has checked something.
+        if s.scrub_chunks_checked > 0 {
+            writeln!(
+                out,
+                "scrubbed           {} chunks ({}), {} rotten found, {} passes (last {:.1} s)",
+                s.scrub_chunks_checked,
+                human_bytes(s.scrub_bytes_read),
+                s.scrub_rotten_found,
+                s.scrub_passes,
+                s.scrub_last_pass_ms as f64 / 1000.0
+            )?;
+        }
         // Damage is news: shown only when there is some.
         if s.recovery_skipped_records + s.recovery_tail_bytes_cut + s.rotten_chunks > 0 {
             writeln!(
