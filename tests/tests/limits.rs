@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use strata_client::{Client, ClientConfig, Progress};
+use strata_client::{Client, ClientConfig, Progress, PushReport};
 use strata_proto::v1::content_store_client::ContentStoreClient;
 use strata_proto::v1::{Chunk, FindMissingRequest, PutChunksRequest, PutChunksResponse};
 use strata_proto::{ChunkEncoder, Codec, Digest, MAX_CHUNK_BYTES};
@@ -558,20 +558,26 @@ fn fill_disk(path: &Path) {
     let _ = file.sync_all();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_resource_exhausted_without_paths_and_writes_resume_once_space_returns() {
-    let mount_point = tempfile::tempdir().unwrap();
-    let tmpfs = Tmpfs::mount(mount_point.path(), "8m");
-    let data_dir = tmpfs.dir.join("store");
-    let server = TestServer::start(&data_dir).await;
+/// A server over `data_dir` holding one pushed object (its bytes and push
+/// report), with the index flushed to disk: what is there before a disk
+/// fills.
+async fn serve_one_object(data_dir: &Path) -> (TestServer, Client, Vec<u8>, PushReport) {
+    let server = TestServer::start(data_dir).await;
     let client = server.client().await;
     let kept = random_bytes(300_000, 30);
     let report = client
         .push(Cursor::new(kept.clone()), "kept", &Progress::new())
         .await
         .unwrap();
-    // The index is on disk before the disk fills.
     server.store.flush().unwrap();
+    (server, client, kept, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_without_paths_and_writes_resume_once_space_returns() {
+    let mount_point = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(mount_point.path(), "8m");
+    let (server, client, kept, report) = serve_one_object(&tmpfs.dir.join("store")).await;
 
     let filler = tmpfs.dir.join("filler");
     fill_disk(&filler);
@@ -619,14 +625,7 @@ async fn a_full_index_disk_refuses_writes_until_space_returns_without_a_restart(
     let index_dir = data.path().join("index");
     std::fs::create_dir_all(&index_dir).unwrap();
     let tmpfs = Tmpfs::mount(&index_dir, "16m");
-    let server = TestServer::start(data.path()).await;
-    let client = server.client().await;
-    let kept = random_bytes(300_000, 30);
-    let report = client
-        .push(Cursor::new(kept.clone()), "kept", &Progress::new())
-        .await
-        .unwrap();
-    server.store.flush().unwrap();
+    let (server, client, kept, report) = serve_one_object(data.path()).await;
 
     let filler = tmpfs.dir.join("filler");
     fill_disk(&filler);
