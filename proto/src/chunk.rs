@@ -337,7 +337,10 @@ mod tests {
         // does compress, by less than 1/32.
         let barely = mostly_noise(len, len * 25 / 1000);
         let by_zstd = zstd::bulk::compress(&barely, 1).unwrap().len();
-        assert!(by_zstd < len - len / 64 && by_zstd >= len - len / 32, "{by_zstd}");
+        assert!(
+            by_zstd < len - len / 64 && by_zstd >= len - len / 32,
+            "{by_zstd}"
+        );
         assert_eq!(enc.encode(&barely).0, Codec::Raw);
         let worth_it = mostly_noise(len, len / 10);
         let (codec, stored) = enc.encode(&worth_it);
