@@ -10,7 +10,7 @@ use strata_client::{ChunkerConfig, ClientConfig};
 use strata_server::FsyncPolicy;
 
 use crate::corpus::{BaseSource, CorpusSpec};
-use crate::modes::{dedup, lookup, sweep, transfer};
+use crate::modes::{dedup, lookup, remote_build, sweep, transfer};
 use crate::plot::sweep_svg;
 use crate::run::{BenchContext, Document, parse_size};
 use crate::server::ServerChoice;
@@ -79,6 +79,19 @@ pub enum BenchMode {
     Dedup(CorpusArgs),
     /// The corpus across chunk sizes and zstd levels; names the best.
     Sweep(SweepArgs),
+    /// A fully cached build from a fresh client across a slow link (a
+    /// delaying proxy on loopback): seconds and round trips waited for.
+    RemoteBuild(RemoteBuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RemoteBuildArgs {
+    /// Round trip time the link adds, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub rtt_ms: u64,
+    /// Timed builds over each link.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +272,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 ctx.say(format!("plot written to {}", path.display()));
             }
             emit(&ctx, c.json, "sweep", report, notes, sweep::print_table)
+        }
+        BenchMode::RemoteBuild(r) => {
+            let opts = remote_build::RemoteBuildOptions {
+                rtt: Duration::from_millis(r.rtt_ms),
+                repeats: r.repeats,
+            };
+            let (report, notes) = remote_build::run(&ctx, &opts).await?;
+            emit(
+                &ctx,
+                c.json,
+                "remote-build",
+                report,
+                notes,
+                remote_build::print_table,
+            )
         }
     }
 }

@@ -6,12 +6,13 @@
 //! Map: [`data`] (PRNG, noise, layer-like bytes), [`corpus`] (builds of an
 //! image), [`stats`] (spreads, percentiles), [`tools`] (the `b3sum` and
 //! `zstd` baselines), [`server`] (remote or fresh local server), [`run`]
-//! (what modes share), [`modes`] (one file per mode), [`plot`] (the sweep
+//! (what modes share), [`delay`] (a loopback link with a round trip time), [`modes`] (one file per mode), [`plot`] (the sweep
 //! chart), [`cli`] (flags and dispatch).
 
 pub mod cli;
 pub mod corpus;
 pub mod data;
+pub mod delay;
 pub mod modes;
 pub mod plot;
 pub mod run;

@@ -12,6 +12,7 @@
 mod block_pool;
 mod chunker;
 mod error;
+mod known_manifests;
 mod progress;
 mod pull;
 mod push;
@@ -289,6 +290,8 @@ pub struct Client {
     admin: AdminClient<AuthChannel>,
     channel: Channel,
     config: Arc<ClientConfig>,
+    /// Manifests step lookups brought along, checked (shared by clones).
+    known: Arc<known_manifests::KnownManifests>,
 }
 
 impl std::fmt::Debug for Client {
@@ -361,6 +364,7 @@ impl Client {
             admin: AdminClient::new(with_auth()),
             channel,
             config: Arc::new(config),
+            known: Arc::default(),
         })
     }
 
@@ -380,8 +384,12 @@ impl Client {
         &self.config
     }
 
-    /// The manifest of object `digest`, checked to hash to that digest.
+    /// The manifest of object `digest`, checked to hash to that digest: one
+    /// a step lookup brought along, or else the server's answer.
     pub async fn get_manifest(&self, digest: &Digest) -> Result<Manifest, ClientError> {
+        if let Some(known) = self.known.get(digest) {
+            return Ok(known);
+        }
         let mut manifests = self.manifests.clone();
         let call = manifests.get_manifest(GetManifestRequest {
             digest: digest.to_vec(),
@@ -452,6 +460,7 @@ impl Client {
             .lookup_steps(LookupStepsRequest {
                 keys: keys.iter().map(|k| k.to_vec()).collect(),
                 trusted_signers: self.trusted_signers(),
+                include_layer_manifests: true,
             })
             .await
             .map_err(|s| ClientError::from_status("look up steps", s))?
@@ -467,16 +476,59 @@ impl Client {
             .hits
             .into_iter()
             .zip(keys)
-            .map(|(hit, key)| match (hit.found, hit.result) {
-                (false, _) => Ok(StepLookup::Miss),
-                (true, Some(wire)) => StepResult::from_wire(wire)
-                    .map(|r| self.config.trust.judge_step(key, r))
-                    .map_err(|e| ClientError::Integrity(format!("step {key}: {e}"))),
-                (true, None) => Err(ClientError::Protocol(format!(
-                    "step {key}: found, but no result sent"
-                ))),
+            .map(|(hit, key)| {
+                let lookup = match (hit.found, hit.result) {
+                    (false, _) => StepLookup::Miss,
+                    (true, Some(wire)) => StepResult::from_wire(wire)
+                        .map(|r| self.config.trust.judge_step(key, r))
+                        .map_err(|e| ClientError::Integrity(format!("step {key}: {e}")))?,
+                    (true, None) => {
+                        return Err(ClientError::Protocol(format!(
+                            "step {key}: found, but no result sent"
+                        )));
+                    }
+                };
+                if let Some(wire) = hit.layer_manifest {
+                    self.keep_layer_manifest(key, &lookup, wire)?;
+                }
+                Ok(lookup)
             })
             .collect()
+    }
+
+    /// Keeps the manifest a lookup sent with the hit under `key`: it must
+    /// hash to the layer the (trusted, verified) result names. One sent
+    /// with an entry this client does not use is dropped unread.
+    fn keep_layer_manifest(
+        &self,
+        key: &Digest,
+        lookup: &StepLookup,
+        wire: strata_proto::v1::Manifest,
+    ) -> Result<(), ClientError> {
+        let layer = match lookup {
+            StepLookup::Hit(result) => result.layer,
+            StepLookup::Untrusted(_) => return Ok(()),
+            StepLookup::Miss => {
+                return Err(ClientError::Protocol(format!(
+                    "step {key}: a layer manifest was sent for a miss"
+                )));
+            }
+        };
+        let Some(layer) = layer else {
+            return Err(ClientError::Protocol(format!(
+                "step {key}: a layer manifest was sent for a result without a layer"
+            )));
+        };
+        let manifest = Manifest::from_wire(wire)
+            .map_err(|e| ClientError::Integrity(format!("step {key}, layer {layer}: {e}")))?;
+        let found = manifest.digest();
+        if found != layer {
+            return Err(ClientError::Integrity(format!(
+                "step {key}: the manifest sent for layer {layer} hashes to {found}"
+            )));
+        }
+        self.known.keep(layer, manifest);
+        Ok(())
     }
 
     fn trusted_signers(&self) -> Vec<Vec<u8>> {

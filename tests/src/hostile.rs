@@ -107,6 +107,9 @@ pub enum Tamper {
     UnsignStep,
     /// Answer one step key fewer than asked.
     DropStepHit,
+    /// Send this other object's true manifest as each hit's layer manifest
+    /// (the result itself untouched).
+    StepLayerManifestOf(Digest),
     /// Flip one bit of the tag's signature, signer kept.
     FlipTagSignature,
     /// Point the tag at this object, its signature kept.
@@ -202,6 +205,7 @@ impl HostileServer {
             )
             .add_service(StepCacheServer::new(HostileSteps {
                 real: StepCacheService::new(store.clone(), config.clone()),
+                store: store.clone(),
                 shared: shared.clone(),
             }))
             .add_service(TagsServer::new(HostileTags {
@@ -513,6 +517,7 @@ impl ManifestStore for HostileManifests {
 
 struct HostileSteps {
     real: StepCacheService,
+    store: Store,
     shared: Arc<Shared>,
 }
 
@@ -529,6 +534,7 @@ impl StepCache for HostileSteps {
                 Request::new(LookupStepsRequest {
                     keys: vec![other.to_vec(); asked.keys.len()],
                     trusted_signers: asked.trusted_signers,
+                    include_layer_manifests: asked.include_layer_manifests,
                 })
             }
             _ => request,
@@ -537,6 +543,21 @@ impl StepCache for HostileSteps {
         let mut falsified = false;
         if tamper == Tamper::DropStepHit {
             falsified = answer.hits.pop().is_some();
+        }
+        if let Tamper::StepLayerManifestOf(other) = &tamper {
+            let theirs = self
+                .store
+                .get_manifest(other)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .to_wire();
+            for hit in answer
+                .hits
+                .iter_mut()
+                .filter(|h| h.layer_manifest.is_some())
+            {
+                hit.layer_manifest = Some(theirs.clone());
+                falsified = true;
+            }
         }
         for result in answer.hits.iter_mut().filter_map(|h| h.result.as_mut()) {
             falsified |= match &tamper {

@@ -48,6 +48,7 @@ async fn lookup_with_header(url: &str, header: Option<&[u8]>) -> tonic::Status {
     let mut request = tonic::Request::new(LookupStepsRequest {
         keys: vec![Digest::of(b"k").to_vec()],
         trusted_signers: vec![],
+        include_layer_manifests: false,
     });
     if let Some(value) = header {
         request.metadata_mut().insert(
@@ -93,6 +94,7 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_the_token_is_never_
     let mut request = tonic::Request::new(LookupStepsRequest {
         keys: vec![Digest::of(b"k").to_vec()],
         trusted_signers: vec![],
+        include_layer_manifests: false,
     });
     request
         .metadata_mut()
@@ -105,6 +107,7 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_the_token_is_never_
     let mut request = tonic::Request::new(LookupStepsRequest {
         keys: vec![],
         trusted_signers: vec![],
+        include_layer_manifests: false,
     });
     request
         .metadata_mut()

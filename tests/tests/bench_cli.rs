@@ -188,6 +188,33 @@ fn dedup_reports_every_build() {
 }
 
 #[test]
+fn remote_build_times_cached_builds_over_a_slow_link_beside_a_fast_one() {
+    let doc = bench_json(&["remote-build", "--rtt-ms", "40", "--repeats", "1"]);
+    let r = &doc["results"];
+    assert_eq!(r["steps"], 8, "{r}");
+    let links = r["links"].as_array().unwrap();
+    assert_eq!(links.len(), 2, "{r}");
+    assert_eq!(links[0]["rtt_ms"].as_f64(), Some(0.0));
+    assert_eq!(links[1]["rtt_ms"].as_f64(), Some(40.0));
+    for l in links {
+        check_spread(&l["seconds"], "seconds");
+        // The image's layers came down (busybox alone is ~1 MB
+        // compressed), over the one connection a client opens.
+        assert!(
+            positive(&l["bytes_from_server"], "bytes") > 500_000.0,
+            "{l}"
+        );
+        assert_eq!(l["connections"], 1, "{l}");
+    }
+    // A fresh client cannot build in fewer than four waits (the TCP
+    // handshake, the server check, the lookup, the layers): the proxy's
+    // delay must show, whatever the machine's load.
+    let slow = positive(&links[1]["seconds"]["min"], "seconds");
+    assert!(slow >= 4.0 * 0.040, "a 40 ms link cost only {slow} s: {r}");
+    assert!(positive(&r["round_trips"], "round trips") >= 3.0, "{r}");
+}
+
+#[test]
 fn sweep_names_a_best_setting_and_draws_it() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("sweep.svg");

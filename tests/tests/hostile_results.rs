@@ -181,6 +181,34 @@ async fn every_doctored_step_result_is_a_miss_naming_the_signer_it_claims() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_manifest_that_is_not_the_results_layers_is_an_integrity_error() {
+    let s = Scene::start().await;
+    // A fresh client: nothing kept from the scene's own lookups.
+    let fresh = s.server.client(test_client_config()).await;
+    s.server.set_tamper(Tamper::StepLayerManifestOf(s.evil));
+    let before = s.server.tampered();
+    let err = fresh
+        .lookup_steps_judged(&[s.key])
+        .await
+        .expect_err("a lookup carrying another object's manifest was accepted");
+    assert!(s.server.tampered() > before, "the lie was never told");
+    match &err {
+        ClientError::Integrity(m) => {
+            assert!(m.contains(&s.layer.to_string()), "{m}");
+            assert!(m.contains("hashes to"), "{m}");
+        }
+        other => panic!("expected an integrity error, got {other:?}"),
+    }
+    // Nothing of the lie was kept: the layer's manifest comes from the
+    // honest server, and pulls as the layer.
+    s.server.set_tamper(Tamper::Honest);
+    let manifest = fresh.get_manifest(&s.layer).await.unwrap();
+    assert_eq!(manifest.digest(), s.layer);
+    let honest = fresh.lookup_steps(&[s.key]).await.unwrap();
+    assert_eq!(honest[0].as_ref().and_then(|r| r.layer), Some(s.layer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_short_of_a_step_key_is_a_protocol_error() {
     let s = Scene::start().await;
     let err = s

@@ -10,8 +10,10 @@ use std::io::Cursor;
 use strata_client::{ClientError, Progress};
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::step_cache_client::StepCacheClient;
-use strata_proto::v1::{Provenance, RebuildIndexRequest, RecordStepRequest, StatsRequest};
-use strata_proto::{Digest, MAX_STEP_RESULT_BYTES, StepResult};
+use strata_proto::v1::{
+    LookupStepsRequest, Provenance, RebuildIndexRequest, RecordStepRequest, StatsRequest,
+};
+use strata_proto::{Digest, MAX_STEP_RESULT_BYTES, Manifest, StepResult};
 use strata_tests::{TestServer, random_bytes};
 use tonic::Code;
 
@@ -73,6 +75,65 @@ async fn lookups_answer_in_request_order_with_hits_and_misses() {
     assert_eq!(found[2].as_ref().unwrap().layer, Some(layer));
     assert_eq!(found[2].as_ref().unwrap().provenance.builder, "a");
     assert_eq!(client.stats().await.unwrap().step_results, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_asked_for_layer_manifests_sends_each_once_and_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let (a, b) = (
+        stored_layer(&server, 1).await,
+        stored_layer(&server, 2).await,
+    );
+    let keys = [
+        Digest::of(b"layer a"),
+        Digest::of(b"config only"),
+        Digest::of(b"layer a again"),
+        Digest::of(b"miss"),
+        Digest::of(b"layer b"),
+    ];
+    let recorded = [
+        (keys[0], Some(a)),
+        (keys[1], None),
+        (keys[2], Some(a)),
+        (keys[4], Some(b)),
+    ];
+    for (key, layer) in recorded {
+        client
+            .record_step(&key, &result(layer, "{}", "a"))
+            .await
+            .unwrap();
+    }
+    let mut raw = StepCacheClient::connect(server.url.clone()).await.unwrap();
+    let ask = |include| LookupStepsRequest {
+        keys: keys.iter().map(|k| k.to_vec()).collect(),
+        trusted_signers: vec![],
+        include_layer_manifests: include,
+    };
+    let hits = raw.lookup_steps(ask(true)).await.unwrap().into_inner().hits;
+    let sent: Vec<Option<Digest>> = hits
+        .iter()
+        .map(|h| {
+            h.layer_manifest
+                .clone()
+                .map(|m| Manifest::from_wire(m).unwrap().digest())
+        })
+        .collect();
+    // Layer a's manifest with its first hit only; none for a result
+    // without a layer or a miss.
+    assert_eq!(sent, [Some(a), None, None, None, Some(b)]);
+    let plain = raw
+        .lookup_steps(ask(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(plain.iter().all(|h| h.layer_manifest.is_none()));
+    assert_eq!(
+        plain.iter().map(|h| h.found).collect::<Vec<_>>(),
+        [true, true, true, false, true]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -374,6 +374,7 @@ async fn forged_lifted_unsigned_and_malformed_entries_are_refused_and_the_store_
             raw.lookup_steps(LookupStepsRequest {
                 keys: vec![step.to_vec()],
                 trusted_signers: signers,
+                include_layer_manifests: false,
             })
             .await
         }

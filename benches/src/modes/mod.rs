@@ -2,5 +2,6 @@
 
 pub mod dedup;
 pub mod lookup;
+pub mod remote_build;
 pub mod sweep;
 pub mod transfer;

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use futures_util::StreamExt;
 use strata_client::{Client, Progress};
 use strata_dockerfile::{ImageRef, LayoutRef};
 use strata_registry::{BlobDigest, Descriptor, ImageToPush, LayerToPush, OCI_MANIFEST};
@@ -15,6 +16,9 @@ use super::base::{BlobLayer, LayerSource};
 use super::error::BuildError;
 use super::pull_through::Registries;
 use crate::oci::OciLayout;
+
+/// Layers pulled from the cache at once for an output.
+const PULLS_AT_ONCE: usize = 8;
 
 /// `--output`: where the built image goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,31 +77,45 @@ pub(crate) async fn write_output(
         downloaded: 0,
         pushed: None,
     };
+    let mut from_store = Vec::new();
     for BlobLayer { layer, source } in layers {
         let blob = &layer.blob;
         if out.has_blob(&blob.digest, blob.size) {
             continue;
         }
-        let mut file = out.temp_blob().map_err(write_err("writing the output"))?;
         match source {
             LayerSource::File(p) => {
+                let mut file = out.temp_blob().map_err(write_err("writing the output"))?;
                 let mut r = File::open(p)
                     .map_err(BuildError::io(format!("reading layer {}", p.display())))?;
                 std::io::copy(&mut r, &mut file).map_err(BuildError::io("writing the output"))?;
+                out.commit_blob(file, &blob.digest)
+                    .map_err(write_err("writing the output"))?;
             }
-            LayerSource::Store(d) => {
-                let (report, w) = client
-                    .pull(d, file, &Progress::new())
-                    .await
-                    .map_err(BuildError::cache("downloading a layer for the output"))?;
-                written.downloaded += report.total_bytes;
-                file = w;
-            }
+            LayerSource::Store(d) => from_store.push((*d, blob)),
         }
-        out.commit_blob(file, &blob.digest)
-            .map_err(write_err("writing the output"))?;
         written.layer_bytes += blob.size;
     }
+    // Layers from the cache come down side by side: over a slow link one
+    // round trip for all, not one each.
+    let pulls = from_store.into_iter().map(|(d, blob)| {
+        let out = &out;
+        async move {
+            let file = out.temp_blob().map_err(write_err("writing the output"))?;
+            let (report, file) = client
+                .pull(&d, file, &Progress::new())
+                .await
+                .map_err(BuildError::cache("downloading a layer for the output"))?;
+            out.commit_blob(file, &blob.digest)
+                .map_err(write_err("writing the output"))?;
+            Ok::<u64, BuildError>(report.total_bytes)
+        }
+    });
+    let mut pulled = futures_util::stream::iter(pulls).buffer_unordered(PULLS_AT_ONCE);
+    while let Some(bytes) = pulled.next().await {
+        written.downloaded += bytes?;
+    }
+    drop(pulled);
     out.put_blob(config)
         .map_err(write_err("writing the output"))?;
     let digest = out
