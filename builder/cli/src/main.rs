@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use strata_builder::build::BuildError;
+use strata_sandbox::BuildNamespace;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +61,22 @@ fn main() -> ExitCode {
         strata_sandbox::reexec_main();
     }
     let cli = Cli::parse();
+    // A non-root builder with subordinate ids works on its files as root of
+    // a user namespace mapping them, which it must enter while it has one
+    // thread (strata-sandbox's userns.rs).
+    if matches!(cli.command, Command::Build(_)) {
+        match strata_sandbox::enter_build_namespace() {
+            Ok(BuildNamespace::Refused(e)) => eprintln!(
+                "strata: warning: building without a user namespace of its own ({e}); \
+                 files owned by ids other than yours cannot be written"
+            ),
+            Ok(BuildNamespace::NotNeeded | BuildNamespace::Entered(_)) => {}
+            Err(e) => {
+                eprintln!("strata: error: entering the build's user namespace: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

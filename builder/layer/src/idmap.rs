@@ -6,7 +6,9 @@
 //! ranges, each mapping `container..container+len` onto `host..host+len`.
 //! Two shapes are common: a range (root, or a user with `/etc/subuid`
 //! entries) and a *single* mapping (an unprivileged user without subordinate
-//! ids: container 0 is the user, nothing else is representable).
+//! ids: container 0 is the user, nothing else is representable). "Host" is
+//! the caller's view: a rootless builder works inside a user namespace of
+//! its own, where its map is the identity over the ids that namespace has.
 
 use std::fmt;
 

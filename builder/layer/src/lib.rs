@@ -30,10 +30,14 @@
 //! converts the upper directory alone (whiteouts, opaque markers, every
 //! copied-up file) and is kept for callers that have no lower tree.
 //!
-//! Privilege: everything here runs as whoever calls it. Reading a mode-000
-//! file, or chowning to ids other than the caller's own, needs root or the
-//! build's user namespace (where the mapped ids are the caller's); outside it
-//! an unprivileged caller gets an error naming the file.
+//! Privilege: everything here runs as whoever calls it, and is the same
+//! code for every caller. Reading a mode-000 file, writing into a directory
+//! of another id, or chowning to ids other than the caller's own, needs
+//! root or a user namespace mapping those ids in which the caller is root:
+//! a non-root builder with subordinate ids runs inside one of its own
+//! (strata-sandbox's `enter_build_namespace`), so that the ids of its
+//! `IdMap` are all its to use. Without either, an unprivileged caller gets
+//! an error naming the file.
 //!
 //! This module does no networking, no hashing and no compression: callers wrap
 //! the `Write` or `Read` they pass in. It runs one external tool, `mkfifo`,

@@ -307,6 +307,7 @@ fn execute(
                 Message::ProbeSucceeded => report.probe_ok = true,
                 other @ (Message::Job(_)
                 | Message::MappingWritten
+                | Message::MapParent(_)
                 | Message::Ready
                 | Message::Go
                 | Message::Kill) => {

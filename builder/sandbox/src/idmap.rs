@@ -1,7 +1,7 @@
 //! Which host user and group ids the sandbox's ids stand for, and who writes
 //! `/proc/PID/uid_map` and `gid_map` for stage 1.
 //!
-//! Three shapes, chosen by [`IdMapping::detect`]:
+//! Four shapes, chosen by [`IdMapping::detect`]:
 //! - **range, written by the host** (the builder runs as root): container ids
 //!   `0..count` ↔ host ids `base..base+count`, from root's line in
 //!   `/etc/subuid` and `/etc/subgid`, else [`DEFAULT_BASE`] and
@@ -19,7 +19,14 @@
 //! - **subordinate, written by `newuidmap`/`newgidmap`** (non-root with
 //!   `/etc/subuid` and `/etc/subgid` entries and both tools installed): as
 //!   rootless podman, container 0 ↔ the user's own id and container
-//!   `1..=count` ↔ the subordinate range.
+//!   `1..=count` ↔ the subordinate range. A builder with this mapping enters
+//!   a user namespace of its own with it first (`userns.rs`), and its steps
+//!   then get the next shape.
+//! - **nested, written by the host** (a builder inside the user namespace
+//!   it entered): each id of that namespace maps onto itself, so a step's
+//!   container uid `u` is the builder's uid `u` too, which the subordinate
+//!   maps put on the host. The builder is root there, so it writes the maps
+//!   itself, as a root builder does.
 //! - **single, written by stage 1 itself** (non-root otherwise): container 0
 //!   ↔ the user's own id only, with `setgroups` denied. A step that needs
 //!   another id fails with a message saying so.
@@ -88,6 +95,9 @@ impl IdMapping {
     /// Chooses the mapping for the current user, as described in the module
     /// documentation.
     pub fn detect() -> Result<Self, IdMapError> {
+        if let Some(entered) = super::userns::entered() {
+            return Ok(entered.nested());
+        }
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
         let subuid = read_optional(Path::new("/etc/subuid"))?;
@@ -191,6 +201,20 @@ impl IdMapping {
         }
     }
 
+    /// The mapping of a user namespace made inside one that this mapping
+    /// made: every container id of this one maps onto itself, line for
+    /// line, written by the host, which is root of the outer namespace and
+    /// so holds `CAP_SETUID` over those ids. Line for line because the
+    /// kernel refuses a line whose ids span two lines of the parent's map
+    /// (EPERM), even where those lines touch.
+    pub fn nested(&self) -> Self {
+        IdMapping {
+            uids: identity(&self.uids),
+            gids: identity(&self.gids),
+            writer: MapWriter::Host,
+        }
+    }
+
     pub(super) fn from_parts(uids: Vec<IdRange>, gids: Vec<IdRange>, writer: MapWriter) -> Self {
         IdMapping { uids, gids, writer }
     }
@@ -286,6 +310,19 @@ impl IdMapping {
         write_map_file(Path::new("/proc/self/uid_map"), &self.uids)?;
         write_map_file(Path::new("/proc/self/gid_map"), &self.gids)
     }
+}
+
+/// The container side of `extents`, each id mapped onto itself, one line
+/// per line.
+fn identity(extents: &[IdRange]) -> Vec<IdRange> {
+    extents
+        .iter()
+        .map(|e| IdRange {
+            container: e.container,
+            host: e.container,
+            len: e.len,
+        })
+        .collect()
 }
 
 fn total(extents: &[IdRange]) -> u64 {
@@ -447,6 +484,22 @@ mod tests {
             assert!(m.is_single());
             assert_eq!(m.host_uid(1), None);
         }
+    }
+
+    #[test]
+    fn a_nested_mapping_keeps_every_id_of_the_outer_one_line_for_line() {
+        let outer = IdMapping::subordinate(1000, 1001, (100_000, 65_536), (200_000, 65_536));
+        let nested = outer.nested();
+        assert_eq!(nested.writer(), MapWriter::Host);
+        // Two lines, never one "0 0 65537": that would span two lines of
+        // the outer map, which the kernel refuses.
+        assert_eq!(map_text(nested.uids()), "0 0 1\n1 1 65536\n");
+        assert_eq!(map_text(nested.gids()), "0 0 1\n1 1 65536\n");
+        assert_eq!(nested.host_uid(0), Some(0));
+        assert_eq!(nested.host_uid(1000), Some(1000));
+        assert_eq!(nested.container_gid(65_536), Some(65_536));
+        assert_eq!(nested.host_uid(65_537), None);
+        assert!(!nested.is_single());
     }
 
     #[test]

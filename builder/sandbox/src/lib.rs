@@ -31,6 +31,14 @@
 //! `main()` must call [`reexec_main`] when `argv[1] == REEXEC_ARG`, before it
 //! starts any thread (in particular before a tokio runtime).
 //!
+//! A non-root builder with subordinate ids first makes itself root of a
+//! user namespace with those maps ([`enter_build_namespace`], also from
+//! `main()` before any thread; `userns.rs` says why and how), so that its
+//! own work on the files — extracting layers, snapshotting, deleting its
+//! scratch — may use every id its steps may. From then on it is the root
+//! builder of the diagram above, one namespace down: [`IdMapping::detect`]
+//! gives its steps namespaces nested in its own, which it maps itself.
+//!
 //! Because the command is PID 1 of its own pid namespace, the kernel kills
 //! every other process of the step when it exits, and completes its exit only
 //! once they are gone; stage 1 reaps it only then, and reports after that.
@@ -61,6 +69,13 @@
 //! stage 1 → host   ProbeSucceeded             instead of the above, for the overlay probe
 //! host → stage 1   Kill                       time limit reached (any time)
 //! any stage → host SetupFailed(SetupError)    instead of the above
+//! ```
+//!
+//! The map writer of [`enter_build_namespace`] speaks the same protocol:
+//!
+//! ```text
+//! builder → writer MapParent(version, id maps) the builder has unshared
+//! writer → builder MappingWritten | SetupFailed(SetupError)
 //! ```
 //!
 //! Stdout and stderr of both stages are the command's; the stages never write
@@ -124,6 +139,7 @@ mod stage2;
 mod sys;
 mod tree;
 mod user;
+mod userns;
 mod wire;
 
 #[cfg(test)]
@@ -137,6 +153,7 @@ pub use idmap::{IdMapError, IdMapping, IdRange, MapWriter};
 pub use limits::{AppliedLimits, LimitExceeded, LimitMechanism, Limits};
 pub use seccomp::SECCOMP_PROFILE;
 pub use tree::{TreeError, copy_tree, prepare_overlay, shift_ownership};
+pub use userns::{BuildNamespace, enter_build_namespace};
 
 /// The container uid and gid of `spec` (`user[:group]`, names or numbers)
 /// per an image's `/etc/passwd` and `/etc/group` text — what `COPY --chown`
@@ -160,11 +177,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// `std::env::args_os().nth(1) == Some(REEXEC_ARG)`, before anything else.
 /// Never returns: the process becomes the step's command or exits.
 pub fn reexec_main() -> ! {
-    let stage2 = std::env::args_os().nth(2).is_some_and(|a| a == "stage2");
-    if stage2 {
-        stage2::main()
-    } else {
-        stage1::main()
+    match std::env::args_os().nth(2) {
+        Some(a) if a == "stage2" => stage2::main(),
+        Some(a) if a == userns::MAP_WRITER_ARG => userns::writer_main(),
+        _ => stage1::main(),
     }
 }
 

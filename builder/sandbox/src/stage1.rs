@@ -151,25 +151,28 @@ fn enter_privileged_mount_namespace() -> Result<bool, SetupError> {
 }
 
 fn create_user_namespace() -> Result<(), SetupError> {
-    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
-        let detail = match e {
-            nix::Error::ENOSPC => format!("{e} (user.max_user_namespaces is reached or 0)"),
-            nix::Error::EINVAL => format!(
-                "{e} (the process has threads: main() must call sandbox::reexec_main() \
-                 before starting any)"
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(user_namespace_refused)
+}
+
+/// Why `unshare(CLONE_NEWUSER)` failed with `e`, and what to change.
+pub(super) fn user_namespace_refused(e: nix::Error) -> SetupError {
+    let detail = match e {
+        nix::Error::ENOSPC => format!("{e} (user.max_user_namespaces is reached or 0)"),
+        nix::Error::EINVAL => format!(
+            "{e} (the process has threads: main() must call sandbox::reexec_main() \
+             before starting any)"
+        ),
+        _ => refusal::explain(
+            SetupCall::Unshare,
+            e,
+            &format!(
+                " (is kernel.unprivileged_userns_clone=0 or \
+                 kernel.apparmor_restrict_unprivileged_userns=1? in a container, see {})",
+                refusal::DEPLOY_DOC
             ),
-            _ => refusal::explain(
-                SetupCall::Unshare,
-                e,
-                &format!(
-                    " (is kernel.unprivileged_userns_clone=0 or \
-                     kernel.apparmor_restrict_unprivileged_userns=1? in a container, see {})",
-                    refusal::DEPLOY_DOC
-                ),
-            ),
-        };
-        SetupError::step("cannot create user namespace", detail)
-    })
+        ),
+    };
+    SetupError::step("cannot create user namespace", detail)
 }
 
 /// Mount, pid, ipc and uts namespaces, and a network namespace unless the
@@ -323,6 +326,7 @@ fn relay_one(host: &mut UnixStream, stage2: &mut UnixStream) -> Result<bool, Set
         Message::Job(_)
         | Message::WriteMapping
         | Message::MappingWritten
+        | Message::MapParent(_)
         | Message::Go
         | Message::ProbeSucceeded
         | Message::Exited(_)

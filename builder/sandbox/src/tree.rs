@@ -306,10 +306,12 @@ pub(super) fn overlay_work_dir(dir: &Path) -> PathBuf {
 }
 
 /// overlayfs leaves `work/work` (and `work/index`) in its work directory
-/// with mode 000. Root deletes them anyway; a non-root builder cannot list
-/// them, so without this every build's scratch directory outlives it.
-/// Opens them to their owner; call it once the overlay is unmounted. Best
-/// effort: a directory overlayfs did not make is skipped.
+/// with mode 000. Root deletes them anyway, as does a builder in its own
+/// user namespace (`userns.rs`: root there over the owner); a caller
+/// without privilege (a builder with a single id) cannot list them, so
+/// without this its scratch directory would outlive it. Opens them to
+/// their owner; call it once the overlay is unmounted. Best effort: a
+/// directory overlayfs did not make is skipped.
 pub(super) fn open_overlay_work(work: &Path) {
     for sub in ["work", "index"] {
         let _ = fs::set_permissions(work.join(sub), fs::Permissions::from_mode(0o700));

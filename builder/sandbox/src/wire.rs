@@ -25,7 +25,7 @@ use super::idmap::{IdMapping, IdRange, MapWriter};
 use super::{Job, Limits, Network, RootfsSpec, RunSpec, SetupError};
 
 /// Version of this format; bump on any change to a message's tag or fields.
-pub(super) const PROTOCOL: &str = "strata-sandbox/2";
+pub(super) const PROTOCOL: &str = "strata-sandbox/3";
 
 /// Largest message accepted: a job with a huge environment still fits.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -46,8 +46,12 @@ pub(super) enum Message {
     /// stage 1 → host: the user namespace exists; write its id maps. Sent
     /// only when the host (or its helpers) writes them.
     WriteMapping,
-    /// host → stage 1: the id maps are written.
+    /// host → stage 1: the id maps are written. Also map writer → builder,
+    /// answering [`Message::MapParent`].
     MappingWritten,
+    /// builder → its map writer (`userns.rs`): the builder has unshared its
+    /// own user namespace; write these maps for it, the writer's parent.
+    MapParent(IdMapping),
     /// stage 2 → stage 1 → host: the sandbox created this mount point (an
     /// in-image path such as `/proc`) because the image lacked it.
     MountPointCreated(String),
@@ -118,6 +122,7 @@ mod tag {
     pub const JOB: &str = "job";
     pub const WRITE_MAPPING: &str = "unshared";
     pub const MAPPING_WRITTEN: &str = "mapped";
+    pub const MAP_PARENT: &str = "map-parent";
     pub const MOUNT_POINT_CREATED: &str = "mountpoint";
     pub const READY: &str = "ready";
     pub const GO: &str = "go";
@@ -134,6 +139,7 @@ impl Message {
             Message::Job(_) => tag::JOB,
             Message::WriteMapping => tag::WRITE_MAPPING,
             Message::MappingWritten => tag::MAPPING_WRITTEN,
+            Message::MapParent(_) => tag::MAP_PARENT,
             Message::MountPointCreated(_) => tag::MOUNT_POINT_CREATED,
             Message::Ready => tag::READY,
             Message::Go => tag::GO,
@@ -165,6 +171,10 @@ impl Message {
         body.field(self.tag());
         match self {
             Message::Job(job) => put_job(&mut body, job),
+            Message::MapParent(ids) => {
+                body.field(PROTOCOL);
+                put_ids(&mut body, ids);
+            }
             Message::MountPointCreated(path) => {
                 body.field(path);
             }
@@ -205,6 +215,10 @@ impl Message {
             tag::JOB => Message::Job(Box::new(take_job(&mut f)?)),
             tag::WRITE_MAPPING => Message::WriteMapping,
             tag::MAPPING_WRITTEN => Message::MappingWritten,
+            tag::MAP_PARENT => {
+                take_protocol(&mut f)?;
+                Message::MapParent(take_ids(&mut f)?)
+            }
             tag::MOUNT_POINT_CREATED => Message::MountPointCreated(f.string()?),
             tag::READY => Message::Ready,
             tag::GO => Message::Go,
@@ -229,6 +243,7 @@ fn known_tag(tag: &str) -> Option<&'static str> {
         tag::JOB,
         tag::WRITE_MAPPING,
         tag::MAPPING_WRITTEN,
+        tag::MAP_PARENT,
         tag::MOUNT_POINT_CREATED,
         tag::READY,
         tag::GO,
@@ -461,15 +476,7 @@ fn put_job(b: &mut Body, job: &Job) {
             b.field("copy").field(root.as_os_str().as_bytes());
         }
     }
-    b.field(word_for(&WRITER_WORDS, job.ids.writer()));
-    for extents in [job.ids.uids(), job.ids.gids()] {
-        b.field(extents.len().to_string());
-        for e in extents {
-            b.field(e.container.to_string())
-                .field(e.host.to_string())
-                .field(e.len.to_string());
-        }
-    }
+    put_ids(b, &job.ids);
     let s = &job.spec;
     b.field(s.argv.len().to_string());
     for a in &s.argv {
@@ -493,13 +500,48 @@ fn put_job(b: &mut Body, job: &Job) {
         .field(word_for(&RLIMIT_WORDS, job.rlimits));
 }
 
-fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
+/// Field order of an id mapping: its writer, then the uid extents and the
+/// gid extents, each list preceded by its length.
+fn put_ids(b: &mut Body, ids: &IdMapping) {
+    b.field(word_for(&WRITER_WORDS, ids.writer()));
+    for extents in [ids.uids(), ids.gids()] {
+        b.field(extents.len().to_string());
+        for e in extents {
+            b.field(e.container.to_string())
+                .field(e.host.to_string())
+                .field(e.len.to_string());
+        }
+    }
+}
+
+fn take_ids(f: &mut Fields<'_>) -> Result<IdMapping, WireError> {
+    let writer = f.word("a map writer", &WRITER_WORDS)?;
+    let mut extents = [Vec::new(), Vec::new()];
+    for list in &mut extents {
+        // No capacity from the count: it is only as true as the fields
+        // that follow.
+        let n: usize = f.number()?;
+        for _ in 0..n {
+            list.push(take_extent(f)?);
+        }
+    }
+    let [uids, gids] = extents;
+    Ok(IdMapping::from_parts(uids, gids, writer))
+}
+
+/// The first field of a message that a stale helper must not misread.
+fn take_protocol(f: &mut Fields<'_>) -> Result<(), WireError> {
     let protocol = f.bytes()?;
     if protocol != PROTOCOL.as_bytes() {
         return Err(WireError::ProtocolMismatch {
             found: excerpt(protocol),
         });
     }
+    Ok(())
+}
+
+fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
+    take_protocol(f)?;
     let host_pid = f.number()?;
     let probe = f.word("`probe` or `run`", &PROBE_WORDS)?;
     let rootfs = match f.bytes()? {
@@ -515,17 +557,7 @@ fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
         b"copy" => RootfsSpec::Copy { root: f.path()? },
         other => return Err(f.bad("a rootfs kind (`overlay` or `copy`)", other)),
     };
-    let writer = f.word("a map writer", &WRITER_WORDS)?;
-    let mut extents = [Vec::new(), Vec::new()];
-    for list in &mut extents {
-        // No capacity from the count: it is only as true as the fields
-        // that follow.
-        let n: usize = f.number()?;
-        for _ in 0..n {
-            list.push(take_extent(f)?);
-        }
-    }
-    let [uids, gids] = extents;
+    let ids = take_ids(f)?;
     let n: usize = f.number()?;
     let argv = (0..n).map(|_| f.string()).collect::<Result<_, _>>()?;
     let n: usize = f.number()?;
@@ -555,7 +587,7 @@ fn take_job(f: &mut Fields<'_>) -> Result<Job, WireError> {
             hostname,
             limits,
         },
-        ids: IdMapping::from_parts(uids, gids, writer),
+        ids,
         host_pid,
         probe,
         rlimits,
@@ -710,6 +742,12 @@ mod tests {
             Message::Job(Box::new(copy_job())),
             Message::WriteMapping,
             Message::MappingWritten,
+            Message::MapParent(IdMapping::subordinate(
+                1000,
+                1001,
+                (100_000, 65_536),
+                (200_000, 65_536),
+            )),
             Message::MountPointCreated("/etc/resolv.conf".into()),
             Message::Ready,
             Message::Go,
@@ -726,6 +764,7 @@ mod tests {
                 Message::Job(_)
                 | Message::WriteMapping
                 | Message::MappingWritten
+                | Message::MapParent(_)
                 | Message::MountPointCreated(_)
                 | Message::Ready
                 | Message::Go
@@ -897,16 +936,19 @@ mod tests {
     }
 
     #[test]
-    fn a_job_from_another_protocol_version_is_refused_by_name() {
-        let mut bytes = Message::Job(Box::new(copy_job())).encode();
-        let at = bytes
-            .windows(PROTOCOL.len())
-            .position(|w| w == PROTOCOL.as_bytes())
-            .unwrap();
-        bytes[at + PROTOCOL.len() - 1] = b'0';
-        let err = read(&bytes).unwrap_err();
-        assert!(matches!(err, WireError::ProtocolMismatch { .. }), "{err}");
-        assert!(err.to_string().contains("rebuild the binary"), "{err}");
+    fn a_job_or_map_request_from_another_protocol_version_is_refused_by_name() {
+        let map = Message::MapParent(IdMapping::single_for(1000, 1000));
+        for message in [Message::Job(Box::new(copy_job())), map] {
+            let mut bytes = message.encode();
+            let at = bytes
+                .windows(PROTOCOL.len())
+                .position(|w| w == PROTOCOL.as_bytes())
+                .unwrap();
+            bytes[at + PROTOCOL.len() - 1] = b'0';
+            let err = read(&bytes).unwrap_err();
+            assert!(matches!(err, WireError::ProtocolMismatch { .. }), "{err}");
+            assert!(err.to_string().contains("rebuild the binary"), "{err}");
+        }
     }
 
     #[test]
