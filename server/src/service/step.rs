@@ -35,6 +35,10 @@ impl StepCache for StepCacheService {
         let trusted = parse_signers(&request.trusted_signers)?;
         let store = self.store.clone();
         let results = blocking(move || store.lookup_steps(&keys, &trusted)).await?;
+        let found = results.iter().filter(|r| r.is_some()).count();
+        self.config
+            .metrics
+            .count_step_lookups(results.len() as u64, found as u64);
         let hits = results
             .into_iter()
             .map(|r| StepHit {
