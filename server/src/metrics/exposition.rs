@@ -33,6 +33,9 @@ pub fn encode(metrics: &Arc<Metrics>, store: StoreStats) -> Result<String, std::
     Ok(page)
 }
 
+/// How to read one of a client's figures.
+type ClientFigure = fn(&super::ClientFigures) -> u64;
+
 #[derive(Debug)]
 struct Exposition {
     metrics: Arc<Metrics>,
@@ -164,7 +167,7 @@ impl Exposition {
     fn encode_clients(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let (mut clients, other) = self.metrics.clients().busiest(TRACKED_CLIENTS);
         clients.push(("other".to_owned(), other));
-        let figures: [(&str, &str, fn(&super::ClientFigures) -> u64); 3] = [
+        let figures: [(&str, &str, ClientFigure); 3] = [
             (
                 "client_calls",
                 "Finished calls per client (a token's name, else the peer address; other: clients past the tracked few)",
