@@ -187,7 +187,7 @@ impl HostileServer {
             shared: shared.clone(),
         };
         let manifests = HostileManifests {
-            real: ManifestService::new(store.clone()),
+            real: ManifestService::new(store.clone(), config.clone()),
             shared: shared.clone(),
         };
         let router = tonic::transport::Server::builder()
@@ -212,7 +212,10 @@ impl HostileServer {
                 real: TagsService::new(store.clone()),
                 shared: shared.clone(),
             }))
-            .add_service(AdminServer::new(AdminService::new(store.clone())));
+            .add_service(AdminServer::new(AdminService::new(
+                store.clone(),
+                config.metrics.clone(),
+            )));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);

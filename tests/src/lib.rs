@@ -382,12 +382,28 @@ impl Read for RandomReader {
 
 /// A store's figures without the size of its index on disk (and so of the
 /// data directory): that is a measurement of sled's files, which a restart
-/// or a rebuild may change, not a figure about content. For tests that
+/// or a rebuild may change, not a figure about content; and without what
+/// the server process counted since it started (uptime, calls, bytes,
+/// clients), which a restart resets and every call moves. For tests that
 /// compare figures across those.
 pub fn content_figures(s: strata_proto::v1::StatsResponse) -> strata_proto::v1::StatsResponse {
     strata_proto::v1::StatsResponse {
         index_bytes: 0,
         bytes_used: 0,
+        uptime_ms: 0,
+        request_bytes: 0,
+        response_bytes: 0,
+        upload_chunks_received: 0,
+        upload_bytes_received: 0,
+        upload_chunks_stored: 0,
+        upload_bytes_stored: 0,
+        dedup_chunks: 0,
+        dedup_bytes: 0,
+        step_lookups: 0,
+        step_hits: 0,
+        step_misses: 0,
+        rpcs: Vec::new(),
+        clients: Vec::new(),
         ..s
     }
 }

@@ -39,6 +39,9 @@ enum Command {
     Gc(cmd::gc::GcArgs),
     /// Build an OCI image from a Dockerfile, asking the cache before each step.
     Build(Box<cmd::build::BuildArgs>),
+    /// Watch a server live: throughput, dedup, step-cache hit rate, GC,
+    /// scrub and the busiest clients (`q` quits).
+    Top(cmd::top::TopArgs),
     /// Make bearer tokens for `strata serve --tokens`.
     Token(cmd::token::TokenArgs),
     /// Your signing key: `strata key show` prints its public key (others
@@ -108,6 +111,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stat(args) => cmd::stat::run(args).await,
         Command::Gc(args) => cmd::gc::run(args).await,
         Command::Build(args) => cmd::build::run(*args).await,
+        Command::Top(args) => cmd::top::run(args).await,
         Command::Token(args) => cmd::token::run(args),
         Command::Key(args) => cmd::signing::run_key(args),
         Command::Trust(args) => cmd::signing::run_trust(args),

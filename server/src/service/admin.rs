@@ -1,24 +1,38 @@
 //! `Admin`: store figures, index rebuild from the segments, integrity
 //! scrub, garbage collection now.
 
+use std::sync::Arc;
 use strata_proto::Digest;
 use strata_proto::v1::admin_server::Admin;
+
 use strata_proto::v1::{
-    GcRequest, GcResponse, RebuildIndexRequest, RebuildIndexResponse, ScrubRequest, ScrubResponse,
-    StatsRequest, StatsResponse,
+    ClientFigures, GcRequest, GcResponse, RebuildIndexRequest, RebuildIndexResponse, RpcFigures,
+    ScrubRequest, ScrubResponse, StatsRequest, StatsResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::{blocking, status_of};
+use crate::metrics::{self, Metrics};
 use crate::store::Store;
 
 pub struct AdminService {
     store: Store,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminService {
-    pub fn new(store: Store) -> Self {
-        AdminService { store }
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        AdminService { store, metrics }
+    }
+}
+
+/// A client's figures as `Stats` carries them.
+fn client_figures(client: String, f: metrics::ClientFigures) -> ClientFigures {
+    ClientFigures {
+        client,
+        calls: f.calls,
+        bytes_received: f.bytes_received,
+        bytes_sent: f.bytes_sent,
     }
 }
 
@@ -26,6 +40,13 @@ impl AdminService {
 impl Admin for AdminService {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let s = self.store.stats();
+        let m = self.metrics.snapshot();
+        let mut clients: Vec<ClientFigures> = m
+            .busiest
+            .into_iter()
+            .map(|(name, f)| client_figures(name, f))
+            .collect();
+        clients.push(client_figures("other".to_owned(), m.other));
         Ok(Response::new(StatsResponse {
             chunks: s.chunks,
             chunk_bytes: s.chunk_bytes,
@@ -56,6 +77,29 @@ impl Admin for AdminService {
             scrub_rotten_found: s.scrub_rotten_found,
             scrub_bytes_read: s.scrub_bytes_read,
             scrub_last_pass_ms: s.scrub_last_pass_ms,
+            uptime_ms: u64::try_from(m.uptime.as_millis()).unwrap_or(u64::MAX),
+            request_bytes: m.request_bytes,
+            response_bytes: m.response_bytes,
+            upload_chunks_received: m.upload_chunks_received,
+            upload_bytes_received: m.upload_bytes_received,
+            upload_chunks_stored: m.upload_chunks_stored,
+            upload_bytes_stored: m.upload_bytes_stored,
+            dedup_chunks: m.dedup_chunks,
+            dedup_bytes: m.dedup_bytes,
+            step_lookups: m.step_lookups,
+            step_hits: m.step_hits,
+            step_misses: m.step_misses,
+            rpcs: m
+                .rpcs
+                .into_iter()
+                .map(|r| RpcFigures {
+                    rpc: r.rpc.to_owned(),
+                    calls: r.calls,
+                    errors: r.errors,
+                    total_micros: u64::try_from(r.total.as_micros()).unwrap_or(u64::MAX),
+                })
+                .collect(),
+            clients,
         }))
     }
 

@@ -39,6 +39,8 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use crate::metrics::CallMeter;
+
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// One permission a token can hold.
@@ -470,16 +472,22 @@ fn parse_line(line: &str) -> Result<Option<TokenEntry>, String> {
 }
 
 /// Why a call was refused: `UNAUTHENTICATED` when no valid token came with
-/// it, `PERMISSION_DENIED` naming the missing scope when one did.
-fn check(tokens: &Tokens, path: &str, header: Option<&http::HeaderValue>) -> Result<(), Status> {
+/// it, `PERMISSION_DENIED` naming the missing scope when one did. A call
+/// let through is answered with the name of the token it came with (none
+/// for an open call).
+fn check<'t>(
+    tokens: &'t Tokens,
+    path: &str,
+    header: Option<&http::HeaderValue>,
+) -> Result<Option<&'t str>, Status> {
     let needed = match access_of(path) {
-        Some(Access::Open) => return Ok(()),
+        Some(Access::Open) => return Ok(None),
         Some(Access::Needs(scope)) => Some(scope),
         None => None,
     };
     let entry = authenticate(tokens, header)?;
     match needed {
-        Some(scope) if entry.scopes.contains(scope) => Ok(()),
+        Some(scope) if entry.scopes.contains(scope) => Ok(Some(&entry.name)),
         Some(scope) => Err(Status::permission_denied(format!(
             "token {:?} lacks the `{scope}` scope, which {path} needs (it has: {})",
             entry.name, entry.scopes
@@ -579,14 +587,23 @@ where
                 request.uri().path(),
                 request.headers().get(http::header::AUTHORIZATION),
             );
-            if let Err(status) = verdict {
-                tracing::info!(
-                    path = request.uri().path(),
-                    code = ?status.code(),
-                    reason = status.message(),
-                    "refused a call"
-                );
-                return Box::pin(async move { Ok(status.into_http()) });
+            match verdict {
+                Ok(Some(name)) => {
+                    // The metrics count the call for its token's name.
+                    if let Some(meter) = request.extensions().get::<Arc<CallMeter>>() {
+                        meter.authenticated_as(name);
+                    }
+                }
+                Ok(None) => {}
+                Err(status) => {
+                    tracing::info!(
+                        path = request.uri().path(),
+                        code = ?status.code(),
+                        reason = status.message(),
+                        "refused a call"
+                    );
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
             }
         }
         Box::pin(self.inner.call(request))

@@ -200,9 +200,12 @@ impl ContentStore for ContentService {
             self.config.max_digests_per_request,
         )?;
         let store = self.store.clone();
-        let missing = blocking(move || store.find_missing(&digests)).await?;
+        let found = blocking(move || store.find_missing_counted(&digests)).await?;
+        self.config
+            .metrics
+            .count_dedup(found.held_chunks, found.held_bytes);
         Ok(Response::new(FindMissingResponse {
-            missing: missing.iter().map(Digest::to_vec).collect(),
+            missing: found.missing.iter().map(Digest::to_vec).collect(),
         }))
     }
 
@@ -222,7 +225,12 @@ impl ContentStore for ContentService {
                 .map_err(status_of)
         };
         let mut index = 0u64;
+        let metrics = self.config.metrics.clone();
         while let Some(message) = stream.message().await? {
+            metrics.count_upload_received(
+                message.chunks.len() as u64,
+                message.chunks.iter().map(|c| c.data.len() as u64).sum(),
+            );
             let store = self.store.clone();
             let (verified, remembered) = tokio::task::spawn_blocking(move || {
                 let verified = verify_message(&store, message.chunks, &mut seen);
@@ -233,10 +241,30 @@ impl ContentStore for ContentService {
             seen = remembered;
             let verified = verified?;
             total.received += verified.copies_dropped;
+            // Copies dropped unread were sent for nothing: deduplicated
+            // (their bytes are not counted, being unverified).
+            metrics.count_dedup(verified.copies_dropped, 0);
             let store = self.store.clone();
             let budget = budget.clone();
+            let metrics = metrics.clone();
             commits.push_back(tokio::spawn(async move {
+                let (chunks, raw_bytes) = (
+                    verified.chunks.len() as u64,
+                    verified
+                        .chunks
+                        .iter()
+                        .map(|c| u64::from(c.raw_len()))
+                        .sum::<u64>(),
+                );
                 let outcome = store.put_chunks(verified.chunks).await;
+                if let Ok(o) = &outcome {
+                    metrics.count_upload_stored(o.stored, o.bytes_stored);
+                    // Sent and verified, but another upload stored them first.
+                    metrics.count_dedup(
+                        chunks.saturating_sub(o.stored),
+                        raw_bytes.saturating_sub(o.raw_bytes_stored),
+                    );
+                }
                 // Stored (or failed): its bytes are no longer needed, even
                 // before this stream gets round to awaiting the outcome.
                 if let Some(budget) = budget {

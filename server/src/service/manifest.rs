@@ -12,16 +12,17 @@ use strata_proto::v1::{
 use strata_proto::{Digest, Manifest, ManifestError};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, status_of};
+use super::{ServerConfig, blocking, status_of};
 use crate::store::{Store, StoreError};
 
 pub struct ManifestService {
     store: Store,
+    config: ServerConfig,
 }
 
 impl ManifestService {
-    pub fn new(store: Store) -> Self {
-        ManifestService { store }
+    pub fn new(store: Store, config: ServerConfig) -> Self {
+        ManifestService { store, config }
     }
 }
 
@@ -86,6 +87,12 @@ impl ManifestStore for ManifestService {
                 ));
             }
         };
+        if let Some((_, manifest)) = &found {
+            // The asker will not send (or fetch elsewhere) any of it.
+            self.config
+                .metrics
+                .count_dedup(manifest.chunks().len() as u64, manifest.total_length());
+        }
         Ok(Response::new(found_response(found)))
     }
 

@@ -15,7 +15,7 @@
 mod admin;
 pub mod auth;
 mod budget;
-mod connection;
+pub(crate) mod connection;
 mod content;
 mod listener;
 mod manifest;
@@ -42,6 +42,7 @@ use tonic::Status;
 use tonic::transport::server::{Connected, Router};
 use tower::layer::util::{Identity, Stack};
 
+use crate::metrics::{Metrics, MetricsLayer};
 use crate::store::{Store, StoreError};
 
 pub use admin::AdminService;
@@ -128,6 +129,11 @@ pub struct ServerConfig {
     /// HTTP/2. The handshake runs inside the connection permit and the
     /// handshake deadline.
     pub tls: Option<ServerTls>,
+    /// Where the services count what they serve (calls, bytes, uploads,
+    /// step lookups, clients), for `Stats` and the `/metrics` endpoint;
+    /// hand the same one to [`crate::serve_metrics`]. A fresh one for
+    /// each default config.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +152,7 @@ impl Default for ServerConfig {
             upload_budget_bytes: 256 << 20,
             tokens: None,
             tls: None,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -264,9 +271,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
-/// The services behind the request limits and the token check, ready to
-/// serve.
-pub(crate) type LimitedRouter = Router<Stack<AuthLayer, Stack<RequestLimitsLayer, Identity>>>;
+/// The services behind the metrics, the request limits and the token
+/// check (outermost first), ready to serve.
+pub(crate) type LimitedRouter =
+    Router<Stack<AuthLayer, Stack<RequestLimitsLayer, Stack<MetricsLayer, Identity>>>>;
 
 fn router(store: Store, config: &ServerConfig) -> Result<LimitedRouter, StoreError> {
     let limit = config.max_message_bytes;
@@ -298,6 +306,7 @@ fn router(store: Store, config: &ServerConfig) -> Result<LimitedRouter, StoreErr
         .max_concurrent_streams(Some(config.max_streams_per_connection.max(1)))
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(MetricsLayer::new(config.metrics.clone()))
         .layer(RequestLimitsLayer::new(config))
         .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(
@@ -316,7 +325,7 @@ fn router(store: Store, config: &ServerConfig) -> Result<LimitedRouter, StoreErr
                 .max_encoding_message_size(limit),
         )
         .add_service(
-            ManifestStoreServer::new(ManifestService::new(store.clone()))
+            ManifestStoreServer::new(ManifestService::new(store.clone(), config.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
@@ -331,7 +340,7 @@ fn router(store: Store, config: &ServerConfig) -> Result<LimitedRouter, StoreErr
                 .max_encoding_message_size(limit),
         )
         .add_service(
-            AdminServer::new(AdminService::new(store))
+            AdminServer::new(AdminService::new(store, config.metrics.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         ))

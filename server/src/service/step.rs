@@ -100,6 +100,10 @@ impl StepCache for StepCacheService {
                 .collect::<Result<Vec<_>, StoreError>>()
         })
         .await?;
+        let found = hits.iter().filter(|h| h.found).count();
+        self.config
+            .metrics
+            .count_step_lookups(hits.len() as u64, found as u64);
         Ok(Response::new(LookupStepsResponse { hits }))
     }
 

@@ -165,6 +165,11 @@ impl VerifiedChunk {
     pub fn digest(&self) -> &Digest {
         &self.digest
     }
+
+    /// The decoded length, verified.
+    pub fn raw_len(&self) -> u32 {
+        self.raw_len
+    }
 }
 
 /// A chunk as stored: its stored bytes, not yet decoded.
@@ -184,6 +189,8 @@ pub struct PutOutcome {
     pub stored: u64,
     /// Stored (compressed) payload bytes of the new records.
     pub bytes_stored: u64,
+    /// Decoded bytes of the new chunks among them.
+    pub raw_bytes_stored: u64,
     /// Step results refused because their key has another outcome.
     pub divergent: u64,
 }
@@ -193,8 +200,19 @@ impl std::ops::AddAssign for PutOutcome {
         self.received += o.received;
         self.stored += o.stored;
         self.bytes_stored += o.bytes_stored;
+        self.raw_bytes_stored += o.raw_bytes_stored;
         self.divergent += o.divergent;
     }
+}
+
+/// What [`Store::find_missing_counted`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FoundMissing {
+    /// The digests not held, in request order, once each.
+    pub missing: Vec<Digest>,
+    /// Distinct digests asked about that are held, and their decoded bytes.
+    pub held_chunks: u64,
+    pub held_bytes: u64,
 }
 
 /// Figures about the store's contents.
@@ -695,17 +713,33 @@ impl Store {
 
     /// Digests among `digests` the store does not hold, in order, once each.
     pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+        Ok(self.find_missing_counted(digests)?.missing)
+    }
+
+    /// [`Store::find_missing`], with what was found held: the chunks an
+    /// uploader will not need to send.
+    pub fn find_missing_counted(&self, digests: &[Digest]) -> Result<FoundMissing, StoreError> {
         // An upload asks about chunks it will name in a manifest: present
         // or not, none of them may be collected before it does.
         self.shared().leases.lease(digests);
         let mut seen = HashSet::with_capacity(digests.len());
-        let mut missing = Vec::new();
+        let mut found = FoundMissing::default();
         for d in digests {
-            if seen.insert(*d) && !self.shared().chunks.contains_key(index::digest_key(d))? {
-                missing.push(*d);
+            if !seen.insert(*d) {
+                continue;
+            }
+            match self.shared().chunks.get(index::digest_key(d))? {
+                None => found.missing.push(*d),
+                Some(entry) => {
+                    found.held_chunks += 1;
+                    // An entry that does not decode is the reader's problem
+                    // (it reports it); here it only counts no bytes.
+                    found.held_bytes +=
+                        ChunkEntry::decode(&entry).map_or(0, |e| u64::from(e.raw_len));
+                }
             }
         }
-        Ok(missing)
+        Ok(found)
     }
 
     pub fn contains_chunk(&self, digest: &Digest) -> Result<bool, StoreError> {

@@ -435,6 +435,7 @@ impl Writer {
                         chunk_entries.insert(index::digest_key(&digest), &entry.encode());
                         new_chunks += 1;
                         new_raw += u64::from(c.raw_len);
+                        outcome.raw_bytes_stored += u64::from(c.raw_len);
                         new_stored += c.data.len() as u64;
                         if healing {
                             stored_chunks.push(digest);

@@ -8,6 +8,7 @@ pub mod serve;
 pub mod signing;
 pub mod stat;
 pub mod token;
+pub mod top;
 
 use std::path::PathBuf;
 

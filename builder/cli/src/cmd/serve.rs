@@ -1,6 +1,7 @@
 //! `strata serve`: the cache server in the foreground, until SIGINT or
 //! SIGTERM. Open to anyone only on loopback: elsewhere it needs a token
-//! file (`--tokens`) or an explicit `--insecure-open`.
+//! file (`--tokens`) or an explicit `--insecure-open`. With
+//! `--metrics-listen`, Prometheus figures on a second, plain HTTP port.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,12 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7171")]
     listen: String,
+    /// Also serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
+    /// address, apart from the gRPC port. The figures hold no tokens or
+    /// paths, but name clients (token names, addresses): listen where
+    /// only your monitoring reaches.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Directory holding the segments and the index.
     #[arg(long)]
     data: PathBuf,
@@ -113,11 +120,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let addr: SocketAddr = tokio::net::lookup_host(&args.listen)
-        .await
-        .with_context(|| format!("cannot resolve listen address {:?}", args.listen))?
-        .next()
-        .with_context(|| format!("listen address {:?} resolves to nothing", args.listen))?;
+    let addr = resolve(&args.listen, "listen").await?;
     let tokens = match &args.tokens {
         Some(path) => {
             let tokens = Tokens::load(path)?;
@@ -146,6 +149,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let metrics_listener = match &args.metrics_listen {
+        Some(text) => {
+            let addr = resolve(text, "metrics listen").await?;
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            )
+        }
+        None => None,
+    };
     let config = StoreConfig {
         fsync: match args.fsync {
             Fsync::Always => FsyncPolicy::Always,
@@ -178,8 +192,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // stop us the moment it reads that line, and must get a clean stop.
     let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    // Tests and scripts read this line to learn the port of `--listen :0`.
-    eprintln!("strata: listening on {local}");
     let server_config = ServerConfig {
         max_message_bytes: args.max_message_bytes,
         max_connections: args.max_connections,
@@ -192,9 +204,52 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tls,
         ..ServerConfig::default()
     };
-    strata_server::serve(store, server_config, listener, shutdown_signal(terminate)).await?;
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    };
+    let metrics_task = match metrics_listener {
+        Some(metrics_listener) => {
+            let local = metrics_listener
+                .local_addr()
+                .context("reading the bound metrics address")?;
+            // Before the line below, which tells a reader the server is up.
+            eprintln!("strata: metrics on http://{local}/metrics");
+            Some(tokio::spawn(strata_server::serve_metrics(
+                store.clone(),
+                server_config.metrics.clone(),
+                metrics_listener,
+                stopped(),
+            )))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        shutdown_signal(terminate).await;
+        stop_tx.send_replace(true);
+    });
+    // Tests and scripts read this line to learn the port of `--listen :0`.
+    eprintln!("strata: listening on {local}");
+    strata_server::serve(store, server_config, listener, stopped()).await?;
+    if let Some(task) = metrics_task {
+        task.await.context("the metrics endpoint failed")?;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The socket address `text` names (`127.0.0.1:7171`, `[::]:9090`,
+/// `localhost:0`).
+async fn resolve(text: &str, what: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(text)
+        .await
+        .with_context(|| format!("cannot resolve {what} address {text:?}"))?
+        .next()
+        .with_context(|| format!("{what} address {text:?} resolves to nothing"))
 }
 
 /// Refuses to serve an open cache beyond loopback unless told to: anyone
